@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random-weight models built once per session, and gpu/trt skips."""
+
+import functools
+import importlib.util
+
+import pytest
+import torch
+
+from dit_ref import build_model, randomize_weights_
+
+
+def _has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _has_tensorrt() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run on a GPU machine, see README)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install -e '.[gpu]' on a CUDA machine, see README)")
+    for item in items:
+        if "gpu" in item.keywords and not _has_cuda():
+            item.add_marker(skip_gpu)
+        if "trt" in item.keywords and not _has_tensorrt():
+            item.add_marker(skip_trt)
+
+
+@functools.cache
+def random_model(name: str, image_size: int = 256, seed: int = 0, numerics: str = "official"):
+    """A DiT with every tensor randomised (seeded), in eval mode; cached for the session."""
+    model = randomize_weights_(build_model(name, image_size, numerics), seed)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Factory for cached random models: tiny_model("S/8", 256, seed=0)."""
+    return random_model
+
+
+def max_rel_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected|: error relative to the output's scale."""
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    return ((actual - expected).abs().max() / expected.abs().max()).item()

@@ -249,7 +249,8 @@ def guide(out, cfg_scale, cfg_channels):
     """
     if cfg_channels not in (3, 4):
         raise DiTError(f"cfg_channels must be 3 (official sample.py) or 4 (textbook), not {cfg_channels}")
-    cond, uncond = out.float().chunk(2, dim=0)  # each (B, 8, L, L)
+    # unflatten, not chunk: chunk's size arithmetic makes torch.export specialise a dynamic batch to 2.
+    cond, uncond = out.float().unflatten(0, (2, -1)).unbind(0)  # each (B, 8, L, L)
     scale = cfg_scale.reshape(-1, 1, 1, 1) if cfg_scale.ndim else cfg_scale
     guided_eps = uncond[:, :cfg_channels] + scale * (cond[:, :cfg_channels] - uncond[:, :cfg_channels])
     return torch.cat([guided_eps, cond[:, cfg_channels:]], dim=1)  # (B, 8, L, L)

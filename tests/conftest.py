@@ -44,3 +44,24 @@ def max_rel_error(actual, expected) -> float:
     """max |actual - expected| / max |expected|: error relative to the output's scale."""
     actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.fixture(scope="session")
+def exported_graph(tmp_path_factory):
+    """Factory for cached exported graphs: exported_graph("S/8", 256, "fp16", seed=0, cfg_channels=3).
+
+    Exports random_model(name, image_size, seed) once per session into its own temporary directory
+    (graph + manifest, default batch range 1:8:32) and returns the .onnx path.
+    """
+    from export.onnx_export import export_onnx
+
+    @functools.cache
+    def export(name: str, image_size: int, precision: str, seed: int = 0, cfg_channels: int = 3):
+        stem = f"{name.replace('/', '-')}-{image_size}-{precision}-seed{seed}-cfg{cfg_channels}"
+        checkpoint = {"source": f"random init (seed {seed})", "sha256": None, "random_weights": True}
+        return export_onnx(
+            random_model(name, image_size, seed), tmp_path_factory.mktemp(stem), precision,
+            cfg_channels, checkpoint=checkpoint,
+        )
+
+    return export

@@ -1,0 +1,1 @@
+"""From a DiT to a guided ONNX graph (FP32 or FP16-typed), its manifest, and a TensorRT engine."""

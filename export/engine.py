@@ -1,0 +1,234 @@
+"""From a guided ONNX graph to a TensorRT engine (.plan) beside it, for TensorRT 10.12+ and 11.x.
+
+Plain TensorRT Python API rather than Polygraphy loaders: the parser errors (with node names), the
+timing cache keyed by GPU and the atomic writes need the objects anyway, and it is about as short.
+The network is strongly typed, so the engine computes in the graph's own types (FP16 graph -> FP16
+engine); TF32 is cleared so an FP32 graph builds an FP32 engine. Written against the documented API,
+not run on a GPU here; tensorrt is imported only inside the functions that need it.
+"""
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from dit_ref import configs
+from dit_ref.errors import DiTError
+from export.guided import INPUT_NAMES
+from export.manifest import read_manifest, write_manifest
+from export.onnx_export import check_batch
+
+log = logging.getLogger(__name__)
+
+MINIMUM_TENSORRT = (10, 12)
+NOT_INSTALLED = "TensorRT is not installed: pip install -e '.[gpu]' on a machine with a CUDA GPU"
+OPTIMIZATION_LEVELS = range(6)  # builder_optimization_level: 0 fastest build .. 5 slowest, default 3
+
+
+def tensorrt_release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as "10.12.0.36"; missing parts are left out."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])
+
+
+def engine_unavailable_reason() -> str | None:
+    """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return NOT_INSTALLED
+    except Exception as error:  # a broken install (missing libnvinfer, PyPI stub) must not crash the CLI
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"TensorRT failed to import ({detail}); reinstall it with pip install -e '.[gpu]'"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if not has_gpu:
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False); build on the GPU machine that runs the engine"
+    version = getattr(trt, "__version__", "unknown")
+    if tensorrt_release(version) < MINIMUM_TENSORRT:
+        return f"TensorRT {version} is too old: this project needs 10.12 or newer (pip install -U 'tensorrt>=10.12')"
+    return None
+
+
+def network_flags(trt) -> int:
+    """Creation flags for a strongly typed network, from the enum (its value differs in 10.x and 11.x)."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def profile_shapes(latent_size: int, batch: dict) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Input name -> (min, opt, max) shapes; B counts images, the CFG doubling happens inside the graph."""
+    batch = check_batch(batch)
+    sizes = (batch["min"], batch["opt"], batch["max"])
+    latent = (configs.LATENT_CHANNELS, latent_size, latent_size)
+    shapes = {"x": tuple((b, *latent) for b in sizes)}
+    shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
+    return shapes
+
+
+def compute_capability_text(capability: tuple[int, int]) -> str:
+    """(8, 6) -> "8.6", the form the manifest records."""
+    return f"{capability[0]}.{capability[1]}"
+
+
+def timing_cache_path(directory: Path, gpu_name: str, compute_capability: str, tensorrt_version: str) -> Path:
+    """One timing cache per GPU model and TensorRT release: caches shared across GPUs slow engines."""
+    gpu = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    sm = compute_capability.replace(".", "")
+    release = ".".join(str(part) for part in tensorrt_release(tensorrt_version))
+    return Path(directory) / f"timing-{gpu}-sm{sm}-trt{release}.cache"
+
+
+def workspace_bytes(total_memory: int) -> int:
+    """Workspace pool limit: half the GPU's memory, leaving room for weights and the caller's tensors."""
+    return total_memory // 2
+
+
+def format_parser_errors(errors, limit: int = 3) -> str:
+    """One line from TensorRT's IParserError objects: "node (Op): description; ..."."""
+    parts = [f"{error.node_name() or '<graph>'} ({error.node_operator() or '?'}): {error.desc()}"
+             for error in errors[:limit]]
+    more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
+    return "; ".join(parts).replace("\n", " ") + more
+
+
+def write_bytes_atomic(path: Path, data) -> None:
+    """Write bytes (or any buffer, such as trt.IHostMemory) to a temporary file, then rename over path."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(memoryview(data))
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+@functools.cache
+def trt_logger():
+    """The process's one TensorRT logger (warnings and errors go to stderr)."""
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
+
+
+class PhaseLog:
+    """Logs the builder's top-level phases with their elapsed time; the logic behind the progress monitor."""
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+
+    def phase_start(self, phase_name, parent_phase, num_steps):
+        if parent_phase is None:
+            self.started[phase_name] = time.perf_counter()
+            log.info("TensorRT: %s (%d steps)", phase_name, num_steps)
+
+    def phase_finish(self, phase_name):
+        start = self.started.pop(phase_name, None)
+        if start is not None:
+            log.info("TensorRT: %s done in %.1f s", phase_name, time.perf_counter() - start)
+
+
+def _progress_monitor(trt):
+    """A trt.IProgressMonitor that forwards to PhaseLog; never cancels the build."""
+    phases = PhaseLog()
+
+    class ProgressMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            phases.phase_start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name, step):
+            return True  # False (or an exception) would cancel the build
+
+        def phase_finish(self, phase_name):
+            phases.phase_finish(phase_name)
+
+    return ProgressMonitor()
+
+
+def _builder_config(trt, builder, shapes, optimization_level, cache_data):
+    """IBuilderConfig: one profile over the batch range, optimization level, no TF32, the timing cache."""
+    import torch
+
+    config = builder.create_builder_config()
+    config.builder_optimization_level = optimization_level
+    total_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(total_memory))
+    config.clear_flag(trt.BuilderFlag.TF32)  # on by default; the graph's float32 stays float32
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    if config.add_optimization_profile(profile) < 0:
+        raise DiTError(f"TensorRT rejected the optimization profile {shapes}")
+    cache = config.create_timing_cache(cache_data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("the timing cache does not fit this GPU or TensorRT; starting an empty one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    with contextlib.suppress(AttributeError):  # progress_monitor exists since 10.0; keep the build going without it
+        config.progress_monitor = _progress_monitor(trt)
+    return config
+
+
+def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
+    """Parse the graph strongly typed and build it: (serialized plan, serialized timing cache)."""
+    builder = trt.Builder(trt_logger())
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, trt_logger())
+    if not parser.parse_from_file(str(graph_path)):  # external data is found beside the .onnx
+        errors = [parser.get_error(index) for index in range(parser.num_errors)]
+        raise DiTError(f"TensorRT could not parse {graph_path.name}: {format_parser_errors(errors)}")
+    config = _builder_config(trt, builder, shapes, optimization_level, cache_data)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise DiTError(f"TensorRT failed to build an engine from {graph_path.name} (its log above says why; "
+                       "out of GPU memory: lower --batch MAX)")
+    return plan, config.get_timing_cache().serialize()
+
+
+def build_engine(graph_path: Path, batch: dict | None, optimization_level: int = 3,
+                 timing_cache: Path | None = None) -> Path:
+    """Build graph_path's engine beside it (same stem, .plan), record it in the manifest, return its path."""
+    reason = engine_unavailable_reason()
+    if reason:
+        raise DiTError(reason)
+    import tensorrt as trt
+    import torch
+
+    graph_path = Path(graph_path)
+    if not graph_path.is_file():
+        raise DiTError(f"{graph_path} does not exist; export a graph first with dit-export --model ...")
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise DiTError(f"optimization level {optimization_level} must be 0..5 (3 is TensorRT's default)")
+    manifest = read_manifest(graph_path)
+    batch = check_batch(manifest["batch"] if batch is None else batch)
+    device = torch.cuda.current_device()  # TensorRT builds for the current device
+    gpu_name = torch.cuda.get_device_name(device)
+    capability = compute_capability_text(torch.cuda.get_device_capability(device))
+    cache_path = Path(timing_cache) if timing_cache else timing_cache_path(
+        graph_path.parent, gpu_name, capability, trt.__version__)
+    cache_data = cache_path.read_bytes() if cache_path.is_file() else b""
+    log.info("building a TensorRT %s engine from %s for batch %d..%d on %s (takes minutes)",
+             trt.__version__, graph_path.name, batch["min"], batch["max"], gpu_name)
+    start = time.perf_counter()
+    shapes = profile_shapes(manifest["latent_size"], batch)
+    plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
+    seconds = round(time.perf_counter() - start, 1)
+    plan_path = graph_path.with_suffix(".plan")
+    write_bytes_atomic(plan_path, plan)
+    write_bytes_atomic(cache_path, cache)
+    manifest["engine"] = {"file": plan_path.name, "tensorrt": trt.__version__, "gpu": gpu_name,
+                          "compute_capability": capability, "build_seconds": seconds,
+                          "optimization_level": optimization_level, "batch": batch}
+    write_manifest(graph_path, manifest)
+    log.info("wrote %s in %.1f s (timing cache %s)", plan_path, seconds, cache_path.name)
+    return plan_path

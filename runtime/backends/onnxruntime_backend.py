@@ -1,0 +1,131 @@
+"""The ONNX Runtime denoiser: the exported guided graph (FP32 or FP16) on the CUDA or CPU provider.
+
+On CPU, inputs go in as numpy views of the torch tensors and outputs come back as torch views of
+numpy arrays (no copies). On a GPU, I/O binding hands ONNX Runtime the torch CUDA tensors' device
+pointers, so nothing crosses to the host inside the sampling loop (written, not run on a GPU here).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dit_ref.errors import DiTError
+
+INPUTS = ("x", "t", "y", "cfg_scale")
+OUTPUTS = ("eps", "var_values")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads share a core's FP units)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology (not Linux): count logical CPUs
+    return max(1, len(cores))
+
+
+def create_session(graph_path: Path, device: torch.device, threads: int | None = None):
+    """An InferenceSession for the graph; DiTError (one line) if the file is not a loadable graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the FP16 graph's casts make CPU-provider warnings
+    if device.type == "cpu":
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1  # the graph is one chain of ops: parallelism is intra-op
+        providers = ["CPUExecutionProvider"]
+    else:
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DiTError(f"cannot load the ONNX graph {graph_path}: {reason[:300]}; re-export it with dit-export") from None
+
+
+def default_device() -> torch.device:
+    """cuda when torch sees a GPU and onnxruntime has its CUDA provider, else cpu."""
+    import onnxruntime as ort
+
+    cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    return torch.device("cuda" if cuda else "cpu")
+
+
+class OnnxRuntimeDenoiser:
+    """The guided graph in ONNX Runtime: (x, t, y, cfg_scale) -> (eps, var_values) on `device`."""
+
+    def __init__(self, graph_path, manifest: dict, device=None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.graph_path = Path(graph_path)
+        self.manifest = manifest
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DiTError("onnxruntime has no CUDA provider here; install onnxruntime-gpu or use --device cpu")
+        if self.device.type not in ("cpu", "cuda"):
+            raise DiTError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
+        self.session = create_session(self.graph_path, self.device, threads)
+        check_graph_io(self.session, self.graph_path)
+        self.batch = manifest.get("batch", {})
+        self.name = f"onnxruntime-{self.device.type} {manifest.get('precision', '?')}"
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.manifest["latent_size"])
+
+    def __call__(self, x, t, y, cfg_scale):
+        check_batch(len(x), self.batch, self.graph_path)
+        if self.device.type == "cpu":
+            return self._run_cpu(x, t, y, cfg_scale)
+        return self._run_cuda(x, t, y, cfg_scale)
+
+    def _run_cpu(self, x, t, y, cfg_scale):
+        feeds = {name: np.ascontiguousarray(value.numpy()) for name, value in zip(INPUTS, (x, t, y, cfg_scale))}
+        eps, var_values = self.session.run(list(OUTPUTS), feeds)  # numpy (B, 4, L, L) each
+        return torch.from_numpy(eps), torch.from_numpy(var_values)
+
+    def _run_cuda(self, x, t, y, cfg_scale):
+        """I/O binding on torch CUDA tensors (written, not run on a GPU here)."""
+        inputs = [value.contiguous() for value in (x, t, y, cfg_scale)]
+        outputs = [torch.empty_like(inputs[0]) for _ in OUTPUTS]  # (B, 4, L, L) float32 each
+        binding = self.session.io_binding()
+        device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        for name, value in zip(INPUTS + OUTPUTS, inputs + outputs):
+            bind = binding.bind_input if name in INPUTS else binding.bind_output
+            bind(name, "cuda", device_id, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
+        # ONNX Runtime runs on its own stream: finish torch's pending writes to x first; run() then
+        # synchronises its own stream before returning, so torch may read the outputs.
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return outputs[0], outputs[1]
+
+
+def _numpy_dtype(dtype: torch.dtype):
+    return {torch.float32: np.float32, torch.int64: np.int64}[dtype]
+
+
+def check_graph_io(session, graph_path: Path) -> None:
+    """DiTError unless the graph has the guided contract's inputs and outputs."""
+    inputs = [node.name for node in session.get_inputs()]
+    outputs = [node.name for node in session.get_outputs()]
+    if sorted(inputs) != sorted(INPUTS) or sorted(outputs) != sorted(OUTPUTS):
+        raise DiTError(
+            f"{graph_path} is not a guided DiT graph (inputs {inputs}, outputs {outputs}; expected "
+            f"{list(INPUTS)} -> {list(OUTPUTS)}); export it with dit-export"
+        )
+
+
+def check_batch(batch_size: int, batch: dict, path) -> None:
+    """DiTError if batch_size lies outside the manifest's batch range {"min", "max"}."""
+    low, high = batch.get("min", 1), batch.get("max")
+    if batch_size < low or (high is not None and batch_size > high):
+        raise DiTError(
+            f"batch of {batch_size} is outside the range {low}..{high} that {Path(path).name} was "
+            f"exported for; use --batch-size between {low} and {high}, or re-export with --batch MIN:OPT:MAX"
+        )

@@ -1,0 +1,223 @@
+"""The TensorRT denoiser: a .plan bound to torch CUDA tensors, optionally replayed as CUDA graphs.
+
+Written against TensorRT's documented API (10.12+ and 11.x), not run on a GPU here. The engine runs
+on the current torch stream with torch-allocated I/O (set_input_shape, set_tensor_address,
+execute_async_v3): no host copies in the sampling loop. tensorrt is imported when a denoiser is made.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dit_ref import configs
+from dit_ref.errors import DiTError
+from export.engine import compute_capability_text, engine_unavailable_reason, tensorrt_release, trt_logger
+from export.guided import INPUT_NAMES, OUTPUT_NAMES
+from export.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+# The graph contract: every I/O tensor's dtype (DESIGN.md); I/O stays float32 in the FP16 graph too.
+EXPECTED_IO = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
+               "eps": torch.float32, "var_values": torch.float32}
+
+# TensorRT DataType member name -> torch dtype. An explicit table: trt.nptype has no BF16 or FP8.
+TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+                "INT8": torch.int8, "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64,
+                "BOOL": torch.bool, "FP8": torch.float8_e4m3fn}
+
+
+def torch_dtypes(trt) -> dict:
+    """trt.DataType member -> torch dtype, for the members this TensorRT has (names are stable, values not)."""
+    return {getattr(trt.DataType, name): dtype for name, dtype in TORCH_DTYPES.items()
+            if hasattr(trt.DataType, name)}
+
+
+def graph_name(manifest: dict, plan_path: Path) -> str:
+    """The graph an engine is built from: the manifest's record, else the .onnx beside the plan."""
+    return (manifest.get("graph") or {}).get("file") or Path(plan_path).with_suffix(".onnx").name
+
+
+def check_engine_fits(manifest: dict, plan_path: Path, tensorrt_version: str, capability: tuple[int, int]):
+    """DiTError unless the manifest's engine was built by this TensorRT release for this GPU architecture."""
+    plan, graph = Path(plan_path).name, graph_name(manifest, plan_path)
+    rebuild = f"rebuild it on this machine with: dit-export build {graph}"
+    engine = manifest.get("engine")
+    if not engine:
+        raise DiTError(f"the manifest of {plan} has no engine; build one with dit-export build {graph}")
+    built, running = str(engine.get("tensorrt")), str(tensorrt_version)
+    if tensorrt_release(built) != tensorrt_release(running):
+        raise DiTError(f"{plan} was built with TensorRT {built} but this machine has TensorRT {running} "
+                       f"(an engine loads only in the release that built it); {rebuild}")
+    here = compute_capability_text(capability)
+    if str(engine.get("compute_capability")) != here:
+        raise DiTError(f"{plan} was built for GPU compute capability {engine.get('compute_capability')} "
+                       f"({engine.get('gpu')}) but this GPU has {here}; {rebuild}")
+
+
+def _describe(entry) -> str:
+    """(is_input, dtype) -> "input float32"; None -> "absent"."""
+    if entry is None:
+        return "absent"
+    is_input, dtype = entry
+    return f"{'input' if is_input else 'output'} {str(dtype).removeprefix('torch.')}"
+
+
+def check_io_tensors(found: dict) -> None:
+    """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract."""
+    expected = {name: (name in INPUT_NAMES, dtype) for name, dtype in EXPECTED_IO.items()}
+    wrong = [f"{name} is {_describe(found.get(name))}, expected {_describe(expected.get(name))}"
+             for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
+    if wrong:
+        raise DiTError(f"the engine does not have the graph's I/O ({'; '.join(wrong)}); re-export the graph "
+                       "and rebuild the engine with this version of dit-deploy")
+
+
+def check_inputs(x, t, y, cfg_scale, latent_size: int, batch_range: tuple[int, int]) -> int:
+    """The batch size B of a call; DiTError unless shapes are (B, 4, L, L), (B,), (B,), (B,) in range."""
+    batch = x.shape[0] if x.dim() == 4 else -1
+    expected = (batch, configs.LATENT_CHANNELS, latent_size, latent_size)
+    if tuple(x.shape) != expected or any(tuple(v.shape) != (batch,) for v in (t, y, cfg_scale)):
+        raise DiTError(f"expected x (B, 4, {latent_size}, {latent_size}) and t, y, cfg_scale (B,); got "
+                       f"{tuple(x.shape)}, {tuple(t.shape)}, {tuple(y.shape)}, {tuple(cfg_scale.shape)}")
+    low, high = batch_range
+    if not low <= batch <= high:
+        raise DiTError(f"batch {batch} is outside the engine's range {low}..{high}; "
+                       "rebuild it with dit-export build --batch MIN:OPT:MAX or sample in smaller batches")
+    return batch
+
+
+@dataclass
+class _Captured:
+    """One batch size's own context, persistent I/O tensors and CUDA graph (None: capture failed, run eagerly)."""
+
+    context: object
+    tensors: dict
+    graph: "torch.cuda.CUDAGraph | None"
+
+
+def _bind(context, tensors: dict) -> None:
+    """Set the input shapes and every I/O address (contiguous torch CUDA tensors, which are 256-byte aligned)."""
+    for name in INPUT_NAMES:
+        if not context.set_input_shape(name, tuple(tensors[name].shape)):
+            raise DiTError(f"TensorRT refused shape {tuple(tensors[name].shape)} for input {name}")
+    for name, tensor in tensors.items():
+        if not context.set_tensor_address(name, tensor.data_ptr()):
+            raise DiTError(f"TensorRT refused the address of {name}")
+
+
+class TensorRTDenoiser:
+    """(x, t, y, cfg_scale) -> (eps, var_values) with a TensorRT engine, on a CUDA device.
+
+    cuda_graphs=True captures one CUDA graph per batch size, each with its own execution context (the
+    graph freezes that context's shapes and addresses; each context holds activation memory for the
+    largest batch), and copies every call's inputs into that graph's persistent tensors.
+    """
+
+    def __init__(self, plan_path, manifest: dict | None = None, device="cuda", cuda_graphs: bool = False):
+        reason = engine_unavailable_reason()
+        if reason:
+            raise DiTError(reason)
+        import tensorrt as trt
+
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise DiTError(f"the TensorRT backend runs on a CUDA device, not {device}")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.plan_path = Path(plan_path)
+        self.manifest = read_manifest(self.plan_path) if manifest is None else manifest
+        check_engine_fits(self.manifest, self.plan_path, trt.__version__,
+                          torch.cuda.get_device_capability(self.device))
+        self.latent_size = int(self.manifest["latent_size"])
+        self.cuda_graphs = cuda_graphs
+        self.name = f"tensorrt {self.manifest.get('precision', '?')}" + (" cuda-graphs" if cuda_graphs else "")
+        self._captured: dict[int, _Captured] = {}
+        with torch.cuda.device(self.device):
+            self._load(trt)
+            self.context = None if cuda_graphs else self._new_context()
+
+    def _load(self, trt) -> None:
+        """Deserialize the plan and check its I/O against the graph contract."""
+        try:
+            plan = self.plan_path.read_bytes()
+        except OSError as error:
+            raise DiTError(f"cannot read engine {self.plan_path}: {error.strerror}") from None
+        self._runtime = trt.Runtime(trt_logger())
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise DiTError(f"TensorRT could not load {self.plan_path.name} (its log above says why); rebuild it "
+                           f"on this machine with: dit-export build {graph_name(self.manifest, self.plan_path)}")
+        dtypes = torch_dtypes(trt)
+        names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
+        check_io_tensors({name: (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                                 dtypes.get(self.engine.get_tensor_dtype(name))) for name in names})
+        low, _, high = self.engine.get_tensor_profile_shape("x", 0)
+        self.batch_range = (int(low[0]), int(high[0]))
+
+    def _new_context(self):
+        """An execution context (default STATIC allocation: device memory for the largest profile shape)."""
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise DiTError(f"TensorRT could not create an execution context for {self.plan_path.name} "
+                           "(out of GPU memory?)")
+        return context
+
+    def _execute(self, context, stream_handle: int) -> None:
+        """Enqueue one run on the given CUDA stream."""
+        if not context.execute_async_v3(stream_handle):
+            raise DiTError(f"TensorRT failed to run {self.plan_path.name} (its log above says why)")
+
+    def __call__(self, x, t, y, cfg_scale):
+        """Guided (eps, var_values), each (B, 4, L, L) float32 on self.device, fresh tensors."""
+        batch = check_inputs(x, t, y, cfg_scale, self.latent_size, self.batch_range)
+        inputs = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}
+        with torch.cuda.device(self.device):
+            if self.cuda_graphs:
+                return self._replay(batch, inputs)
+            # Temporaries and outputs come from torch's caching allocator on the current stream, the stream
+            # TensorRT runs on, so their memory is not reused before the engine is done with it.
+            tensors = {name: value.to(self.device, EXPECTED_IO[name]).contiguous() for name, value in inputs.items()}
+            tensors.update(self._empty_outputs(batch))
+            _bind(self.context, tensors)
+            self._execute(self.context, torch.cuda.current_stream(self.device).cuda_stream)
+            return tensors["eps"], tensors["var_values"]
+
+    def _empty_outputs(self, batch: int) -> dict:
+        """Output tensors (B, 4, L, L) float32 on the device."""
+        shape = (batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
+        return {name: torch.empty(shape, dtype=EXPECTED_IO[name], device=self.device) for name in OUTPUT_NAMES}
+
+    def _replay(self, batch: int, inputs: dict):
+        """Copy the inputs into this batch size's persistent tensors, replay its graph (or run it eagerly)."""
+        entry = self._captured.get(batch) or self._capture(batch)
+        for name, value in inputs.items():
+            entry.tensors[name].copy_(value)  # (B, ...) into the addresses the graph was captured with
+        if entry.graph is None:
+            self._execute(entry.context, torch.cuda.current_stream(self.device).cuda_stream)
+        else:
+            entry.graph.replay()
+        return entry.tensors["eps"].clone(), entry.tensors["var_values"].clone()  # the next call overwrites them
+
+    def _capture(self, batch: int) -> _Captured:
+        """Context and persistent I/O for one batch size, one eager run, then capture; on failure stay eager."""
+        tensors = {name: torch.zeros((batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
+                                     if name == "x" else (batch,), dtype=EXPECTED_IO[name], device=self.device)
+                   for name in INPUT_NAMES}
+        tensors["cfg_scale"].fill_(1.0)
+        tensors.update(self._empty_outputs(batch))
+        context = self._new_context()
+        _bind(context, tensors)  # frozen into the graph: never rebind this context
+        self._execute(context, torch.cuda.current_stream(self.device).cuda_stream)  # lazy setup, not captured
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # on torch's side stream
+                if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+                    raise RuntimeError("execute_async_v3 returned False while capturing")
+        except RuntimeError as error:  # torch.cuda.graph has ended the capture on the way out
+            log.warning("CUDA graph capture failed for batch %d (%s); running that batch size eagerly", batch, error)
+            graph = None
+        self._captured[batch] = _Captured(context, tensors, graph)
+        return self._captured[batch]

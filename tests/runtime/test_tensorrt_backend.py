@@ -1,0 +1,126 @@
+"""runtime.backends.tensorrt_backend on CPU: the manifest/machine check, dtype table, I/O and input checks.
+
+Running an engine needs a GPU and TensorRT: tests/gpu/test_tensorrt_gpu.py.
+"""
+
+import enum
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dit_ref.errors import DiTError
+from export.engine import engine_unavailable_reason
+from runtime.backends import tensorrt_backend as backend
+
+PLAN = "DiT-S-2-256-fp16.plan"
+
+
+def _manifest(tensorrt="10.12.0.36", compute_capability="8.6", engine=True) -> dict:
+    manifest = {"graph": {"file": "DiT-S-2-256-fp16.onnx"}, "latent_size": 32, "precision": "fp16"}
+    if engine:
+        gpu = "NVIDIA A100-SXM4-80GB" if compute_capability == "8.0" else "NVIDIA A10"
+        manifest["engine"] = {"file": PLAN, "tensorrt": tensorrt, "gpu": gpu,
+                              "compute_capability": compute_capability, "batch": {"min": 1, "opt": 4, "max": 8}}
+    return manifest
+
+
+def test_engine_fits_the_machine_it_was_built_on():
+    backend.check_engine_fits(_manifest(), PLAN, "10.12.0.36", (8, 6))  # no error
+
+
+def test_other_tensorrt_release_is_refused_naming_both():
+    with pytest.raises(DiTError) as caught:
+        backend.check_engine_fits(_manifest(tensorrt="10.12.0.36"), PLAN, "11.4.0", (8, 6))
+    message = str(caught.value)
+    print(message)
+    assert "10.12.0.36" in message and "11.4.0" in message
+    assert "dit-export build DiT-S-2-256-fp16.onnx" in message and "\n" not in message
+
+
+def test_patch_releases_differ_too():
+    with pytest.raises(DiTError, match="10.12.1"):
+        backend.check_engine_fits(_manifest(tensorrt="10.12.0.36"), PLAN, "10.12.1.4", (8, 6))
+
+
+def test_other_compute_capability_is_refused():
+    with pytest.raises(DiTError) as caught:
+        backend.check_engine_fits(_manifest(compute_capability="8.0"), PLAN, "10.12.0.36", (8, 6))
+    message = str(caught.value)
+    print(message)
+    assert "8.0" in message and "8.6" in message and "dit-export build DiT-S-2-256-fp16.onnx" in message
+
+
+def test_manifest_without_engine_is_refused():
+    with pytest.raises(DiTError, match="has no engine; build one with dit-export build DiT-S-2-256-fp16.onnx"):
+        backend.check_engine_fits(_manifest(engine=False), PLAN, "10.12.0.36", (8, 6))
+
+
+def test_dtype_table_maps_by_member_not_by_number():
+    # 10.x and 11.x number DataType differently, and an older TensorRT may lack BF16 / FP8.
+    DataType = enum.IntEnum("DataType", {"INT64": 0, "FLOAT": 1, "HALF": 2, "INT32": 3})
+    dtypes = backend.torch_dtypes(SimpleNamespace(DataType=DataType))
+    assert dtypes == {DataType.FLOAT: torch.float32, DataType.HALF: torch.float16,
+                      DataType.INT32: torch.int32, DataType.INT64: torch.int64}
+    Full = enum.IntEnum("DataType", {name: i for i, name in enumerate(backend.TORCH_DTYPES)})
+    full = backend.torch_dtypes(SimpleNamespace(DataType=Full))
+    assert full[Full.BF16] is torch.bfloat16 and full[Full.FP8] is torch.float8_e4m3fn
+
+
+def _io(**changes) -> dict:
+    io = {name: (name in ("x", "t", "y", "cfg_scale"), dtype) for name, dtype in backend.EXPECTED_IO.items()}
+    io.update(changes)
+    return io
+
+
+def test_io_contract_accepts_the_graph_contract():
+    backend.check_io_tensors(_io())  # no error
+
+
+@pytest.mark.parametrize("changes, shown", [
+    ({"x": (True, torch.float16)}, "x is input float16, expected input float32"),  # FP16 I/O: not the contract
+    ({"t": (True, torch.int32)}, "t is input int32, expected input int64"),
+    ({"eps": (True, torch.float32)}, "eps is input float32, expected output float32"),
+    ({"extra": (False, torch.float32)}, "extra is output float32, expected absent"),
+])
+def test_io_contract_rejects_other_engines(changes, shown):
+    with pytest.raises(DiTError) as caught:
+        backend.check_io_tensors(_io(**changes))
+    print(caught.value)
+    assert shown in str(caught.value)
+
+
+def test_io_contract_rejects_a_missing_output():
+    io = _io()
+    del io["var_values"]
+    with pytest.raises(DiTError, match="var_values is absent, expected output float32"):
+        backend.check_io_tensors(io)
+
+
+def _inputs(batch, latent=32, labels=None):
+    labels = batch if labels is None else labels
+    return (torch.zeros(batch, 4, latent, latent), torch.zeros(labels, dtype=torch.int64),
+            torch.zeros(labels, dtype=torch.int64), torch.ones(batch))
+
+
+def test_inputs_in_range_give_the_batch():
+    assert backend.check_inputs(*_inputs(3), latent_size=32, batch_range=(1, 8)) == 3
+
+
+@pytest.mark.parametrize("inputs, match", [
+    (_inputs(9), "outside the engine's range 1..8"),
+    (_inputs(2, latent=64), r"expected x \(B, 4, 32, 32\)"),
+    (_inputs(2, labels=3), "expected x"),
+])
+def test_bad_inputs_are_refused(inputs, match):
+    with pytest.raises(DiTError, match=match):
+        backend.check_inputs(*inputs, latent_size=32, batch_range=(1, 8))
+
+
+def test_denoiser_refuses_with_the_reason_without_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+    reason = engine_unavailable_reason()
+    with pytest.raises(DiTError) as caught:
+        backend.TensorRTDenoiser(tmp_path / PLAN, _manifest())
+    assert str(caught.value) == reason

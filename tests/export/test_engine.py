@@ -18,7 +18,7 @@ from export import engine
 from export.guided import INPUT_NAMES
 
 
-def test_modules_import_without_loading_tensorrt():
+def test_modules_import_without_tensorrt():
     code = ("import sys; sys.modules['tensorrt'] = None\n"  # None in sys.modules: import raises ImportError
             "import export.engine as e, runtime.backends.tensorrt_backend\n"
             "print(e.engine_unavailable_reason())")

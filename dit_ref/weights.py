@@ -1,0 +1,259 @@
+"""Loading DiT weights from every format, safely and strictly: load_dit -> LoadedDiT.
+
+Formats: the released plain state dicts (.pt), training checkpoints (a dict whose "ema" holds the
+weights), .safetensors files, and diffusers DiTTransformer2DModel folders or hub repos ("hf:ID").
+Pickles are read with torch's weights-only unpickler: a file that would run code is refused.
+Before the strict key check, the checkpoint's own config is recognised from its shapes, so a file
+of another model or image size is named instead of reported as a pile of shape mismatches.
+"""
+
+import argparse
+import hashlib
+import math
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dit_ref import configs, diffusers_format, download
+from dit_ref.configs import DiTConfig
+from dit_ref.errors import DiTError
+from dit_ref.model import NUMERICS, DiT, randomize_weights_
+
+EXPECTED = (
+    "expected a DiT checkpoint: a .pt/.pth/.bin state dict, a training checkpoint with 'ema', "
+    ".safetensors, or a diffusers folder"
+)
+CKPT_FORMS = "a .pt/.safetensors file, a diffusers folder, 'auto' (official XL/2) or 'hf:ORG/NAME'"
+HASH_CHUNK_BYTES = 1 << 22
+MAX_KEYS_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class LoadedDiT:
+    """A DiT ready to run (eval, float32) and where its weights came from, for the manifest."""
+
+    model: DiT
+    source: str  # a path, URL, "hf:ORG/NAME" or "random init (seed N)"
+    sha256: str | None  # of the checkpoint file(s); None for random init
+    random_weights: bool  # True when the weights are random: outputs are noise, not images
+
+
+def load_dit(
+    model: str,
+    image_size: int,
+    ckpt: str | None = None,
+    random_init: int | None = None,
+    numerics: str = "official",
+) -> LoadedDiT:
+    """Build the named DiT and fill it from ckpt (path, "auto", "hf:ID") or seeded random weights."""
+    config = configs.get_config(model)
+    configs.check_image_size(image_size)
+    if numerics not in NUMERICS:
+        raise DiTError(f"unknown numerics {numerics!r}; choose one of {', '.join(NUMERICS)}")
+    if (ckpt is None) == (random_init is None):
+        raise DiTError(f"pass exactly one of --ckpt ({CKPT_FORMS}) or --random-init SEED")
+    if random_init is not None:
+        return _random_model(config, image_size, random_init, numerics)
+    state_dict, source, files = read_checkpoint(str(ckpt), config, image_size)
+    check_config(state_dict, config, image_size, source)
+    dit = DiT(config, image_size, numerics)
+    load_state_dict_strict(dit, state_dict, source)
+    dit = dit.float().eval().requires_grad_(False)
+    return LoadedDiT(dit, source, sha256_of_files(files), random_weights=False)
+
+
+def _random_model(config, image_size, seed, numerics) -> LoadedDiT:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DiTError(f"--random-init takes a seed, a non-negative integer, not {seed!r}")
+    dit = randomize_weights_(DiT(config, image_size, numerics), seed)
+    dit = dit.eval().requires_grad_(False)
+    return LoadedDiT(dit, f"random init (seed {seed})", sha256=None, random_weights=True)
+
+
+def read_checkpoint(ckpt: str, config: DiTConfig, image_size: int) -> tuple[dict, str, list[Path]]:
+    """(official-layout state dict, source text, files read) for any ckpt form."""
+    if ckpt == "auto":
+        path, url = download.fetch_official(config, image_size)
+        return read_state_dict_file(path, image_size), url, [path]
+    if ckpt.startswith("hf:"):
+        model_dir = download.fetch_hub(ckpt[len("hf:"):])
+        state_dict, files = read_diffusers_dir(model_dir, config)
+        return state_dict, ckpt, files
+    path = Path(ckpt).expanduser()
+    if path.is_dir():
+        state_dict, files = read_diffusers_dir(path, config)
+        return state_dict, str(path), files
+    if not path.is_file():
+        raise DiTError(f"checkpoint {ckpt} not found; pass {CKPT_FORMS}")
+    return read_state_dict_file(path, image_size), str(path), [path]
+
+
+def read_state_dict_file(path: Path, image_size: int) -> dict:
+    """Official-layout state dict from one file (plain, training checkpoint, or diffusers keys)."""
+    state_dict = unwrap_checkpoint(read_tensors_file(path), path)
+    if diffusers_format.is_diffusers_layout(state_dict):  # a lone diffusion_pytorch_model file
+        return diffusers_format.official_from_diffusers(state_dict, configs.latent_size(image_size))
+    return state_dict
+
+
+def read_diffusers_dir(path: Path, expected: DiTConfig | None = None) -> tuple[dict, list[Path]]:
+    """Official-layout state dict and weight files of a diffusers folder (or its transformer/)."""
+    model_dir = diffusers_format.find_model_dir(path)
+    config = diffusers_format.read_config(model_dir)
+    heads = config.get("num_attention_heads")
+    if expected is not None and heads not in (None, expected.num_heads):
+        raise DiTError(f"{model_dir} has {heads} attention heads, {expected.name} has {expected.num_heads}")
+    files = diffusers_format.weight_files(model_dir)
+    state_dict = {}
+    for file in files:
+        state_dict.update(unwrap_checkpoint(read_tensors_file(file), file))
+    sample_size = config.get("sample_size")
+    sample_size = sample_size if isinstance(sample_size, int) else None
+    return diffusers_format.official_from_diffusers(state_dict, sample_size), files
+
+
+def read_tensors_file(path: Path):
+    """The object stored in a .pt/.pth/.bin (weights-only unpickling) or .safetensors file."""
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    if kind == "torch-zip" and not zipfile.is_zipfile(path):
+        raise DiTError(f"{path} is truncated or corrupt (incomplete zip archive); download it again")
+    if kind is None:
+        raise DiTError(f"{path} is not a DiT checkpoint (not a PyTorch or safetensors file); {EXPECTED}")
+    return _torch_load(path, mmap=kind == "torch-zip")
+
+
+def sniff_format(path: Path) -> str | None:
+    """"torch-zip", "torch-legacy", "safetensors" or None, from the file's first bytes."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError as error:
+        raise DiTError(f"cannot read {path}: {error.strerror or error}") from error
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"  # torch.save since PyTorch 1.6
+    if head.startswith(b"\x80"):
+        return "torch-legacy"  # a pickle (protocol 2+), the pre-1.6 torch.save format
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"  # 8-byte little-endian header length, then a JSON header
+    return None
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise DiTError(f"{path} is truncated or corrupt (safetensors: {error}); download it again") from error
+
+
+def _torch_load(path: Path, mmap: bool):
+    """torch.load with weights_only=True; argparse.Namespace (training checkpoints' "args") allowed."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused or "Weights only load failed" in str(error):
+            what = refused.group(1) if refused else "non-tensor objects"
+            raise DiTError(
+                f"refusing to load {path}: it would unpickle {what}, which can run code; a DiT "
+                "checkpoint holds only tensors (convert it to .safetensors where you trust it)"
+            ) from error
+        raise DiTError(f"{path} is not a DiT checkpoint or is corrupt ({error}); {EXPECTED}") from error
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+        reason = str(error).strip().split(".")[0] or type(error).__name__
+        raise DiTError(f"{path} is truncated or corrupt ({reason}); {EXPECTED}") from error
+
+
+def unwrap_checkpoint(obj, path: Path) -> dict:
+    """The weights of a loaded object: the dict itself, or a training checkpoint's "ema"."""
+    if isinstance(obj, dict) and isinstance(obj.get("ema"), dict):
+        obj = obj["ema"]  # train.py saves {"model", "ema", "opt", "args"}; sampling uses the EMA
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise DiTError(f"{path} holds a {type(obj).__name__}, not a DiT state dict; {EXPECTED}")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise DiTError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; {EXPECTED}")
+    return dict(obj)
+
+
+def recognise(state_dict) -> tuple[str, int | None] | None:
+    """(config name or a shape description, image size or None) read off an official state dict."""
+    patch_weight = state_dict.get("x_embedder.proj.weight")
+    if not isinstance(patch_weight, torch.Tensor) or patch_weight.ndim != 4:
+        return None
+    hidden, patch = patch_weight.shape[0], patch_weight.shape[-1]
+    depth = diffusers_format.count_blocks(state_dict, "blocks.")
+    image_size = None
+    pos_embed = state_dict.get("pos_embed")
+    if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 3:
+        grid = math.isqrt(pos_embed.shape[1])
+        if grid * grid == pos_embed.shape[1]:
+            image_size = grid * patch * configs.VAE_DOWNSAMPLE
+    for family, (family_depth, family_hidden, _) in configs.FAMILIES.items():
+        if (depth, hidden) == (family_depth, family_hidden) and patch in configs.PATCH_SIZES:
+            return f"DiT-{family}/{patch}", image_size
+    return f"an unknown DiT (depth {depth}, hidden size {hidden}, patch {patch})", image_size
+
+
+def check_config(state_dict, config: DiTConfig, image_size: int, source: str) -> None:
+    """DiTError naming the checkpoint's own config when it is not the one asked for."""
+    found = recognise(state_dict)
+    if found is None:
+        return  # no x_embedder: the strict key check names what is missing
+    name, found_size = found
+    if name == config.name and found_size in (None, image_size):
+        return
+    size = found_size if found_size is not None else image_size
+    if name.startswith("an unknown"):
+        raise DiTError(f"{source} is {name} at {size}, not one of the DiT configs; cannot load it as {config.name}")
+    raise DiTError(
+        f"this checkpoint is {name} at {size}, you asked for {config.name} at {image_size}; "
+        f"pass --model {name[len('DiT-'):]} --image-size {size}"
+    )
+
+
+def load_state_dict_strict(model: DiT, state_dict: dict, source: str) -> None:
+    """Copy every tensor; a missing, extra or wrongly shaped key is a DiTError naming it."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    extra = [key for key in state_dict if key not in expected]
+    wrong = [key for key in expected if key in state_dict and state_dict[key].shape != expected[key].shape]
+    what = f"{model.config.name} at {model.image_size}"
+    if missing:
+        raise DiTError(f"{source} lacks {_keys(missing)} that {what} needs; is it a complete DiT checkpoint?")
+    if extra:
+        raise DiTError(f"{source} has {_keys(extra)} that {what} does not have; is it a DiT checkpoint?")
+    if wrong:
+        key = wrong[0]
+        raise DiTError(
+            f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, {what} expects "
+            f"{tuple(expected[key].shape)}" + (f" (and {len(wrong) - 1} more keys differ)" if len(wrong) > 1 else "")
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _keys(keys) -> str:
+    shown = ", ".join(repr(key) for key in keys[:MAX_KEYS_SHOWN])
+    more = f" and {len(keys) - MAX_KEYS_SHOWN} more" if len(keys) > MAX_KEYS_SHOWN else ""
+    return f"{len(keys)} key{'s' if len(keys) > 1 else ''} ({shown}{more})"
+
+
+def sha256_of_files(files) -> str:
+    """sha256 of one file, or of several files' bytes in the given order (sharded checkpoints)."""
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as stream:
+            while chunk := stream.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()

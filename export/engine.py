@@ -38,8 +38,10 @@ def engine_unavailable_reason() -> str | None:
     """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
     try:
         import tensorrt as trt
-    except ImportError:
-        return NOT_INSTALLED
+    except ModuleNotFoundError as error:
+        if error.name in ("tensorrt", None):
+            return NOT_INSTALLED
+        return f"TensorRT failed to import (no module {error.name}); reinstall it with pip install -e '.[gpu]'"
     except Exception as error:  # a broken install (missing libnvinfer, PyPI stub) must not crash the CLI
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         return f"TensorRT failed to import ({detail}); reinstall it with pip install -e '.[gpu]'"

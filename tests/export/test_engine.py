@@ -35,19 +35,27 @@ def test_reason_when_tensorrt_is_missing(monkeypatch):
 
 
 class _BrokenTensorRT(importlib.abc.MetaPathFinder):
-    """Makes `import tensorrt` fail the way an install without its shared libraries does."""
+    """Makes `import tensorrt` fail the way a broken install does (error raised while importing it)."""
+
+    def __init__(self, error):
+        self.error = error
 
     def find_spec(self, name, path=None, target=None):
         if name == "tensorrt":
-            raise OSError("libnvinfer.so.10: cannot open shared object file\nmore detail")
+            raise self.error
 
 
-def test_reason_when_tensorrt_import_breaks(monkeypatch):
+@pytest.mark.parametrize("error, shown", [
+    (ImportError("libnvinfer.so.10: cannot open shared object file\nmore detail"), "libnvinfer.so.10"),
+    (OSError("libcudart.so.12: cannot open shared object file"), "libcudart.so.12"),
+    (ModuleNotFoundError("No module named 'tensorrt_libs'", name="tensorrt_libs"), "no module tensorrt_libs"),
+])
+def test_reason_when_tensorrt_import_breaks(monkeypatch, error, shown):
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    monkeypatch.setattr(sys, "meta_path", [_BrokenTensorRT(), *sys.meta_path])
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTensorRT(error), *sys.meta_path])
     reason = engine.engine_unavailable_reason()
     print(reason)
-    assert "libnvinfer.so.10" in reason and "\n" not in reason
+    assert reason.startswith("TensorRT failed to import") and shown in reason and "\n" not in reason
 
 
 @pytest.mark.parametrize("version, has_gpu, expected", [

@@ -1,0 +1,1 @@
+"""Benchmarks: run from a checkout, e.g. python benchmarks/throughput.py --help."""

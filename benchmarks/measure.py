@@ -1,0 +1,119 @@
+"""One throughput measurement, run in its own process by throughput.py: python -m benchmarks.measure SPEC.
+
+SPEC is JSON with backend, model, image_size, batch, steps, repeats, warmup and artifact (the graph
+or engine, or null for PyTorch). Prints one JSON record on its last line.
+"""
+
+import json
+import re
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from benchmarks import backends
+from dit_ref import configs
+
+# Dense FP16 tensor-core peaks in TFLOP/s (without sparsity), from NVIDIA's datasheets:
+# A100 (SXM4 and PCIe) 312; L4 121 (242 with sparsity); H100 SXM5 989, H100 PCIe 756,
+# H100 NVL 835; H200 989. Checked in order: the first pattern found in the device name wins.
+FP16_PEAK_TFLOPS = [
+    (r"H200", 989.0), (r"H100.*PCIe", 756.0), (r"H100.*NVL", 835.0), (r"H100", 989.0),
+    (r"A100", 312.0), (r"\bL4\b", 121.0),
+]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(denoiser, inputs, repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of `repeats` denoiser calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        denoiser(*inputs)
+    synchronize(denoiser.device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        denoiser(*inputs)
+        synchronize(denoiser.device)
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> float:
+    """Seconds for one whole DDPM sampling run of `steps` steps (seeded as dit-run does)."""
+    from runtime.noise import OfficialNoise
+    from runtime.samplers import sampler_from_name
+
+    sampler = sampler_from_name("ddpm", steps)
+    noise = OfficialNoise(0, denoiser.device)
+    x = noise.initial(batch, latent_size)
+    y = torch.arange(batch, device=denoiser.device)
+    cfg_scale = torch.full((batch,), 4.0, device=denoiser.device)
+    synchronize(denoiser.device)
+    start = time.perf_counter()
+    sampler(denoiser, x, y, cfg_scale, noise)
+    synchronize(denoiser.device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak process RSS on CPU; on a GPU the peak CUDA memory torch allocated or saw in use."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return max(torch.cuda.max_memory_allocated(device), total - free) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    return next((peak for pattern, peak in FP16_PEAK_TFLOPS if re.search(pattern, name)), None)
+
+
+def measure(spec: dict) -> dict:
+    device = backends.device()
+    latent_size = configs.latent_size(spec["image_size"])
+    denoiser = backends.make_denoiser(spec["backend"], spec["model"], spec["image_size"], spec["artifact"])
+    batch = spec["batch"]
+    inputs = (
+        torch.randn(batch, configs.LATENT_CHANNELS, latent_size, latent_size, device=device),
+        torch.full((batch,), 500, dtype=torch.int64, device=device),
+        torch.arange(batch, dtype=torch.int64, device=device),
+        torch.full((batch,), 4.0, device=device),
+    )
+    times = time_calls(denoiser, inputs, spec["repeats"], spec["warmup"])
+    full_run = time_full_run(denoiser, batch, latent_size, spec["steps"])
+    median = statistics.median(times)
+    per_step = 1000 * full_run / spec["steps"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    record = {
+        "device": device.type, "device_name": name, "torch": torch.__version__, "steps": spec["steps"],
+        "denoiser": denoiser.name, "ms_per_step_median": median,
+        "ms_per_step_p90": statistics.quantiles(times, n=10)[-1] if len(times) > 1 else median,
+        "images_per_s": batch / full_run, "overhead_ms_per_step": per_step - median,
+        "overhead_percent": 100 * (per_step - median) / per_step, "peak_mem_mb": peak_memory_mb(device),
+        "tflops": None, "percent_of_peak": None,
+    }
+    if device.type == "cuda":
+        flops = 2 * 2 * configs.gflops(configs.get_config(spec["model"]), spec["image_size"]) * 1e9 * batch
+        record["tflops"] = flops / (median / 1000) / 1e12
+        peak = gpu_peak_tflops(name)
+        record["percent_of_peak"] = 100 * record["tflops"] / peak if peak else None
+    return record
+
+
+def cpu_name() -> str:
+    """The processor's model name and how many cores this process may use."""
+    try:
+        text = open("/proc/cpuinfo").read()
+        model = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
+    except (OSError, AttributeError):
+        model = "CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

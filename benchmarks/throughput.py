@@ -1,0 +1,190 @@
+"""Throughput of every backend side by side, on this machine, in one run.
+
+    python benchmarks/throughput.py --model S/2 --image-size 256 --batch 1,8 \
+        --backends torch,torch-compile,onnx,onnx-fp16,trt --steps 20 [--json PATH] [--plot PATH]
+
+Per backend, model and batch: ms per denoising step (one guided call over the doubled batch;
+median and p90 over --repeats after --warmup, CUDA-synchronised on a GPU), images per second for
+a full DDPM run of --steps steps, the runtime's own overhead per step (the full run's time per step
+minus the denoiser's), peak memory, and the speed-up over PyTorch eager float32 (the headline).
+On a GPU also the achieved TFLOP/s and the fraction of the GPU's dense FP16 peak.
+
+Each measurement runs in a fresh process, so peak memory is that backend's alone and a backend
+that crashes cannot take the others with it. Weights are random (seed 0): speed does not depend
+on their values.
+"""
+
+import json
+import platform
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from benchmarks import backends, measure  # noqa: E402
+from dit_ref.errors import DiTError  # noqa: E402
+
+DEFAULT_BACKENDS = "torch,torch-fp16,torch-bf16,torch-compile,onnx,onnx-fp16,trt"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "models", default="S/2", show_default=True, help="Comma list of models, e.g. S/2,B/2.")
+@click.option("--image-size", type=click.Choice(["256", "512"]), default="256", show_default=True)
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes (images).")
+@click.option("--backends", "backend_list", default=DEFAULT_BACKENDS, show_default=True,
+              help="Comma list from: " + ", ".join(backends.BACKENDS))
+@click.option("--steps", default=20, show_default=True, help="DDPM steps of the full sampling run.")
+@click.option("--repeats", default=10, show_default=True, help="Timed denoiser calls per measurement.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed calls first (compilation, caches).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache/dit-deploy/benchmarks",
+              show_default=True, help="Where graphs and engines are made once and reused.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write one record per measurement.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Plot images/s by batch (PNG).")
+def main(models, image_size, batches, backend_list, steps, repeats, warmup, work_dir, json_path, plot_path):
+    """Measure every backend on this machine and print them side by side."""
+    try:
+        image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
+        chosen = [name.strip() for name in backend_list.split(",") if name.strip()]
+        if "torch" not in chosen:
+            chosen.insert(0, "torch")  # the baseline every ratio is taken against
+        records = []
+        for model in [name.strip() for name in models.split(",")]:
+            settings = dict(model=model, image_size=image_size, steps=steps, repeats=repeats, warmup=warmup)
+            records += run_model(settings, chosen, batch_sizes, work_dir)
+        add_ratios(records)
+        print_report(records)
+        if json_path:
+            write_json(json_path, records)
+        if plot_path:
+            plot(records, plot_path)
+    except DiTError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DiTError(f"{option} takes a comma list of positive integers, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise DiTError(f"{option} takes a comma list of positive integers, not {text!r}")
+    return values
+
+
+def run_model(settings: dict, chosen: list[str], batch_sizes: list[int], work_dir: Path) -> list[dict]:
+    """Every (backend, batch) of one model, each measured in its own process."""
+    records = []
+    batch_range = {"min": 1, "opt": max(batch_sizes), "max": max(batch_sizes)}
+    for backend in chosen:
+        reason = backends.skip_reason(backend)
+        artifact = None
+        if reason is None:
+            try:
+                artifact = backends.prepare(backend, settings["model"], settings["image_size"], batch_range, work_dir)
+            except DiTError as error:
+                reason = str(error)
+        for batch in batch_sizes:
+            base = {"backend": backend, "model": settings["model"], "image_size": settings["image_size"], "batch": batch}
+            if reason is not None:
+                records.append({**base, "skipped": reason})
+                continue
+            click.echo(f"measuring {backend} {settings['model']} batch {batch} ...", err=True)
+            spec = {**settings, **base, "artifact": str(artifact) if artifact else None}
+            records.append({**base, **run_worker(spec)})
+    return records
+
+
+def run_worker(spec: dict) -> dict:
+    """One measurement in a fresh Python process; its last stdout line is the JSON record."""
+    command = [sys.executable, "-m", "benchmarks.measure", json.dumps(spec)]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"skipped": f"failed: {last[:200]}"}
+    return json.loads(lines[-1])
+
+
+def add_ratios(records: list[dict]) -> None:
+    """ratio_vs_torch: PyTorch eager float32's ms per step over this backend's (same model, batch)."""
+    baseline = {(r["model"], r["batch"]): r for r in records if r["backend"] == "torch" and "skipped" not in r}
+    for record in records:
+        torch_record = baseline.get((record["model"], record["batch"]))
+        if "skipped" in record or torch_record is None:
+            record["ratio_vs_torch"] = None
+            continue
+        record["ratio_vs_torch"] = torch_record["ms_per_step_median"] / record["ms_per_step_median"]
+
+
+COLUMNS = [  # (header, key, format)
+    ("backend", "backend", "{}"), ("model", "model", "{}"), ("batch", "batch", "{}"),
+    ("ms/step med", "ms_per_step_median", "{:.1f}"), ("p90", "ms_per_step_p90", "{:.1f}"),
+    ("img/s", "images_per_s", "{:.3f}"), ("overhead ms/step", "overhead_ms_per_step", "{:.2f}"),
+    ("overhead %", "overhead_percent", "{:.1f}"), ("peak MB", "peak_mem_mb", "{:.0f}"),
+    ("vs torch", "ratio_vs_torch", "{:.2f}x"), ("TFLOP/s", "tflops", "{:.1f}"), ("% peak", "percent_of_peak", "{:.1f}"),
+]
+
+
+def print_report(records: list[dict]) -> None:
+    """A readable table: measured rows, then skipped backends with their reasons."""
+    measured = [r for r in records if "skipped" not in r]
+    if measured:
+        first = measured[0]
+        click.echo(f"\n{first['device_name']} ({first['device']}), {date.today()}, torch {first['torch']}, "
+                   f"{first['image_size']} px, {first['steps']} DDPM steps per full run, random weights")
+    rows = [[header for header, _, _ in COLUMNS]]
+    for record in measured:
+        rows.append([fmt.format(record[key]) if record.get(key) is not None else "-" for _, key, fmt in COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    for row in rows:
+        click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    skipped = {(r["backend"], r["skipped"]) for r in records if "skipped" in r}
+    for backend, reason in sorted(skipped):
+        click.echo(f"skipped {backend}: {reason}")
+    if measured and measured[0]["device"] == "cuda":
+        click.echo("TFLOP/s counts 2 FLOPs per multiply-accumulate of the paper's Gflops, x2 for the guidance doubling.")
+
+
+def write_json(path: Path, records: list[dict]) -> None:
+    meta = {"date": str(date.today()), "machine": platform.node(), "processor": platform.processor()}
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps([{**meta, **r} for r in records], indent=1))
+    temporary.replace(path)
+    click.echo(f"wrote {path}")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """images/s by batch, one line per backend and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    measured = [r for r in records if "skipped" not in r]
+    for key in sorted({(r["backend"], r["model"]) for r in measured}):
+        points = sorted((r["batch"], r["images_per_s"]) for r in measured if (r["backend"], r["model"]) == key)
+        axes.plot(*zip(*points), marker="o", label=f"{key[1]} {key[0]}")
+    axes.set(xlabel="batch (images)", ylabel="images / s", xscale="log", yscale="log",
+             title=f"DiT sampling throughput, {measured[0]['device_name'] if measured else ''}")
+    axes.legend(fontsize=8)
+    temporary = path.with_name(path.stem + ".tmp" + path.suffix)
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    temporary.replace(path)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.ClickException as error:
+        error.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -140,6 +140,7 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--batch-size", type=int, help="Samples per denoiser batch (default: up to the manifest's max).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when available).")
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: physical cores).")
 @click.option("--ckpt", help="torch backend: PATH | auto | hf:ORG/NAME.")
 @click.option("--random-init", type=int, help="torch backend: random weights with this seed (labelled as such).")
 @click.option("--model", help="torch backend: XL/2, S/2, ... (with a file: must match its manifest).")
@@ -147,13 +148,18 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="torch backend compute dtype.")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
-        batch_size, backend, device, ckpt, random_init, model, image_size, dtype):
+        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     planned = plan_labels(parse_classes(classes), num_samples)
     chosen_sampler = sampler_from_name(sampler, steps)
     out = out or ("samples.npy" if vae == "none" else "sample.png")
+    if threads is not None:
+        if threads < 1:
+            raise DiTError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
     denoiser = load_denoiser(engine_or_graph, backend, device, ckpt, model, image_size,
-                             None if cfg_channels is None else int(cfg_channels), dtype, random_init)
+                             None if cfg_channels is None else int(cfg_channels), dtype, random_init,
+                             threads=threads)
     facts = model_facts(denoiser)
     batch_size = choose_batch_size(batch_size, len(planned), denoiser)
     from runtime.vae import load_vae

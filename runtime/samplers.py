@@ -125,9 +125,10 @@ def _sampling_order(schedule: Schedule) -> list[int]:
 class FiniteWatch:
     """Finds the first step whose latents hold NaN or inf; on a GPU without a host sync per step."""
 
-    def __init__(self, device: torch.device, timesteps: list[int], backend: str, check_every: int = 25):
+    def __init__(self, device: torch.device, timesteps: list[int], backend: str, check_every: int = 25,
+                 eager: bool | None = None):
         self.timesteps, self.backend, self.check_every = timesteps, backend, check_every
-        self.eager = device.type == "cpu"  # a CPU check is cheap and synchronous anyway
+        self.eager = device.type == "cpu" if eager is None else eager  # a CPU check is cheap and synchronous
         self.first_bad = None if self.eager else torch.full((), -1, dtype=torch.int64, device=device)
 
     def update(self, k: int, x: torch.Tensor) -> None:

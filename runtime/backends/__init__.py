@@ -56,12 +56,13 @@ def check_request(manifest: dict, path, model=None, image_size=None, batch_size=
 
 
 def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, model=None, image_size=None,
-                  cfg_channels=None, dtype="float32", random_init=None, batch_size=None):
+                  cfg_channels=None, dtype="float32", random_init=None, batch_size=None, threads=None):
     """A denoiser for an engine or graph file, or for a checkpoint with the torch backend.
 
     For files the model, image size, cfg_channels and batch range come from the manifest beside
     them; model / image_size / cfg_channels / batch_size given here must agree with it (None: take
     the manifest's). cfg_channels for the torch backend defaults to 3 (official sample.py).
+    threads: ONNX Runtime's CPU intra-op threads (default: physical cores).
     """
     chosen = backend_for(path, backend)
     if chosen == "torch":
@@ -81,7 +82,7 @@ def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, mode
     if chosen == "onnxruntime":
         from runtime.backends.onnxruntime_backend import OnnxRuntimeDenoiser
 
-        return OnnxRuntimeDenoiser(path, manifest, device)
+        return OnnxRuntimeDenoiser(path, manifest, device, threads)
     return _load_tensorrt(path, manifest, device)
 
 

@@ -52,19 +52,15 @@ def fetch_official(config: DiTConfig, image_size: int) -> tuple[Path, str]:
 
 def download(url: str, path: Path) -> Path:
     """Download url to path with a progress bar, via a temporary name in the same folder."""
-    from tqdm import tqdm
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as error:
+        message = f"cannot write to {path.parent}: {error}; set DIT_CACHE to a writable folder"
+        raise DiTError(message) from error
     try:
         with os.fdopen(descriptor, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
-                while chunk := response.read(CHUNK_BYTES):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            if total is not None and out.tell() != total:
-                raise DiTError(f"download of {url} stopped at {out.tell()} of {total} bytes; try again")
+            _copy_with_progress(response, out, url, path.name)
         os.replace(tmp_name, path)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", None) or error
@@ -73,6 +69,18 @@ def download(url: str, path: Path) -> Path:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return path
+
+
+def _copy_with_progress(response, out, url, name):
+    from tqdm import tqdm
+
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
+        while chunk := response.read(CHUNK_BYTES):
+            out.write(chunk)
+            bar.update(len(chunk))
+    if total is not None and out.tell() != total:
+        raise DiTError(f"download of {url} stopped at {out.tell()} of {total} bytes; try again")
 
 
 def fetch_hub(repo_id: str) -> Path:
@@ -104,7 +112,8 @@ def _snapshot(repo_id: str, extension: str, offline: bool) -> Path:
         f"diffusion_pytorch_model-*.{extension}",
         f"diffusion_pytorch_model.{extension}.index.json",
     )
-    patterns = [f"{prefix}{file}" for prefix in (f"{diffusers_format.PIPELINE_SUBFOLDER}/", "") for file in files]
+    prefixes = (f"{diffusers_format.PIPELINE_SUBFOLDER}/", "")
+    patterns = [f"{prefix}{file}" for prefix in prefixes for file in files]
     hub_errors = (errors.HfHubHTTPError, errors.EntryNotFoundError, errors.HFValidationError, OSError)
     hub_errors += _httpx_errors()
     try:
@@ -115,7 +124,8 @@ def _snapshot(repo_id: str, extension: str, offline: bool) -> Path:
         else:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             reason = reason.removeprefix("Got: ")  # the hub's "Got: ConnectError: ..." wrapping
-        raise DiTError(f"cannot fetch hf:{repo_id} from the Hugging Face hub: {reason}; {OFFLINE_HINT}") from error
+        message = f"cannot fetch hf:{repo_id} from the Hugging Face hub: {reason}; {OFFLINE_HINT}"
+        raise DiTError(message) from error
 
 
 def _httpx_errors() -> tuple:

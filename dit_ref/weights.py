@@ -21,7 +21,7 @@ import torch
 from dit_ref import configs, diffusers_format, download
 from dit_ref.configs import DiTConfig
 from dit_ref.errors import DiTError
-from dit_ref.model import NUMERICS, DiT, randomize_weights_
+from dit_ref.model import NUMERICS, DiT, randomize_weights_, sincos_pos_embed
 
 EXPECTED = (
     "expected a DiT checkpoint: a .pt/.pth/.bin state dict, a training checkpoint with 'ema', "
@@ -60,10 +60,25 @@ def load_dit(
         return _random_model(config, image_size, random_init, numerics)
     state_dict, source, files = read_checkpoint(str(ckpt), config, image_size)
     check_config(state_dict, config, image_size, source)
-    dit = DiT(config, image_size, numerics)
+    dit = _uninitialised_model(config, image_size, numerics)
+    if "pos_embed" not in state_dict:  # the fixed sin-cos table; official files carry it, diffusers not
+        state_dict["pos_embed"] = sincos_pos_embed(config.hidden_size, dit.grid_size)
     load_state_dict_strict(dit, state_dict, source)
     dit = dit.float().eval().requires_grad_(False)
     return LoadedDiT(dit, source, sha256_of_files(files), random_weights=False)
+
+
+def _uninitialised_model(config, image_size, numerics) -> DiT:
+    """A DiT with allocated but unset memory (random init of XL/2 takes seconds; all is overwritten).
+
+    Safe because the strict load then fills every tensor: the model has no non-persistent buffer.
+    """
+    with torch.device("meta"):
+        dit = DiT(config, image_size, numerics)
+    tensors = {name for name, _ in dit.named_parameters()} | {name for name, _ in dit.named_buffers()}
+    if tensors != set(dit.state_dict()):  # a buffer the state dict would not fill: init normally
+        return DiT(config, image_size, numerics)
+    return dit.to_empty(device="cpu")
 
 
 def _random_model(config, image_size, seed, numerics) -> LoadedDiT:
@@ -78,7 +93,7 @@ def read_checkpoint(ckpt: str, config: DiTConfig, image_size: int) -> tuple[dict
     """(official-layout state dict, source text, files read) for any ckpt form."""
     if ckpt == "auto":
         path, url = download.fetch_official(config, image_size)
-        return read_state_dict_file(path, image_size), url, [path]
+        return read_state_dict_file(path), url, [path]
     if ckpt.startswith("hf:"):
         model_dir = download.fetch_hub(ckpt[len("hf:"):])
         state_dict, files = read_diffusers_dir(model_dir, config)
@@ -89,14 +104,14 @@ def read_checkpoint(ckpt: str, config: DiTConfig, image_size: int) -> tuple[dict
         return state_dict, str(path), files
     if not path.is_file():
         raise DiTError(f"checkpoint {ckpt} not found; pass {CKPT_FORMS}")
-    return read_state_dict_file(path, image_size), str(path), [path]
+    return read_state_dict_file(path), str(path), [path]
 
 
-def read_state_dict_file(path: Path, image_size: int) -> dict:
+def read_state_dict_file(path: Path) -> dict:
     """Official-layout state dict from one file (plain, training checkpoint, or diffusers keys)."""
     state_dict = unwrap_checkpoint(read_tensors_file(path), path)
     if diffusers_format.is_diffusers_layout(state_dict):  # a lone diffusion_pytorch_model file
-        return diffusers_format.official_from_diffusers(state_dict, configs.latent_size(image_size))
+        return diffusers_format.official_from_diffusers(state_dict)
     return state_dict
 
 
@@ -216,7 +231,9 @@ def check_config(state_dict, config: DiTConfig, image_size: int, source: str) ->
         return
     size = found_size if found_size is not None else image_size
     if name.startswith("an unknown"):
-        raise DiTError(f"{source} is {name} at {size}, not one of the DiT configs; cannot load it as {config.name}")
+        raise DiTError(
+            f"{source} is {name} at {size}, not one of the DiT configs; cannot load it as {config.name}"
+        )
     raise DiTError(
         f"this checkpoint is {name} at {size}, you asked for {config.name} at {image_size}; "
         f"pass --model {name[len('DiT-'):]} --image-size {size}"
@@ -235,10 +252,10 @@ def load_state_dict_strict(model: DiT, state_dict: dict, source: str) -> None:
     if extra:
         raise DiTError(f"{source} has {_keys(extra)} that {what} does not have; is it a DiT checkpoint?")
     if wrong:
-        key = wrong[0]
+        key, more = wrong[0], f" (and {len(wrong) - 1} more keys differ)" if len(wrong) > 1 else ""
         raise DiTError(
             f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, {what} expects "
-            f"{tuple(expected[key].shape)}" + (f" (and {len(wrong) - 1} more keys differ)" if len(wrong) > 1 else "")
+            f"{tuple(expected[key].shape)}{more}"
         )
     model.load_state_dict(state_dict, strict=True)
 

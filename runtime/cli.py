@@ -18,7 +18,7 @@ from dit_ref.configs import NUM_CLASSES
 from dit_ref.errors import DiTError
 from runtime.backends import BACKENDS, load_denoiser, model_facts
 from runtime.backends.onnxruntime_backend import check_batch
-from runtime.images import open_output
+from runtime.images import open_output, output_kind
 from runtime.noise import OfficialNoise
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
 
@@ -80,6 +80,14 @@ def choose_batch_size(requested: int | None, num_samples: int, denoiser) -> int:
         for n in {min(size, num_samples), num_samples % size or size}:  # full and last batch
             check_batch(n, batch, path)
     return size
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's intra-op threads (ONNX Runtime gets the same number via load_denoiser)."""
+    if threads is not None:
+        if threads < 1:
+            raise DiTError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
 
 
 def describe(facts: dict, sampler, seed: int, cfg_scale: float, denoiser, vae) -> dict:
@@ -153,18 +161,18 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     planned = plan_labels(parse_classes(classes), num_samples)
     chosen_sampler = sampler_from_name(sampler, steps)
     out = out or ("samples.npy" if vae == "none" else "sample.png")
-    if threads is not None:
-        if threads < 1:
-            raise DiTError(f"--threads must be at least 1, not {threads}")
-        torch.set_num_threads(threads)
+    output_kind(out, latents=vae == "none")  # check --out before any slow work
+    from runtime.vae import load_vae
+
+    loaded_vae = load_vae(vae, "cpu")  # before the denoiser: an unreachable hub fails fast
+    set_threads(threads)
     denoiser = load_denoiser(engine_or_graph, backend, device, ckpt, model, image_size,
                              None if cfg_channels is None else int(cfg_channels), dtype, random_init,
                              threads=threads)
     facts = model_facts(denoiser)
     batch_size = choose_batch_size(batch_size, len(planned), denoiser)
-    from runtime.vae import load_vae
-
-    loaded_vae = load_vae(vae, denoiser.device)
+    if loaded_vae is not None:
+        loaded_vae.model.to(denoiser.device)
     info = describe(facts, chosen_sampler, seed, cfg_scale, denoiser, loaded_vae)
     if "Warning" in info:
         click.secho(f"warning: {info['Warning']}", fg="red", bold=True, err=True)

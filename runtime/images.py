@@ -118,8 +118,6 @@ class DirectoryOutput(_Output):
     directory = True
 
     def __init__(self, path: Path, metadata: dict | None = None):
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise DiTError(f"{path} exists and is not an empty directory; choose a new --out directory")
         super().__init__(path, metadata)
         self.count = 0
 
@@ -169,21 +167,32 @@ class ArrayOutput(_Output):
             self.archive.close()
 
 
-def open_output(out, total: int, image_size: int | None, latent_size: int, metadata: dict | None = None):
-    """The writer for --out: .npy latents when image_size is None (--vae none), else .png / .npz / a directory."""
+def output_kind(out, latents: bool) -> str:
+    """"npy" (latents), "png" (grid), "npz" or "dir" for --out; DiTError for a name that cannot work."""
     path = Path(out).expanduser()
     if not path.parent.is_dir():
         raise DiTError(f"the directory of --out {path} does not exist; create it first")
     suffix = path.suffix.lower()
-    if image_size is None:
+    if latents:
         if suffix != ".npy":
             raise DiTError(f"--vae none writes latents: give --out a .npy name, not {path.name}")
-        return ArrayOutput(path, (total, 4, latent_size, latent_size), np.float32, zipped=False)
-    if suffix == ".png":
-        return GridOutput(path, metadata)
-    if suffix == ".npz":
-        return ArrayOutput(path, (total, image_size, image_size, 3), np.uint8, zipped=True)
+        return "npy"
+    if suffix in (".png", ".npz"):
+        return suffix[1:]
     if suffix == "":
-        return DirectoryOutput(path, metadata)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise DiTError(f"{path} exists and is not an empty directory; choose a new --out directory")
+        return "dir"
     raise DiTError(f"--out {path.name}: use a .png (grid), .npz (uint8 images) or a directory name "
                    f"(one PNG per sample); .npy is for --vae none")
+
+
+def open_output(out, total: int, image_size: int | None, latent_size: int, metadata: dict | None = None):
+    """The writer for --out: .npy latents when image_size is None (--vae none), else .png / .npz / a directory."""
+    path = Path(out).expanduser()
+    kind = output_kind(path, latents=image_size is None)
+    if kind == "npy":
+        return ArrayOutput(path, (total, 4, latent_size, latent_size), np.float32, zipped=False)
+    if kind == "npz":
+        return ArrayOutput(path, (total, image_size, image_size, 3), np.uint8, zipped=True)
+    return GridOutput(path, metadata) if kind == "png" else DirectoryOutput(path, metadata)

@@ -1,5 +1,6 @@
 """Latents to pixels with the Stable Diffusion VAE (diffusers AutoencoderKL), as sample_ddp.py does."""
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def _from_pretrained(where, hub: bool):
     if not hub and not (Path(where) / "config.json").is_file() and (Path(where) / "vae" / "config.json").is_file():
         subfolder = "vae"
     try:
-        return AutoencoderKL.from_pretrained(str(where), subfolder=subfolder)
+        with warnings.catch_warnings():  # deprecation chatter from diffusers' hub calls
+            warnings.simplefilter("ignore")
+            return AutoencoderKL.from_pretrained(str(where), subfolder=subfolder, low_cpu_mem_usage=False)
     except Exception as error:  # hub/network/file errors come in many types (OSError, HfHubHTTPError, ...)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         if hub:

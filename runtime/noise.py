@@ -5,7 +5,8 @@ guidance, and p_sample draws randn_like(x) on the doubled batch (2n, 4, L, L) af
 call, the last step included. sample_ddp.py draws z, then the labels randint(0, 1000, (n,)), per
 batch, from the same global generator. A dedicated torch.Generator seeded with S on the sampling
 device yields the same numbers as the global one after torch.manual_seed(S) on that device, so
-drawing the same shapes in the same order gives sample.py's latents.
+drawing the same shapes in the same order gives sample.py's latents. (sample_ddp.py with
+--cfg-scale 1.0 skips guidance and draws un-doubled step noise; dit-run always guides, as sample.py.)
 """
 
 import torch

@@ -103,11 +103,11 @@ def sample_diffusers(denoiser, x, steps: int, y, cfg_scale, noise_source=None,
 def _denoise_loop(denoiser, x, timesteps: list[int], y, cfg_scale, step, callback, prepare=None):
     """Call the denoiser at each timestep (in sampling order), then step(k, x, eps, var_values)."""
     watch = FiniteWatch(x.device, timesteps, getattr(denoiser, "name", "denoiser"))
-    # One host-to-device copy; rows are contiguous, as backends that bind raw pointers need.
-    t_table = torch.tensor(timesteps, dtype=torch.int64).repeat_interleave(y.shape[0]).to(y.device)
-    t_table = t_table.view(len(timesteps), y.shape[0])  # (steps, n)
+    # Made up front, one fresh tensor per step: TensorRT binds raw pointers, which must be 256-byte
+    # aligned (a fresh allocation is; a row of a (steps, n) table is not).
+    t_all = [torch.full_like(y, t) for t in timesteps]  # each (n,) int64
     for k in range(len(timesteps)):
-        t = t_table[k]  # (n,)
+        t = t_all[k]  # (n,)
         model_input = prepare(k, x) if prepare is not None else x
         eps, var_values = denoiser(model_input, t, y, cfg_scale)  # each (n, 4, L, L)
         x = step(k, x, eps, var_values)

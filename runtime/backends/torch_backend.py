@@ -22,6 +22,7 @@ class TorchDenoiser:
 
     The model computes in `dtype` with dit_ref's float32 islands (timestep features, LayerNorm
     statistics, softmax, guidance); float16 works on CPU in torch 2.13 but is slow there.
+    The model is moved to the device and dtype in place (no copy of a multi-GB model).
     """
 
     def __init__(self, model: DiT, device=None, dtype="float32", cfg_channels: int = 3,

@@ -65,6 +65,9 @@ def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, mode
     threads: ONNX Runtime's CPU intra-op threads (default: physical cores).
     """
     chosen = backend_for(path, backend)
+    if path is None and ckpt is None and random_init is None:
+        raise DiTError("nothing to run: pass an engine (.plan) or graph (.onnx) made by dit-export, or "
+                       "--ckpt PATH|auto|hf:ID (or --random-init SEED) with --model and --image-size")
     if chosen == "torch":
         from runtime.backends.torch_backend import load_torch_denoiser
 

@@ -155,3 +155,24 @@ def test_engine_without_tensorrt_points_to_the_graph(graphs, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DiTError, match="not found"):
         load_denoiser(tmp_path / "nothing.onnx")
+    with pytest.raises(DiTError, match="nothing to run"):
+        load_denoiser()
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_io_binding(graphs, reference):
+    # Written for a GPU machine with onnxruntime-gpu; not run here (no GPU).
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    denoiser = load_denoiser(graphs["fp32"], device="cuda")
+    eps, var_values = denoiser(*(value.cuda() for value in guided_inputs()))
+    expected = reference(*guided_inputs())
+    errors = [max_rel_error(a.cpu(), b) for a, b in zip((eps, var_values), expected)]
+    print(f"{denoiser.name} (I/O binding) vs torch CPU: eps {errors[0]:.2e}, var_values {errors[1]:.2e}")
+    assert eps.device.type == "cuda" and max(errors) < 2e-3  # the CUDA provider may use TF32 matmuls
+    noise = OfficialNoise(0, "cuda")
+    x = sample_ddpm(denoiser, noise.initial(2, L), schedule_from_spec(3), torch.tensor([1, 2], device="cuda"),
+                    torch.full((2,), 4.0, device="cuda"), noise)
+    assert x.device.type == "cuda" and torch.isfinite(x).all()

@@ -21,6 +21,7 @@ from runtime.backends.onnxruntime_backend import check_batch
 from runtime.images import open_output, output_kind
 from runtime.noise import OfficialNoise
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
+from runtime.vae import decode, load_vae
 
 DEMO_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's class_labels
 DEFAULT_BATCH_SIZE = 32  # when the manifest gives no batch range (torch backend)
@@ -123,8 +124,6 @@ def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, vae, out
             if vae is None:
                 output.add(x.float().cpu().numpy())  # (n, 4, L, L) float32 latents
             else:
-                from runtime.vae import decode
-
                 output.add(decode(vae, x))  # (n, H, W, 3) uint8
             images_bar.update(len(chunk))
 
@@ -162,8 +161,6 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     chosen_sampler = sampler_from_name(sampler, steps)
     out = out or ("samples.npy" if vae == "none" else "sample.png")
     output_kind(out, latents=vae == "none")  # check --out before any slow work
-    from runtime.vae import load_vae
-
     loaded_vae = load_vae(vae, "cpu")  # before the denoiser: an unreachable hub fails fast
     set_threads(threads)
     denoiser = load_denoiser(engine_or_graph, backend, device, ckpt, model, image_size,

@@ -154,8 +154,9 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--image-size", type=int, help="torch backend: 256 or 512 (with a file: must match its manifest).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="torch backend compute dtype.")
+@click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
-        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype):
+        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     planned = plan_labels(parse_classes(classes), num_samples)
     chosen_sampler = sampler_from_name(sampler, steps)
@@ -165,7 +166,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     set_threads(threads)
     denoiser = load_denoiser(engine_or_graph, backend, device, ckpt, model, image_size,
                              None if cfg_channels is None else int(cfg_channels), dtype, random_init,
-                             threads=threads)
+                             threads=threads, cuda_graphs=cuda_graphs)
     facts = model_facts(denoiser)
     batch_size = choose_batch_size(batch_size, len(planned), denoiser)
     if loaded_vae is not None:

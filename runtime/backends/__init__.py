@@ -52,17 +52,21 @@ def check_request(manifest: dict, path, model=None, image_size=None, batch_size=
     if batch_size is not None:
         from runtime.backends.onnxruntime_backend import check_batch
 
-        check_batch(int(batch_size), manifest.get("batch", {}), path)
+        # An engine's profile may have been rebuilt with another --batch than its graph's.
+        engine = manifest.get("engine") if SUFFIXES.get(Path(path).suffix.lower()) == "tensorrt" else None
+        check_batch(int(batch_size), (engine or manifest).get("batch", {}), path)
 
 
 def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, model=None, image_size=None,
-                  cfg_channels=None, dtype="float32", random_init=None, batch_size=None, threads=None):
+                  cfg_channels=None, dtype="float32", random_init=None, batch_size=None, threads=None,
+                  cuda_graphs=False):
     """A denoiser for an engine or graph file, or for a checkpoint with the torch backend.
 
     For files the model, image size, cfg_channels and batch range come from the manifest beside
     them; model / image_size / cfg_channels / batch_size given here must agree with it (None: take
     the manifest's). cfg_channels for the torch backend defaults to 3 (official sample.py).
     threads: ONNX Runtime's CPU intra-op threads (default: physical cores).
+    cuda_graphs: TensorRT only, capture one CUDA graph per batch size and replay it.
     """
     chosen = backend_for(path, backend)
     if path is None and ckpt is None and random_init is None:
@@ -86,10 +90,10 @@ def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, mode
         from runtime.backends.onnxruntime_backend import OnnxRuntimeDenoiser
 
         return OnnxRuntimeDenoiser(path, manifest, device, threads)
-    return _load_tensorrt(path, manifest, device)
+    return _load_tensorrt(path, manifest, device, cuda_graphs)
 
 
-def _load_tensorrt(path: Path, manifest: dict, device):
+def _load_tensorrt(path: Path, manifest: dict, device, cuda_graphs: bool = False):
     """The TensorRT denoiser (helper module imported lazily); DiTError when TensorRT cannot run here."""
     graph = path.with_suffix(".onnx").name
     remedy = (f"install the gpu extra (pip install -e '.[gpu]') on a CUDA machine, or run the graph "
@@ -102,7 +106,7 @@ def _load_tensorrt(path: Path, manifest: dict, device):
         from runtime.backends.tensorrt_backend import TensorRTDenoiser
     except ImportError as error:
         raise DiTError(f"cannot run {path.name}: {error}; {remedy}") from None
-    return TensorRTDenoiser(path, manifest, device=device or "cuda")
+    return TensorRTDenoiser(path, manifest, device=device or "cuda", cuda_graphs=cuda_graphs)
 
 
 def model_facts(denoiser) -> dict:

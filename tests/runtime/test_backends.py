@@ -14,7 +14,7 @@ from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
 from runtime.noise import OfficialNoise
 from runtime.samplers import sample_ddpm
-from tests.conftest import max_rel_error
+from conftest import max_rel_error
 
 L = 32
 
@@ -176,3 +176,13 @@ def test_onnxruntime_cuda_io_binding(graphs, reference):
     x = sample_ddpm(denoiser, noise.initial(2, L), schedule_from_spec(3), torch.tensor([1, 2], device="cuda"),
                     torch.full((2,), 4.0, device="cuda"), noise)
     assert x.device.type == "cuda" and torch.isfinite(x).all()
+
+
+def test_engine_batch_range_comes_from_its_engine_section():
+    from runtime.backends import check_request
+
+    manifest = {"model": "DiT-S/8", "image_size": 256, "cfg_channels": 3, "batch": {"min": 1, "opt": 8, "max": 32},
+                "engine": {"batch": {"min": 1, "opt": 2, "max": 4}}}
+    check_request(manifest, "DiT-S-8-256-fp16.onnx", batch_size=8)  # the graph takes 8
+    with pytest.raises(DiTError, match=r"batch of 8 is outside the range 1..4"):
+        check_request(manifest, "DiT-S-8-256-fp16.plan", batch_size=8)  # its engine does not

@@ -146,8 +146,11 @@ def check_out_dir(out_dir) -> None:
     existing = next(path for path in [out_dir, *out_dir.absolute().parents] if path.exists())
     if not existing.is_dir():
         raise DiTError(f"output path {existing} is not a directory; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DiTError(f"output directory {existing} is not writable; choose another --out")
+    try:  # a real probe: permission bits say little for root or read-only mounts
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise DiTError(f"output directory {existing} is not writable ({error.strerror}); "
+                       "choose another --out") from None
 
 
 def make_out_dir(out_dir: Path) -> bool:

@@ -3,7 +3,6 @@
 import collections
 import functools
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import onnx
@@ -17,7 +16,7 @@ OPS_FILE = "tensorrt_onnx_ops.txt"
 @functools.cache
 def supported_operators() -> frozenset[str]:
     """The TensorRT ONNX parser's supported operators, read from the data file beside this module."""
-    text = resources.files("export").joinpath(OPS_FILE).read_text()
+    text = (Path(__file__).parent / OPS_FILE).read_text()
     lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return frozenset(line for line in lines if line)
 

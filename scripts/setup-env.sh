@@ -10,5 +10,10 @@ EXTRAS=${EXTRAS:-dev}
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+# (Hides only pip's warnings about this machine's local package mirrors; errors still show.)
+quiet_pip() {
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip "$TORCH_SPEC"
+quiet_pip -e ".[$EXTRAS]"

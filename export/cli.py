@@ -1,6 +1,7 @@
 """`dit-export`: checkpoint -> guided ONNX graph (+ manifest) -> TensorRT engine when possible."""
 
 import contextlib
+import gc
 import sys
 import time
 from pathlib import Path
@@ -62,41 +63,52 @@ def engine_reason(engine: str) -> str | None:
 
 
 def load_stage(model: str, image_size: int, ckpt: str | None, random_init: int | None):
-    """Load the weights (dit_ref.weights.load_dit) and report where they came from."""
+    """Load the weights (dit_ref.weights.load_dit); returns the model and its checkpoint record."""
     from dit_ref.weights import load_dit
 
     with stage("load", f"{configs.get_config(model).name} at {image_size} px") as result:
         loaded = load_dit(model, image_size, ckpt=ckpt, random_init=random_init)
         label = "RANDOM WEIGHTS" if loaded.random_weights else f"sha256 {loaded.sha256[:12]}..."
         result["done"] = f"{loaded.source} ({label})"
-    return loaded
+    checkpoint = {"source": loaded.source, "sha256": loaded.sha256, "random_weights": loaded.random_weights}
+    return loaded.model, checkpoint
 
 
-def export_stages(loaded, out: Path, precision: str, cfg_channels: int, batch: dict) -> Path:
-    """Trace, then save with the static checks (operators, onnx.checker, shape inference)."""
+def reference_stage(model, cfg_channels: int):
+    """The PyTorch float32 outputs for the check, computed before export may turn the model to float16."""
+    from export.verify import reference_outputs
+
+    with stage("check", "PyTorch float32 reference at batch 1") as result:
+        inputs, expected = reference_outputs(model, cfg_channels, batch=1)
+        result["done"] = f"max |eps| {abs(expected[0]).max():.3g}"
+    return inputs, expected
+
+
+def export_stages(model, checkpoint: dict, out: Path, precision: str, cfg_channels: int, batch: dict) -> Path:
+    """Trace, then save with the static checks (operators, onnx.checker, shape inference).
+
+    The model is converted to float16 in place for --fp16: no float32 copy stays in memory.
+    """
     from export.onnx_export import graph_file_name, graph_manifest, save_graph, trace_graph
 
-    model = loaded.model
-    checkpoint = {"source": loaded.source, "sha256": loaded.sha256, "random_weights": loaded.random_weights}
     manifest = graph_manifest(model, precision, cfg_channels, batch, 18, checkpoint)
-    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channels"):
-        program = trace_graph(model, precision, cfg_channels, opset=18)
     name = graph_file_name(model, precision)
+    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channels"):
+        program = trace_graph(model, precision, cfg_channels, opset=18, copy_model=False)
     with stage("save", f"{out / name} + manifest; TensorRT operator check, onnx.checker") as result:
         graph = save_graph(program, out, name, manifest)
-        del program
         result["done"] = f"{graph.stat().st_size / 1e6:.1f} MB" + (
             " + external data" if graph.with_name(graph.name + ".data").exists() else "")
     return graph
 
 
-def check_stage(graph: Path, model, precision: str, cfg_channels: int) -> None:
-    """ONNX Runtime (CPU) against the PyTorch float32 guided forward at batch 1."""
-    from export.verify import compare_with_reference
+def check_stage(graph: Path, reference, precision: str) -> None:
+    """ONNX Runtime (CPU) on the graph against the PyTorch float32 reference outputs."""
+    from export.verify import compare_outputs
 
     limit = TOLERANCE[precision]
-    with stage("check", f"onnxruntime vs PyTorch float32, batch 1, limit {limit:g}") as result:
-        errors = compare_with_reference(graph, model, cfg_channels, batch=1)
+    with stage("check", f"onnxruntime on the graph vs the reference, limit {limit:g}") as result:
+        errors = compare_outputs(graph, *reference)
         result["done"] = ", ".join(f"{name} max rel err {value:.2e}" for name, value in errors.items())
     if max(errors.values()) > limit:
         raise DiTError(f"the graph disagrees with PyTorch (errors {errors}, limit {limit:g}); "
@@ -114,10 +126,10 @@ def engine_stage(graph: Path, reason: str | None, batch: dict, opt_level: int, t
         result["done"] = str(build_engine(graph, batch, opt_level, timing_cache))
 
 
-def summary(graph: Path, loaded, precision: str) -> None:
+def summary(graph: Path, checkpoint: dict, precision: str) -> None:
     click.echo(f"wrote {graph} ({precision}) and {graph.with_suffix('.json').name}")
-    if loaded.random_weights:
-        click.echo(f"RANDOM WEIGHTS ({loaded.source}): the graph computes noise, not images; "
+    if checkpoint["random_weights"]:
+        click.echo(f"RANDOM WEIGHTS ({checkpoint['source']}): the graph computes noise, not images; "
                    "use --ckpt for real weights")
 
 
@@ -164,19 +176,22 @@ def cli(ctx, model, image_size, ckpt, random_init, fp16, cfg_channels, batch_tex
                    parse_batch(batch_text), out, engine, opt_level, timing_cache, not no_check)
 
 
-def export_command(model, image_size, ckpt, random_init, precision, cfg_channels, batch, out,
+def export_command(model_name, image_size, ckpt, random_init, precision, cfg_channels, batch, out,
                    engine, opt_level, timing_cache, check) -> None:
     """The export pipeline: load, trace, save, check, engine."""
     from export.onnx_export import check_out_dir
 
     check_out_dir(out)
     reason = engine_reason(engine)  # before any work: --engine required fails fast
-    loaded = load_stage(model, image_size, ckpt, random_init)
-    graph = export_stages(loaded, out, precision, cfg_channels, batch)
+    model, checkpoint = load_stage(model_name, image_size, ckpt, random_init)
+    reference = reference_stage(model, cfg_channels) if check else None
+    graph = export_stages(model, checkpoint, out, precision, cfg_channels, batch)
+    del model  # the graph file holds the weights now (onnxscript 0.7.2 may keep them until exit)
+    gc.collect()
     if check:
-        check_stage(graph, loaded.model, precision, cfg_channels)
+        check_stage(graph, reference, precision)
     engine_stage(graph, reason, batch, opt_level, timing_cache)
-    summary(graph, loaded, precision)
+    summary(graph, checkpoint, precision)
 
 
 @cli.command()

@@ -55,19 +55,25 @@ def check_options(precision: str, cfg_channels: int, opset: int) -> None:
         raise DiTError(f"opset {opset} is too old; use {MIN_OPSET} or newer (one LayerNormalization op)")
 
 
-def export_module(model: DiT, precision: str) -> DiT:
-    """The module to trace: the model itself for FP32, a float16 copy (float32 islands kept) for FP16."""
+def export_module(model: DiT, precision: str, copy_model: bool = True) -> DiT:
+    """The module to trace: the model itself for FP32, a float16 one (float32 islands kept) for FP16.
+
+    copy_model=False converts the caller's model to float16 in place (saves its float32 memory).
+    """
+    if precision == "fp16" and model.dtype != torch.float16:
+        return fp16.half_copy(model) if copy_model else model.half()
     if precision == "fp16":
-        return model if model.dtype == torch.float16 else fp16.half_copy(model)
+        return model
     if model.dtype != torch.float32:
         raise DiTError(f"the FP32 graph needs a float32 model, got {model.dtype}")
     return model
 
 
-def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 18):
+def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 18,
+                copy_model: bool = True):
     """Trace the guided forward to an in-memory torch.onnx.ONNXProgram with a dynamic batch."""
     check_options(precision, cfg_channels, opset)
-    module = GuidedDiT(export_module(model, precision), cfg_channels).eval()
+    module = GuidedDiT(export_module(model, precision, copy_model), cfg_channels).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     inputs = example_inputs(model.latent_size, TRACE_BATCH)
     with quiet_exporter(), torch.no_grad():

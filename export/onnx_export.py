@@ -15,7 +15,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 
 from dit_ref import DiT

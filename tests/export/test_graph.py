@@ -92,3 +92,24 @@ def test_manifest_describes_graph(exported_graph, precision):
     assert manifest["graph"] == {"file": graph.name, "sha256": sha256_file(graph), "external_data": None}
     assert manifest["versions"]["torch"] and manifest["versions"]["onnx"]
     assert sorted(path.name for path in graph.parent.iterdir()) == sorted([graph.name, graph.stem + ".json"])
+
+
+def test_a_specialised_batch_is_caught():
+    """torch.onnx.export silently falls back to a fixed batch when torch.export cannot keep it dynamic
+    (chunk over a doubled batch did that to DiT's guide()); check_dynamic_batch must refuse it."""
+    import torch
+
+    from dit_ref.errors import DiTError
+    from export.onnx_export import check_dynamic_batch, quiet_exporter
+
+    class DoubledChunk(torch.nn.Module):
+        def forward(self, x):  # x (B, 3)
+            cond, uncond = torch.cat([x, x]).chunk(2, dim=0)  # the old guide() pattern
+            return cond - uncond
+
+    with quiet_exporter():
+        program = torch.onnx.export(DoubledChunk(), (torch.randn(2, 3),), dynamo=True,
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+    print([value.shape for value in program.model.graph.inputs])
+    with pytest.raises(DiTError, match="fixed the batch of x"):
+        check_dynamic_batch(program)

@@ -4,7 +4,6 @@ import resource
 
 import onnx
 import pytest
-import torch
 
 from dit_ref import DiT, DiTConfig, randomize_weights_
 from export.manifest import read_manifest

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-weight models built once per session, and gpu/trt skips."""
+"""Shared fixtures: tiny random-weight models and graphs built once per session, and gpu/trt skips."""
 
 import functools
 import importlib.util
@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from dit_ref import build_model, randomize_weights_
+from testing_utils import random_model
 
 
 def _has_cuda() -> bool:
@@ -27,23 +27,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_trt)
 
 
-@functools.cache
-def random_model(name: str, image_size: int = 256, seed: int = 0, numerics: str = "official"):
-    """A DiT with every tensor randomised (seeded), in eval mode; cached for the session."""
-    model = randomize_weights_(build_model(name, image_size, numerics), seed)
-    return model.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope="session")
 def tiny_model():
     """Factory for cached random models: tiny_model("S/8", 256, seed=0)."""
     return random_model
-
-
-def max_rel_error(actual, expected) -> float:
-    """max |actual - expected| / max |expected|: error relative to the output's scale."""
-    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import max_rel_error
+from testing_utils import max_rel_error
 
 from dit_ref import DiT, DiTError, randomize_weights_
 from dit_ref.configs import DiTConfig

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_rel_error
+from testing_utils import max_rel_error
 from dit_ref import DiTError
 from dit_ref.model import guide, sincos_pos_embed, timestep_features
 

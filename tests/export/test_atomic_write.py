@@ -7,7 +7,7 @@ import pytest
 
 from dit_ref.errors import DiTError
 from export import manifest as manifests, onnx_export, opcheck
-from conftest import random_model
+from testing_utils import random_model
 
 MANIFEST = onnx_export.graph_manifest(random_model("S/8", 256, 0), "fp32", 3, onnx_export.DEFAULT_BATCH, 18, None)
 

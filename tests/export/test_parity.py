@@ -12,7 +12,7 @@ import torch
 
 from export.guided import example_inputs
 from export.verify import onnxruntime_session, relative_error, run_graph
-from conftest import random_model
+from testing_utils import random_model
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # issue 3: FP32 1e-4 of the output scale, FP16 1e-2
 BATCHES = (1, 3, 8)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_rel_error, random_model
+from testing_utils import max_rel_error, random_model
 from dit_ref.errors import DiTError
 from export.engine import build_engine
 from export.guided import example_inputs

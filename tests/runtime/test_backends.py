@@ -14,7 +14,7 @@ from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
 from runtime.noise import OfficialNoise
 from runtime.samplers import sample_ddpm
-from tests.conftest import max_rel_error
+from testing_utils import max_rel_error
 
 L = 32
 

@@ -9,7 +9,7 @@ import torch
 
 from dit_ref import configs
 from export.cli import main
-from conftest import random_model
+from testing_utils import random_model
 
 
 def run(capsys, *argv):

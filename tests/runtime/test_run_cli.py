@@ -11,7 +11,7 @@ from runtime_helpers import ScriptedDenoiser, graph_copy, leftovers
 
 import runtime.cli as cli
 from runtime.backends import load_denoiser
-from tests.conftest import max_rel_error
+from testing_utils import max_rel_error
 
 TORCH = ["--backend", "torch", "--random-init", "0", "--model", "S/8", "--image-size", "256"]
 

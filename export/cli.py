@@ -2,6 +2,7 @@
 
 import contextlib
 import gc
+import logging
 import sys
 import time
 from pathlib import Path
@@ -211,6 +212,7 @@ def build(graph, batch_text, opt_level, timing_cache):
 
 def main(argv=None) -> None:
     """Console entry point: errors become one line on stderr (exit 1; 2 for usage errors)."""
+    logging.basicConfig(level=logging.INFO, format=f"{'':<6} %(message)s")  # engine build progress
     try:
         code = cli.main(args=argv, prog_name="dit-export", standalone_mode=False)
     except DiTError as error:

@@ -8,6 +8,7 @@ come from one generator on the sampling device in the official order, so sample.
 give the same latents for the same checkpoint on the same device.
 """
 
+import logging
 import sys
 
 import click
@@ -186,6 +187,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
 
 def main(argv=None) -> None:
     """Console entry point: one line on stderr and exit 1 for user errors and Ctrl-C, no traceback."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. CUDA graph fallback
     try:
         code = run.main(args=argv, prog_name="dit-run", standalone_mode=False)
     except DiTError as error:

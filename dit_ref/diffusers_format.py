@@ -8,13 +8,12 @@ is a rename. See ../shared/reference/dit_numerics.md, "Where Hugging Face diffus
 
 import importlib.metadata
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 
-from dit_ref import configs
+from dit_ref import configs, files
 from dit_ref.configs import DiTConfig
 from dit_ref.errors import DiTError
 from dit_ref.model import sincos_pos_embed
@@ -188,12 +187,9 @@ def write_diffusers_dir(directory, state_dict, config: DiTConfig, image_size: in
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in diffusers_from_official(state_dict, config).items()}
-    weights_tmp = directory / f".{WEIGHTS_FILES[0]}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-    os.replace(weights_tmp, directory / WEIGHTS_FILES[0])
-    config_tmp = directory / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(json.dumps(diffusers_config(config, image_size), indent=2) + "\n")
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    with files.atomic_path(directory / WEIGHTS_FILES[0]) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    files.write_text_atomic(directory / CONFIG_FILE, json.dumps(diffusers_config(config, image_size), indent=2) + "\n")
     return directory
 
 

@@ -2,12 +2,11 @@
 
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dit_ref import diffusers_format
+from dit_ref import diffusers_format, files
 from dit_ref.configs import DiTConfig, check_image_size
 from dit_ref.errors import DiTError
 
@@ -54,20 +53,19 @@ def download(url: str, path: Path) -> Path:
     """Download url to path with a progress bar, via a temporary name in the same folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        temporary = files.temporary_beside(path, suffix=".part")
     except OSError as error:
         message = f"cannot write to {path.parent}: {error}; set DIT_CACHE to a writable folder"
         raise DiTError(message) from error
     try:
-        with os.fdopen(descriptor, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+        with open(temporary, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
             _copy_with_progress(response, out, url, path.name)
-        os.replace(tmp_name, path)
+        files.publish(temporary, path)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise DiTError(f"cannot download {url}: {reason}; {OFFLINE_HINT}") from error
     finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+        files.discard(temporary)  # nothing left once published
     return path
 
 

@@ -10,14 +10,13 @@ not run on a GPU here; tensorrt is imported only inside the functions that need 
 import contextlib
 import functools
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from dit_ref import configs
 from dit_ref.errors import DiTError
+from dit_ref.files import write_bytes_atomic
 from export.guided import INPUT_NAMES
 from export.manifest import read_manifest, write_manifest
 from export.onnx_export import check_batch
@@ -98,19 +97,6 @@ def format_parser_errors(errors, limit: int = 3) -> str:
              for error in errors[:limit]]
     more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
     return "; ".join(parts).replace("\n", " ") + more
-
-
-def write_bytes_atomic(path: Path, data) -> None:
-    """Write bytes (or any buffer, such as trt.IHostMemory) to a temporary file, then rename over path."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(memoryview(data))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 @functools.cache

@@ -4,16 +4,14 @@ DiT-S-2-256-fp16.onnx, its engine DiT-S-2-256-fp16.plan and their manifest DiT-S
 share a stem. Field list: /work/shared/DESIGN.md and the project's common contract.
 """
 
-import contextlib
 import datetime
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from dit_ref.errors import DiTError
+from dit_ref.files import write_text_atomic
 
 FORMAT = "dit-deploy-manifest/1"
 REQUIRED_FIELDS = ("model", "image_size", "latent_size", "patch_size", "precision", "cfg_channels",
@@ -50,19 +48,6 @@ def write_manifest(path, manifest: dict) -> Path:
     manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return manifest_path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename over path."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def sha256_file(path, chunk_bytes: int = 1 << 24) -> str:

@@ -5,16 +5,13 @@ when complete, so an error or Ctrl-C leaves no partial file. Use as a context ma
     with open_output(path, kind, total) as output: output.add(batch)
 """
 
-import contextlib
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from dit_ref import files
 from dit_ref.errors import DiTError
 
 GRID_COLUMNS = 4  # sample.py: save_image(samples, "sample.png", nrow=4)
@@ -44,21 +41,6 @@ def png_info(metadata: dict | None) -> PngImagePlugin.PngInfo | None:
     return info
 
 
-def _temporary_path(path: Path, directory: bool = False) -> Path:
-    maker = tempfile.mkdtemp if directory else tempfile.mkstemp
-    made = maker(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    if not directory:
-        os.close(made[0])
-        made = made[1]
-    return Path(made)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class _Output:
     """Base: a temporary path renamed onto the destination on commit, removed on discard."""
 
@@ -66,7 +48,7 @@ class _Output:
 
     def __init__(self, path: Path, metadata: dict | None = None):
         self.path, self.metadata = path, metadata
-        self.temporary = _temporary_path(path, self.directory)
+        self.temporary = files.temporary_beside(path, self.directory, suffix=".partial")
 
     def __enter__(self):
         return self
@@ -86,15 +68,10 @@ class _Output:
 
     def commit(self) -> None:
         self.finish()
-        os.chmod(self.temporary, (0o777 if self.directory else 0o666) & ~_umask())  # mkstemp made it 0600
-        os.replace(self.temporary, self.path)
+        files.publish(self.temporary, self.path)
 
     def discard(self) -> None:
-        if self.temporary.is_dir():
-            shutil.rmtree(self.temporary, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                self.temporary.unlink()
+        files.discard(self.temporary)
 
 
 class GridOutput(_Output):

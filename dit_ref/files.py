@@ -1,0 +1,57 @@
+"""Writing files so that nothing half-written is ever left: a temporary name beside, then a rename."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def temporary_beside(path, directory: bool = False, suffix: str = ".tmp") -> Path:
+    """A new hidden file (or directory) in path's folder, so the final rename stays on one filesystem."""
+    path = Path(path)
+    if directory:
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix))
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    return Path(name)
+
+
+def publish(temporary: Path, path) -> None:
+    """Rename the finished temporary onto path, with the permissions a plain open() would have given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(temporary, (0o777 if temporary.is_dir() else 0o666) & ~mask)  # mkstemp/mkdtemp made it private
+    os.replace(temporary, path)
+
+
+def discard(temporary: Path) -> None:
+    """Remove a temporary file or directory; no error if it is already gone."""
+    if temporary.is_dir():
+        shutil.rmtree(temporary, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path, directory: bool = False, suffix: str = ".tmp"):
+    """Yields a temporary path beside path; renamed onto path if the block succeeds, removed if not."""
+    temporary = temporary_beside(path, directory, suffix)
+    try:
+        yield temporary
+        publish(temporary, path)
+    except BaseException:
+        discard(temporary)
+        raise
+
+
+def write_bytes_atomic(path, data) -> None:
+    """Write bytes (or any buffer, such as TensorRT's IHostMemory) atomically."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        file.write(memoryview(data))
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

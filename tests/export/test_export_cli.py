@@ -104,3 +104,14 @@ def test_list_models_matches_counts(capsys):
                     f"{configs.gflops(config, 256):.2f}", f"{configs.gflops(config, 512):.2f}"]
         assert row[5:9] == expected, config.name
     assert rows["XL/2"][5] == "675.13"  # paper, Table 1 / dit_numerics.md: XL/2 at 256 has 675.13M
+
+
+@pytest.mark.parametrize("kind", ["truncated", "png", "text"])
+def test_corrupt_or_foreign_checkpoint(tmp_path, capsys, kind):
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save(random_model("S/8", 256, 0).state_dict(), checkpoint)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes({"truncated": data[: len(data) // 2], "png": b"\x89PNG\r\n\x1a\n" + data[:64],
+                            "text": b"hello, not weights\n"}[kind])
+    err = fails_cleanly(capsys, tmp_path / "out", "--model", "S/8", "--ckpt", str(checkpoint))
+    assert "ckpt.pt" in err and ("corrupt" in err or "not a DiT checkpoint" in err)

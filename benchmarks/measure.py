@@ -6,7 +6,6 @@ or engine, or null for PyTorch). Prints one JSON record on its last line.
 
 import json
 import re
-import resource
 import statistics
 import sys
 import time
@@ -44,8 +43,23 @@ def time_calls(denoiser, inputs, repeats: int, warmup: int) -> list[float]:
     return times
 
 
-def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> float:
-    """Seconds for one whole DDPM sampling run of `steps` steps (seeded as dit-run does)."""
+class TimedDenoiser:
+    """Adds up the (synchronised) wall time spent inside the wrapped denoiser's calls."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds = inner, 0.0
+        self.device, self.name, self.manifest = inner.device, inner.name, inner.manifest
+
+    def __call__(self, *inputs):
+        start = time.perf_counter()
+        outputs = self.inner(*inputs)
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - start
+        return outputs
+
+
+def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> tuple[float, float]:
+    """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps, seeded as dit-run does."""
     from runtime.noise import OfficialNoise
     from runtime.samplers import sampler_from_name
 
@@ -54,19 +68,25 @@ def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> float:
     x = noise.initial(batch, latent_size)
     y = torch.arange(batch, device=denoiser.device)
     cfg_scale = torch.full((batch,), 4.0, device=denoiser.device)
+    timed = TimedDenoiser(denoiser)
     synchronize(denoiser.device)
     start = time.perf_counter()
-    sampler(denoiser, x, y, cfg_scale, noise)
+    sampler(timed, x, y, cfg_scale, noise)
     synchronize(denoiser.device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, timed.seconds
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak process RSS on CPU; on a GPU the peak CUDA memory torch allocated or saw in use."""
+    """Peak resident memory of this process (VmHWM) on CPU; on a GPU the peak CUDA memory in use.
+
+    Not getrusage's ru_maxrss: Linux carries that over from the forking parent, which here is the
+    benchmark driver that exported the graphs.
+    """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return max(torch.cuda.max_memory_allocated(device), total - free) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    status = open("/proc/self/status").read()
+    return int(re.search(r"VmHWM:\s*(\d+) kB", status).group(1)) / 1024
 
 
 def gpu_peak_tflops(name: str) -> float | None:
@@ -85,16 +105,16 @@ def measure(spec: dict) -> dict:
         torch.full((batch,), 4.0, device=device),
     )
     times = time_calls(denoiser, inputs, spec["repeats"], spec["warmup"])
-    full_run = time_full_run(denoiser, batch, latent_size, spec["steps"])
+    full_run, in_denoiser = time_full_run(denoiser, batch, latent_size, spec["steps"])
     median = statistics.median(times)
-    per_step = 1000 * full_run / spec["steps"]
+    overhead = 1000 * (full_run - in_denoiser) / spec["steps"]  # the sampling loop's own host work
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     record = {
         "device": device.type, "device_name": name, "torch": torch.__version__, "steps": spec["steps"],
         "denoiser": denoiser.name, "ms_per_step_median": median,
         "ms_per_step_p90": statistics.quantiles(times, n=10)[-1] if len(times) > 1 else median,
-        "images_per_s": batch / full_run, "overhead_ms_per_step": per_step - median,
-        "overhead_percent": 100 * (per_step - median) / per_step, "peak_mem_mb": peak_memory_mb(device),
+        "images_per_s": batch / full_run, "overhead_ms_per_step": overhead,
+        "overhead_percent": 100 * overhead / (1000 * full_run / spec["steps"]), "peak_mem_mb": peak_memory_mb(device),
         "tflops": None, "percent_of_peak": None,
     }
     if device.type == "cuda":

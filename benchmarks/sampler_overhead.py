@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
+from benchmarks.measure import TimedDenoiser  # noqa: E402
 from dit_ref.configs import latent_size  # noqa: E402
 from dit_ref.diffusion import ddpm_step, schedule_from_spec  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
@@ -30,20 +31,6 @@ from runtime.noise import OfficialNoise  # noqa: E402
 from runtime.samplers import FiniteWatch, sampler_from_name  # noqa: E402
 
 BATCH_RANGE = {"min": 1, "opt": 8, "max": 32}
-
-
-class TimedDenoiser:
-    """Wraps a denoiser and adds up the wall time spent inside its calls."""
-
-    def __init__(self, inner):
-        self.inner, self.seconds = inner, 0.0
-        self.device, self.name, self.manifest = inner.device, inner.name, inner.manifest
-
-    def __call__(self, x, t, y, cfg_scale):
-        start = time.perf_counter()
-        out = self.inner(x, t, y, cfg_scale)
-        self.seconds += time.perf_counter() - start
-        return out
 
 
 class FreeDenoiser:

@@ -98,8 +98,16 @@ class _Captured:
     graph: "torch.cuda.CUDAGraph | None"
 
 
+ADDRESS_ALIGNMENT = 256  # bytes; set_tensor_address needs it (a fresh torch tensor is, an offset slice may not be)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor itself if its data starts on a 256-byte boundary, else an aligned copy (e.g. of labels[3:5])."""
+    return tensor if tensor.data_ptr() % ADDRESS_ALIGNMENT == 0 else tensor.clone()
+
+
 def _bind(context, tensors: dict) -> None:
-    """Set the input shapes and every I/O address (contiguous torch CUDA tensors, which are 256-byte aligned)."""
+    """Set the input shapes and every I/O address (contiguous, 256-byte-aligned torch CUDA tensors)."""
     for name in INPUT_NAMES:
         if not context.set_input_shape(name, tuple(tensors[name].shape)):
             raise DiTError(f"TensorRT refused shape {tuple(tensors[name].shape)} for input {name}")
@@ -179,7 +187,8 @@ class TensorRTDenoiser:
                 return self._replay(batch, inputs)
             # Temporaries and outputs come from torch's caching allocator on the current stream, the stream
             # TensorRT runs on, so their memory is not reused before the engine is done with it.
-            tensors = {name: value.to(self.device, EXPECTED_IO[name]).contiguous() for name, value in inputs.items()}
+            tensors = {name: aligned(value.to(self.device, EXPECTED_IO[name]).contiguous())
+                       for name, value in inputs.items()}
             tensors.update(self._empty_outputs(batch))
             _bind(self.context, tensors)
             self._execute(self.context, torch.cuda.current_stream(self.device).cuda_stream)

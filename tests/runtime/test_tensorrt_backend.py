@@ -124,3 +124,12 @@ def test_denoiser_refuses_with_the_reason_without_tensorrt(tmp_path, monkeypatch
     with pytest.raises(DiTError) as caught:
         backend.TensorRTDenoiser(tmp_path / PLAN, _manifest())
     assert str(caught.value) == reason
+
+
+def test_offset_slices_are_copied_to_an_aligned_address():
+    labels = torch.arange(64, dtype=torch.int64)  # a fresh tensor: allocators align it
+    assert labels.data_ptr() % backend.ADDRESS_ALIGNMENT == 0
+    assert backend.aligned(labels) is labels
+    window = labels[3:5]  # 24 bytes in: what a batch of labels sliced from all labels looks like
+    fixed = backend.aligned(window)
+    assert window.data_ptr() % 256 != 0 and fixed.data_ptr() % 256 == 0 and torch.equal(fixed, window)

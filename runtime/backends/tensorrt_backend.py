@@ -103,7 +103,12 @@ ADDRESS_ALIGNMENT = 256  # bytes; set_tensor_address needs it (a fresh torch ten
 
 def aligned(tensor: torch.Tensor) -> torch.Tensor:
     """tensor itself if its data starts on a 256-byte boundary, else an aligned copy (e.g. of labels[3:5])."""
-    return tensor if tensor.data_ptr() % ADDRESS_ALIGNMENT == 0 else tensor.clone()
+    if tensor.data_ptr() % ADDRESS_ALIGNMENT == 0:
+        return tensor
+    size = tensor.numel() * tensor.element_size()
+    buffer = torch.empty(size + ADDRESS_ALIGNMENT, dtype=torch.uint8, device=tensor.device)
+    start = -buffer.data_ptr() % ADDRESS_ALIGNMENT  # bytes to the next boundary
+    return buffer[start:start + size].view(tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
 def _bind(context, tensors: dict) -> None:

@@ -127,9 +127,10 @@ def test_denoiser_refuses_with_the_reason_without_tensorrt(tmp_path, monkeypatch
 
 
 def test_offset_slices_are_copied_to_an_aligned_address():
-    labels = torch.arange(64, dtype=torch.int64)  # a fresh tensor: allocators align it
-    assert labels.data_ptr() % backend.ADDRESS_ALIGNMENT == 0
-    assert backend.aligned(labels) is labels
-    window = labels[3:5]  # 24 bytes in: what a batch of labels sliced from all labels looks like
-    fixed = backend.aligned(window)
-    assert window.data_ptr() % 256 != 0 and fixed.data_ptr() % 256 == 0 and torch.equal(fixed, window)
+    labels = torch.arange(64, dtype=torch.int64)
+    for window in (labels[3:5], labels[1:], torch.rand(9, dtype=torch.float32)[1:]):
+        fixed = backend.aligned(window)
+        print(f"address mod 256: {window.data_ptr() % 256} -> {fixed.data_ptr() % 256}")
+        assert fixed.data_ptr() % 256 == 0 and fixed.dtype == window.dtype and torch.equal(fixed, window)
+    start = backend.aligned(labels[3:5])
+    assert backend.aligned(start) is start  # already aligned: no copy

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dit_ref.configs import NUM_CLASSES
 from dit_ref.errors import DiTError
-from runtime.backends import BACKENDS, load_denoiser, model_facts
+from runtime.backends import BACKENDS, batch_range, load_denoiser, model_facts
 from runtime.backends.onnxruntime_backend import check_batch
 from runtime.images import open_output, output_kind
 from runtime.noise import OfficialNoise
@@ -73,12 +73,12 @@ def batch_labels(planned: list, noise: OfficialNoise, device) -> torch.Tensor:
 
 def choose_batch_size(requested: int | None, num_samples: int, denoiser) -> int:
     """--batch-size, or as many samples as fit the manifest's batch range (32 for the torch backend)."""
-    batch = (denoiser.manifest or {}).get("batch", {})
+    path = getattr(denoiser, "graph_path", None) or getattr(denoiser, "plan_path", None)
+    batch = batch_range(denoiser.manifest, path) if denoiser.manifest is not None else {}
     size = requested or min(num_samples, int(batch.get("max", DEFAULT_BATCH_SIZE)))
     if size < 1:
         raise DiTError(f"--batch-size must be at least 1, not {size}")
     if denoiser.manifest is not None:
-        path = getattr(denoiser, "graph_path", None) or getattr(denoiser, "plan_path", "the engine")
         for n in {min(size, num_samples), num_samples % size or size}:  # full and last batch
             check_batch(n, batch, path)
     return size

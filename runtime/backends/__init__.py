@@ -37,6 +37,14 @@ def backend_for(path, backend: str = "auto") -> str:
     return found
 
 
+def batch_range(manifest: dict, path) -> dict:
+    """The {"min", "opt", "max"} a graph or engine file serves; an engine's own (it may have been
+    rebuilt with another --batch than its graph)."""
+    is_engine = path is not None and SUFFIXES.get(Path(path).suffix.lower()) == "tensorrt"
+    engine = manifest.get("engine") if is_engine else None
+    return (engine or manifest).get("batch", {})
+
+
 def check_request(manifest: dict, path, model=None, image_size=None, batch_size=None, cfg_channels=None) -> None:
     """DiTError saying why, if the graph or engine described by manifest cannot serve the request."""
     name = Path(path).name
@@ -52,9 +60,7 @@ def check_request(manifest: dict, path, model=None, image_size=None, batch_size=
     if batch_size is not None:
         from runtime.backends.onnxruntime_backend import check_batch
 
-        # An engine's profile may have been rebuilt with another --batch than its graph's.
-        engine = manifest.get("engine") if SUFFIXES.get(Path(path).suffix.lower()) == "tensorrt" else None
-        check_batch(int(batch_size), (engine or manifest).get("batch", {}), path)
+        check_batch(int(batch_size), batch_range(manifest, path), path)
 
 
 def load_denoiser(path=None, backend: str = "auto", device=None, ckpt=None, model=None, image_size=None,

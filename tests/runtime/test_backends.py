@@ -186,3 +186,14 @@ def test_engine_batch_range_comes_from_its_engine_section():
     check_request(manifest, "DiT-S-8-256-fp16.onnx", batch_size=8)  # the graph takes 8
     with pytest.raises(DiTError, match=r"batch of 8 is outside the range 1..4"):
         check_request(manifest, "DiT-S-8-256-fp16.plan", batch_size=8)  # its engine does not
+
+
+def test_dit_run_batches_fit_an_engine_rebuilt_with_a_smaller_range():
+    from types import SimpleNamespace
+
+    from runtime.cli import choose_batch_size
+
+    manifest = {"batch": {"min": 1, "opt": 8, "max": 32}, "engine": {"batch": {"min": 1, "opt": 2, "max": 4}}}
+    engine = SimpleNamespace(manifest=manifest, plan_path="DiT-S-8-256-fp16.plan")
+    graph = SimpleNamespace(manifest=manifest, graph_path="DiT-S-8-256-fp16.onnx")
+    assert choose_batch_size(None, 10, engine) == 4 and choose_batch_size(None, 10, graph) == 10

@@ -173,6 +173,9 @@ def plot(records: list[dict], path: Path) -> None:
         axes.plot(*zip(*points), marker="o", label=f"{key[1]} {key[0]}")
     axes.set(xlabel="batch (images)", ylabel="images / s", xscale="log", yscale="log",
              title=f"DiT sampling throughput, {measured[0]['device_name'] if measured else ''}")
+    batches = sorted({r["batch"] for r in measured})
+    axes.set_xticks(batches, [str(b) for b in batches], minor=False)
+    axes.set_xticks([], minor=True)
     axes.legend(fontsize=8)
     temporary = path.with_name(path.stem + ".tmp" + path.suffix)
     figure.savefig(temporary, dpi=120, bbox_inches="tight")

@@ -107,6 +107,19 @@ def trt_logger():
     return trt.Logger(trt.Logger.WARNING)
 
 
+def start_tensorrt(factory):
+    """trt.Builder or trt.Runtime with the process's logger; DiTError when TensorRT cannot start.
+
+    Both are factory constructors that raise TypeError when the factory returns nullptr (for
+    example a driver too old for the CUDA TensorRT was built with).
+    """
+    try:
+        return factory(trt_logger())
+    except (TypeError, RuntimeError) as error:
+        raise DiTError(f"TensorRT could not start ({error}); check the NVIDIA driver against the CUDA "
+                       "version TensorRT was built for") from None
+
+
 class PhaseLog:
     """Logs the builder's top-level phases with their elapsed time; the logic behind the progress monitor."""
 
@@ -169,7 +182,7 @@ def _builder_config(trt, builder, shapes, optimization_level, cache_data):
 
 def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
     """Parse the graph strongly typed and build it: (serialized plan, serialized timing cache)."""
-    builder = trt.Builder(trt_logger())
+    builder = start_tensorrt(trt.Builder)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, trt_logger())
     if not parser.parse_from_file(str(graph_path)):  # external data is found beside the .onnx

@@ -14,6 +14,7 @@ import torch
 from dit_ref.errors import DiTError
 
 INPUTS = ("x", "t", "y", "cfg_scale")
+INPUT_DTYPES = (torch.float32, torch.int64, torch.int64, torch.float32)  # the graph contract
 OUTPUTS = ("eps", "var_values")
 
 
@@ -70,6 +71,8 @@ class OnnxRuntimeDenoiser:
             raise DiTError("onnxruntime has no CUDA provider here; install onnxruntime-gpu or use --device cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise DiTError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
+        if self.device.type == "cuda" and self.device.index is None:  # one GPU for the session and the binding
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.session = create_session(self.graph_path, self.device, threads)
         check_graph_io(self.session, self.graph_path)
         self.batch = manifest.get("batch", {})
@@ -81,24 +84,26 @@ class OnnxRuntimeDenoiser:
 
     def __call__(self, x, t, y, cfg_scale):
         check_batch(len(x), self.batch, self.graph_path)
+        # On this device, in the contract's dtypes: a caller's int32 labels or CPU latents still work.
+        x, t, y, cfg_scale = (value.to(self.device, dtype).contiguous()
+                              for value, dtype in zip((x, t, y, cfg_scale), INPUT_DTYPES))
         if self.device.type == "cpu":
             return self._run_cpu(x, t, y, cfg_scale)
         return self._run_cuda(x, t, y, cfg_scale)
 
     def _run_cpu(self, x, t, y, cfg_scale):
-        feeds = {name: np.ascontiguousarray(value.numpy()) for name, value in zip(INPUTS, (x, t, y, cfg_scale))}
+        feeds = {name: value.numpy() for name, value in zip(INPUTS, (x, t, y, cfg_scale))}
         eps, var_values = self.session.run(list(OUTPUTS), feeds)  # numpy (B, 4, L, L) each
         return torch.from_numpy(eps), torch.from_numpy(var_values)
 
     def _run_cuda(self, x, t, y, cfg_scale):
         """I/O binding on torch CUDA tensors (written, not run on a GPU here)."""
-        inputs = [value.contiguous() for value in (x, t, y, cfg_scale)]
-        outputs = [torch.empty_like(inputs[0]) for _ in OUTPUTS]  # (B, 4, L, L) float32 each
+        inputs = [x, t, y, cfg_scale]  # contiguous, on self.device, in the contract's dtypes
+        outputs = [torch.empty_like(x) for _ in OUTPUTS]  # (B, 4, L, L) float32 each
         binding = self.session.io_binding()
-        device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
         for name, value in zip(INPUTS + OUTPUTS, inputs + outputs):
             bind = binding.bind_input if name in INPUTS else binding.bind_output
-            bind(name, "cuda", device_id, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
+            bind(name, "cuda", self.device.index, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
         # ONNX Runtime runs on its own stream: finish torch's pending writes to x first; run() then
         # synchronises its own stream before returning, so torch may read the outputs.
         torch.cuda.current_stream(self.device).synchronize()

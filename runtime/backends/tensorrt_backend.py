@@ -1,7 +1,9 @@
 """The TensorRT denoiser: a .plan bound to torch CUDA tensors, optionally replayed as CUDA graphs.
 
 Written against TensorRT's documented API (10.12+ and 11.x), not run on a GPU here. The engine runs
-on the current torch stream with torch-allocated I/O (set_input_shape, set_tensor_address,
+on the denoiser's own CUDA stream, ordered after and before the caller's torch stream with
+wait_stream (TensorRT adds host syncs on the legacy default stream, which is torch's current stream
+unless the caller set another), with torch-allocated I/O (set_input_shape, set_tensor_address,
 execute_async_v3): no host copies in the sampling loop. tensorrt is imported when a denoiser is made.
 """
 
@@ -13,7 +15,9 @@ import torch
 
 from dit_ref import configs
 from dit_ref.errors import DiTError
-from export.engine import compute_capability_text, engine_unavailable_reason, tensorrt_release, trt_logger
+from export.engine import (
+    compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
+)
 from export.guided import INPUT_NAMES, OUTPUT_NAMES
 from export.manifest import read_manifest
 
@@ -150,6 +154,7 @@ class TensorRTDenoiser:
         self._captured: dict[int, _Captured] = {}
         with torch.cuda.device(self.device):
             self._load(trt)
+            self.stream = torch.cuda.Stream(self.device)  # TensorRT's own, never the legacy default stream
             self.context = None if cuda_graphs else self._new_context()
 
     def _load(self, trt) -> None:
@@ -158,7 +163,7 @@ class TensorRTDenoiser:
             plan = self.plan_path.read_bytes()
         except OSError as error:
             raise DiTError(f"cannot read engine {self.plan_path}: {error.strerror}") from None
-        self._runtime = trt.Runtime(trt_logger())
+        self._runtime = start_tensorrt(trt.Runtime)
         self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise DiTError(f"TensorRT could not load {self.plan_path.name} (its log above says why); rebuild it "
@@ -183,6 +188,13 @@ class TensorRTDenoiser:
         if not context.execute_async_v3(stream_handle):
             raise DiTError(f"TensorRT failed to run {self.plan_path.name} (its log above says why)")
 
+    def _execute_ordered(self, context) -> None:
+        """Run on self.stream after the caller's pending work; the caller's stream waits for the result."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)  # inputs written on the caller's stream are ready
+        self._execute(context, self.stream.cuda_stream)
+        caller.wait_stream(self.stream)  # outputs are ready, and the I/O memory is not reused before
+
     def __call__(self, x, t, y, cfg_scale):
         """Guided (eps, var_values), each (B, 4, L, L) float32 on self.device, fresh tensors."""
         batch = check_inputs(x, t, y, cfg_scale, self.latent_size, self.batch_range)
@@ -190,13 +202,13 @@ class TensorRTDenoiser:
         with torch.cuda.device(self.device):
             if self.cuda_graphs:
                 return self._replay(batch, inputs)
-            # Temporaries and outputs come from torch's caching allocator on the current stream, the stream
-            # TensorRT runs on, so their memory is not reused before the engine is done with it.
+            # Temporaries and outputs come from torch's caching allocator on the caller's stream, which
+            # waits for TensorRT's stream, so their memory is not reused before the engine is done with it.
             tensors = {name: aligned(value.to(self.device, EXPECTED_IO[name]).contiguous())
                        for name, value in inputs.items()}
             tensors.update(self._empty_outputs(batch))
             _bind(self.context, tensors)
-            self._execute(self.context, torch.cuda.current_stream(self.device).cuda_stream)
+            self._execute_ordered(self.context)
             return tensors["eps"], tensors["var_values"]
 
     def _empty_outputs(self, batch: int) -> dict:
@@ -210,7 +222,7 @@ class TensorRTDenoiser:
         for name, value in inputs.items():
             entry.tensors[name].copy_(value)  # (B, ...) into the addresses the graph was captured with
         if entry.graph is None:
-            self._execute(entry.context, torch.cuda.current_stream(self.device).cuda_stream)
+            self._execute_ordered(entry.context)
         else:
             entry.graph.replay()
         return entry.tensors["eps"].clone(), entry.tensors["var_values"].clone()  # the next call overwrites them
@@ -224,14 +236,18 @@ class TensorRTDenoiser:
         tensors.update(self._empty_outputs(batch))
         context = self._new_context()
         _bind(context, tensors)  # frozen into the graph: never rebind this context
-        self._execute(context, torch.cuda.current_stream(self.device).cuda_stream)  # lazy setup, not captured
+        self._execute_ordered(context)  # lazy setup, not captured
         graph = torch.cuda.CUDAGraph()
+        capture = torch.cuda.Stream(self.device)  # explicit: torch's shared side stream may be another GPU's
+        caller = torch.cuda.current_stream(self.device)
         try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # on torch's side stream
-                if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                if not context.execute_async_v3(capture.cuda_stream):
                     raise RuntimeError("execute_async_v3 returned False while capturing")
         except RuntimeError as error:  # torch.cuda.graph has ended the capture on the way out
             log.warning("CUDA graph capture failed for batch %d (%s); running that batch size eagerly", batch, error)
             graph = None
+        finally:
+            torch.cuda.set_stream(caller)  # a failing capture_end skips torch.cuda.graph's own stream restore
         self._captured[batch] = _Captured(context, tensors, graph)
         return self._captured[batch]

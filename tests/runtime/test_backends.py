@@ -197,3 +197,12 @@ def test_dit_run_batches_fit_an_engine_rebuilt_with_a_smaller_range():
     engine = SimpleNamespace(manifest=manifest, plan_path="DiT-S-8-256-fp16.plan")
     graph = SimpleNamespace(manifest=manifest, graph_path="DiT-S-8-256-fp16.onnx")
     assert choose_batch_size(None, 10, engine) == 4 and choose_batch_size(None, 10, graph) == 10
+
+
+def test_onnxruntime_casts_inputs_to_the_graph_contract(graphs):
+    denoiser = load_denoiser(graphs["fp32"], threads=1)
+    x, t, y, cfg_scale = guided_inputs(3)
+    expected = denoiser(x, t, y, cfg_scale)
+    got = denoiser(x.double(), t.int(), y.int(), cfg_scale.half())  # cfg values are exact in float16
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

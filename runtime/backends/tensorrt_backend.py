@@ -1,9 +1,8 @@
 """The TensorRT denoiser: a .plan bound to torch CUDA tensors, optionally replayed as CUDA graphs.
 
 Written against TensorRT's documented API (10.12+ and 11.x), not run on a GPU here. The engine runs
-on the denoiser's own CUDA stream, ordered after and before the caller's torch stream with
-wait_stream (TensorRT adds host syncs on the legacy default stream, which is torch's current stream
-unless the caller set another), with torch-allocated I/O (set_input_shape, set_tensor_address,
+on the current torch stream, or, when that is the legacy default stream (where TensorRT adds host
+syncs), on the denoiser's own stream ordered with it by wait_stream both ways; with torch-allocated I/O (set_input_shape, set_tensor_address,
 execute_async_v3): no host copies in the sampling loop. tensorrt is imported when a denoiser is made.
 """
 
@@ -154,7 +153,7 @@ class TensorRTDenoiser:
         self._captured: dict[int, _Captured] = {}
         with torch.cuda.device(self.device):
             self._load(trt)
-            self.stream = torch.cuda.Stream(self.device)  # TensorRT's own, never the legacy default stream
+            self.stream = torch.cuda.Stream(self.device)  # used when the caller is on the legacy default stream
             self.context = None if cuda_graphs else self._new_context()
 
     def _load(self, trt) -> None:
@@ -189,8 +188,12 @@ class TensorRTDenoiser:
             raise DiTError(f"TensorRT failed to run {self.plan_path.name} (its log above says why)")
 
     def _execute_ordered(self, context) -> None:
-        """Run on self.stream after the caller's pending work; the caller's stream waits for the result."""
+        """Run on the caller's current stream; on the legacy default stream (handle 0), where TensorRT
+        adds host syncs, run on self.stream after the caller's pending work and make the caller wait."""
         caller = torch.cuda.current_stream(self.device)
+        if caller.cuda_stream != 0:
+            self._execute(context, caller.cuda_stream)
+            return
         self.stream.wait_stream(caller)  # inputs written on the caller's stream are ready
         self._execute(context, self.stream.cuda_stream)
         caller.wait_stream(self.stream)  # outputs are ready, and the I/O memory is not reused before
@@ -203,7 +206,7 @@ class TensorRTDenoiser:
             if self.cuda_graphs:
                 return self._replay(batch, inputs)
             # Temporaries and outputs come from torch's caching allocator on the caller's stream, which
-            # waits for TensorRT's stream, so their memory is not reused before the engine is done with it.
+            # TensorRT runs on or waits for, so their memory is not reused before the engine is done.
             tensors = {name: aligned(value.to(self.device, EXPECTED_IO[name]).contiguous())
                        for name, value in inputs.items()}
             tensors.update(self._empty_outputs(batch))

@@ -266,7 +266,7 @@ def randomize_weights_(model: DiT, seed: int, std: float = 0.02) -> DiT:
 
     The official init zeroes adaLN and the final layer, which makes outputs exactly zero and parity
     tests vacuous. pos_embed keeps its sin-cos table (the released checkpoints carry that table).
-    Biases and adaLN outputs get a larger spread so modulation and gates are far from identity.
+    Weights are N(0, 1/fan_in), so activations keep unit scale through the depth; biases N(0, 5 std).
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

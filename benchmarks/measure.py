@@ -58,22 +58,28 @@ class TimedDenoiser:
         return outputs
 
 
-def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> tuple[float, float]:
-    """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps, seeded as dit-run does."""
+def time_sampling_run(denoiser, sampler, batch: int, latent_size: int, callback=None) -> float:
+    """Seconds for one seeded sampling run, latents and labels drawn as dit-run draws them."""
     from runtime.noise import OfficialNoise
-    from runtime.samplers import sampler_from_name
 
-    sampler = sampler_from_name("ddpm", steps)
     noise = OfficialNoise(0, denoiser.device)
-    x = noise.initial(batch, latent_size)
-    y = torch.arange(batch, device=denoiser.device)
+    x, y = noise.initial(batch, latent_size), noise.labels(batch)
     cfg_scale = torch.full((batch,), 4.0, device=denoiser.device)
-    timed = TimedDenoiser(denoiser)
     synchronize(denoiser.device)
     start = time.perf_counter()
-    sampler(timed, x, y, cfg_scale, noise)
+    with torch.inference_mode():
+        sampler(denoiser, x, y, cfg_scale, noise, callback)
     synchronize(denoiser.device)
-    return time.perf_counter() - start, timed.seconds
+    return time.perf_counter() - start
+
+
+def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> tuple[float, float]:
+    """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps."""
+    from runtime.samplers import sampler_from_name
+
+    timed = TimedDenoiser(denoiser)
+    total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch, latent_size)
+    return total, timed.seconds
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from benchmarks.measure import TimedDenoiser  # noqa: E402
+from benchmarks.measure import TimedDenoiser, time_sampling_run  # noqa: E402
+from benchmarks.throughput import parse_ints  # noqa: E402
 from dit_ref.configs import latent_size  # noqa: E402
 from dit_ref.diffusion import ddpm_step, schedule_from_spec  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
@@ -45,14 +46,8 @@ class FreeDenoiser:
 
 def run_sampler(denoiser, sampler, batch: int, size: int) -> float:
     """Seconds for one seeded sampling run with dit-run's progress callback."""
-    noise = OfficialNoise(0, denoiser.device)
-    x, y = noise.initial(batch, size), noise.labels(batch)
-    scale = torch.full((batch,), 4.0, device=denoiser.device)
     bar = tqdm(total=sampler.num_calls, file=io.StringIO(), mininterval=0)  # rendered, as on a terminal
-    start = time.perf_counter()
-    with torch.inference_mode():
-        sampler(denoiser, x, y, scale, noise, lambda info: bar.update())
-    return time.perf_counter() - start
+    return time_sampling_run(denoiser, sampler, batch, size, lambda info: bar.update())
 
 
 def time_piece(function, repeats: int) -> float:
@@ -139,7 +134,7 @@ def main(model, image_size, batches, steps, backend_list, threads, work_dir):
     try:
         if threads:
             torch.set_num_threads(threads)
-        image_size, batch_sizes = int(image_size), [int(b) for b in batches.split(",")]
+        image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
         chosen = [name.strip() for name in backend_list.split(",")]
         graph = make_graph(model, image_size, work_dir) if "onnx" in chosen else None
         rows = [measure(backend, graph, model, image_size, batch, steps, threads)

@@ -9,9 +9,16 @@ from dit_ref import DiT
 from export.guided import INPUT_NAMES, OUTPUT_NAMES, example_inputs
 
 
+def as_float64(value) -> np.ndarray:
+    """A numpy float64 copy of an array or a torch tensor (on any device)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(value, np.float64)
+
+
 def relative_error(actual, expected) -> float:
     """max |actual - expected| / max |expected| (inf when actual has a non-finite value)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    actual, expected = as_float64(actual), as_float64(expected)
     if not np.isfinite(actual).all():
         return float("inf")
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))

@@ -1,10 +1,24 @@
 """Writing files so that nothing half-written is ever left: a temporary name beside, then a rename."""
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+HASH_CHUNK_BYTES = 1 << 22
+
+
+def sha256_of_files(*paths) -> str:
+    """Hex sha256 of one file, or of several files' bytes in the given order (sharded checkpoints)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as stream:
+            while chunk := stream.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def temporary_beside(path, directory: bool = False, suffix: str = ".tmp") -> Path:

@@ -8,7 +8,6 @@ of another model or image size is named instead of reported as a pile of shape m
 """
 
 import argparse
-import hashlib
 import math
 import pickle
 import re
@@ -21,6 +20,7 @@ import torch
 from dit_ref import configs, diffusers_format, download
 from dit_ref.configs import DiTConfig
 from dit_ref.errors import DiTError
+from dit_ref.files import sha256_of_files
 from dit_ref.model import NUMERICS, DiT, randomize_weights_, sincos_pos_embed
 
 EXPECTED = (
@@ -28,7 +28,6 @@ EXPECTED = (
     ".safetensors, or a diffusers folder"
 )
 CKPT_FORMS = "a .pt/.safetensors file, a diffusers folder, 'auto' (official XL/2) or 'hf:ORG/NAME'"
-HASH_CHUNK_BYTES = 1 << 22
 MAX_KEYS_SHOWN = 3
 
 
@@ -65,7 +64,7 @@ def load_dit(
         state_dict["pos_embed"] = sincos_pos_embed(config.hidden_size, dit.grid_size)
     load_state_dict_strict(dit, state_dict, source)
     dit = dit.float().eval().requires_grad_(False)
-    return LoadedDiT(dit, source, sha256_of_files(files), random_weights=False)
+    return LoadedDiT(dit, source, sha256_of_files(*files), random_weights=False)
 
 
 def _uninitialised_model(config, image_size, numerics) -> DiT:
@@ -264,13 +263,3 @@ def _keys(keys) -> str:
     shown = ", ".join(repr(key) for key in keys[:MAX_KEYS_SHOWN])
     more = f" and {len(keys) - MAX_KEYS_SHOWN} more" if len(keys) > MAX_KEYS_SHOWN else ""
     return f"{len(keys)} key{'s' if len(keys) > 1 else ''} ({shown}{more})"
-
-
-def sha256_of_files(files) -> str:
-    """sha256 of one file, or of several files' bytes in the given order (sharded checkpoints)."""
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as stream:
-            while chunk := stream.read(HASH_CHUNK_BYTES):
-                digest.update(chunk)
-    return digest.hexdigest()

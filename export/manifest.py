@@ -5,7 +5,6 @@ share a stem. Field list: /work/shared/DESIGN.md and the project's common contra
 """
 
 import datetime
-import hashlib
 import importlib.metadata
 import json
 from pathlib import Path
@@ -50,13 +49,6 @@ def write_manifest(path, manifest: dict) -> Path:
     return manifest_path
 
 
-def sha256_file(path, chunk_bytes: int = 1 << 24) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict:

@@ -19,6 +19,7 @@ import torch
 
 from dit_ref import DiT
 from dit_ref.errors import DiTError
+from dit_ref.files import sha256_of_files
 from export import fp16, manifest as manifests, opcheck
 from export.guided import INPUT_NAMES, OUTPUT_NAMES, GuidedDiT, example_inputs
 
@@ -179,7 +180,7 @@ def publish(staging: Path, out_dir: Path, file_name: str, manifest: dict) -> Pat
         raise DiTError(f"the exporter wrote unexpected files {extras}; expected one graph and one data file")
     manifest = dict(manifest, graph={
         "file": file_name,
-        "sha256": manifests.sha256_file(staging / file_name),
+        "sha256": sha256_of_files(staging / file_name),
         "external_data": data_name if external else None,
     })
     manifests.write_manifest(staging / file_name, manifest)

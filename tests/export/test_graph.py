@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto
 
 from dit_ref import get_config
-from export.manifest import FORMAT, read_manifest, sha256_file
+from dit_ref.files import sha256_of_files
+from export.manifest import FORMAT, read_manifest
 from export.opcheck import check_graph, check_operators
 
 NAME = "S/4"  # shares the graphs exported for the parity tests
@@ -89,7 +90,7 @@ def test_manifest_describes_graph(exported_graph, precision):
     assert (manifest["precision"], manifest["cfg_channels"], manifest["opset"]) == (precision, 3, 18)
     assert manifest["batch"] == {"min": 1, "opt": 8, "max": 32}
     assert manifest["checkpoint"] == {"source": "random init (seed 0)", "sha256": None, "random_weights": True}
-    assert manifest["graph"] == {"file": graph.name, "sha256": sha256_file(graph), "external_data": None}
+    assert manifest["graph"] == {"file": graph.name, "sha256": sha256_of_files(graph), "external_data": None}
     assert manifest["versions"]["torch"] and manifest["versions"]["onnx"]
     assert sorted(path.name for path in graph.parent.iterdir()) == sorted([graph.name, graph.stem + ".json"])
 

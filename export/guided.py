@@ -7,6 +7,9 @@ from dit_ref import DiT, configs
 
 INPUT_NAMES = ("x", "t", "y", "cfg_scale")
 OUTPUT_NAMES = ("eps", "var_values")
+# Every I/O tensor's dtype (DESIGN.md); I/O stays float32 in the FP16 graph too.
+IO_DTYPES = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
+             "eps": torch.float32, "var_values": torch.float32}
 
 
 class GuidedDiT(nn.Module):

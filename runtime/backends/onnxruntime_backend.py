@@ -12,10 +12,7 @@ import numpy as np
 import torch
 
 from dit_ref.errors import DiTError
-
-INPUTS = ("x", "t", "y", "cfg_scale")
-INPUT_DTYPES = (torch.float32, torch.int64, torch.int64, torch.float32)  # the graph contract
-OUTPUTS = ("eps", "var_values")
+from export.guided import INPUT_NAMES, IO_DTYPES, OUTPUT_NAMES
 
 
 def physical_cores() -> int:
@@ -85,24 +82,24 @@ class OnnxRuntimeDenoiser:
     def __call__(self, x, t, y, cfg_scale):
         check_batch(len(x), self.batch, self.graph_path)
         # On this device, in the contract's dtypes: a caller's int32 labels or CPU latents still work.
-        x, t, y, cfg_scale = (value.to(self.device, dtype).contiguous()
-                              for value, dtype in zip((x, t, y, cfg_scale), INPUT_DTYPES))
+        x, t, y, cfg_scale = (value.to(self.device, IO_DTYPES[name]).contiguous()
+                              for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale)))
         if self.device.type == "cpu":
             return self._run_cpu(x, t, y, cfg_scale)
         return self._run_cuda(x, t, y, cfg_scale)
 
     def _run_cpu(self, x, t, y, cfg_scale):
-        feeds = {name: value.numpy() for name, value in zip(INPUTS, (x, t, y, cfg_scale))}
-        eps, var_values = self.session.run(list(OUTPUTS), feeds)  # numpy (B, 4, L, L) each
+        feeds = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
+        eps, var_values = self.session.run(list(OUTPUT_NAMES), feeds)  # numpy (B, 4, L, L) each
         return torch.from_numpy(eps), torch.from_numpy(var_values)
 
     def _run_cuda(self, x, t, y, cfg_scale):
         """I/O binding on torch CUDA tensors (written, not run on a GPU here)."""
         inputs = [x, t, y, cfg_scale]  # contiguous, on self.device, in the contract's dtypes
-        outputs = [torch.empty_like(x) for _ in OUTPUTS]  # (B, 4, L, L) float32 each
+        outputs = [torch.empty_like(x) for _ in OUTPUT_NAMES]  # (B, 4, L, L) float32 each
         binding = self.session.io_binding()
-        for name, value in zip(INPUTS + OUTPUTS, inputs + outputs):
-            bind = binding.bind_input if name in INPUTS else binding.bind_output
+        for name, value in zip(INPUT_NAMES + OUTPUT_NAMES, inputs + outputs):
+            bind = binding.bind_input if name in INPUT_NAMES else binding.bind_output
             bind(name, "cuda", self.device.index, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
         # ONNX Runtime runs on its own stream: finish torch's pending writes to x first; run() then
         # synchronises its own stream before returning, so torch may read the outputs.
@@ -119,10 +116,10 @@ def check_graph_io(session, graph_path: Path) -> None:
     """DiTError unless the graph has the guided contract's inputs and outputs."""
     inputs = [node.name for node in session.get_inputs()]
     outputs = [node.name for node in session.get_outputs()]
-    if sorted(inputs) != sorted(INPUTS) or sorted(outputs) != sorted(OUTPUTS):
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
         raise DiTError(
             f"{graph_path} is not a guided DiT graph (inputs {inputs}, outputs {outputs}; expected "
-            f"{list(INPUTS)} -> {list(OUTPUTS)}); export it with dit-export"
+            f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}); export it with dit-export"
         )
 
 

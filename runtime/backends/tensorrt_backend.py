@@ -17,14 +17,11 @@ from dit_ref.errors import DiTError
 from export.engine import (
     compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
 )
-from export.guided import INPUT_NAMES, OUTPUT_NAMES
+from export.guided import INPUT_NAMES, IO_DTYPES, OUTPUT_NAMES
 from export.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
-# The graph contract: every I/O tensor's dtype (DESIGN.md); I/O stays float32 in the FP16 graph too.
-EXPECTED_IO = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
-               "eps": torch.float32, "var_values": torch.float32}
 
 # TensorRT DataType member name -> torch dtype. An explicit table: trt.nptype has no BF16 or FP8.
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
@@ -70,7 +67,7 @@ def _describe(entry) -> str:
 
 def check_io_tensors(found: dict) -> None:
     """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract."""
-    expected = {name: (name in INPUT_NAMES, dtype) for name, dtype in EXPECTED_IO.items()}
+    expected = {name: (name in INPUT_NAMES, dtype) for name, dtype in IO_DTYPES.items()}
     wrong = [f"{name} is {_describe(found.get(name))}, expected {_describe(expected.get(name))}"
              for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
     if wrong:
@@ -207,7 +204,7 @@ class TensorRTDenoiser:
                 return self._replay(batch, inputs)
             # Temporaries and outputs come from torch's caching allocator on the caller's stream, which
             # TensorRT runs on or waits for, so their memory is not reused before the engine is done.
-            tensors = {name: aligned(value.to(self.device, EXPECTED_IO[name]).contiguous())
+            tensors = {name: aligned(value.to(self.device, IO_DTYPES[name]).contiguous())
                        for name, value in inputs.items()}
             tensors.update(self._empty_outputs(batch))
             _bind(self.context, tensors)
@@ -217,7 +214,7 @@ class TensorRTDenoiser:
     def _empty_outputs(self, batch: int) -> dict:
         """Output tensors (B, 4, L, L) float32 on the device."""
         shape = (batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
-        return {name: torch.empty(shape, dtype=EXPECTED_IO[name], device=self.device) for name in OUTPUT_NAMES}
+        return {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device) for name in OUTPUT_NAMES}
 
     def _replay(self, batch: int, inputs: dict):
         """Copy the inputs into this batch size's persistent tensors, replay its graph (or run it eagerly)."""
@@ -233,7 +230,7 @@ class TensorRTDenoiser:
     def _capture(self, batch: int) -> _Captured:
         """Context and persistent I/O for one batch size, one eager run, then capture; on failure stay eager."""
         tensors = {name: torch.zeros((batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
-                                     if name == "x" else (batch,), dtype=EXPECTED_IO[name], device=self.device)
+                                     if name == "x" else (batch,), dtype=IO_DTYPES[name], device=self.device)
                    for name in INPUT_NAMES}
         tensors["cfg_scale"].fill_(1.0)
         tensors.update(self._empty_outputs(batch))

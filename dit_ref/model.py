@@ -91,11 +91,14 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class labels -> (N, D); row 1000 is the null class for guidance. No label dropout at inference."""
+    """Class labels -> (N, D); the last row (num_classes) is the null class for guidance.
 
-    def __init__(self, hidden_size):
+    No label dropout here: training drops labels by passing the null class (dit_ref.training).
+    """
+
+    def __init__(self, num_classes, hidden_size):
         super().__init__()
-        self.embedding_table = nn.Embedding(configs.NUM_CLASSES + 1, hidden_size)
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
     def forward(self, y):  # y (N,) int64
         return self.embedding_table(y)  # (N, D)
@@ -168,7 +171,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer over VAE latents, with learned sigma (8 output channels)."""
+    """Diffusion Transformer over C-channel latents (or pixels); 2C outputs with learned sigma, else C."""
 
     def __init__(self, config: DiTConfig, image_size: int, numerics: str = "official"):
         super().__init__()
@@ -177,13 +180,13 @@ class DiT(nn.Module):
         self.config = config
         self.image_size = image_size
         self.numerics = numerics
-        self.latent_size = configs.latent_size(image_size)
+        self.latent_size = config.latent_size(image_size)
         self.grid_size = self.latent_size // config.patch_size
         diffusers = numerics == "diffusers"
         d = config.hidden_size
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, d)
         self.t_embedder = TimestepEmbedder(d, frequency_shift=1 if diffusers else 0)
-        self.y_embedder = LabelEmbedder(d)
+        self.y_embedder = LabelEmbedder(config.num_classes, d)
         # A buffer in the state dict, as the official checkpoint stores it; its loaded value is used.
         self.pos_embed = nn.Parameter(sincos_pos_embed(d, self.grid_size), requires_grad=False)
         mlp_norm_eps = DIFFUSERS_MLP_NORM_EPS if diffusers else LAYER_NORM_EPS
@@ -203,57 +206,57 @@ class DiT(nn.Module):
         return x.reshape(n, c, grid * p, grid * p)  # (N, C, L, L)
 
     def forward(self, x, t, y):
-        """Plain forward: x (N, 4, L, L) float32, t (N,) int64, y (N,) int64 -> (N, 8, L, L) float32."""
+        """Plain forward: x (N, C, L, L) float32, t (N,) int64, y (N,) int64 -> (N, C_out, L, L) float32."""
         h = self.x_embedder(x.to(self.dtype)) + self.pos_embed.to(self.dtype)  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
         for block in self.blocks:
             h = block(h, c)  # (N, T, D)
-        h = self.final_layer(h, c)  # (N, T, p*p*8)
-        return self.unpatchify(h).float()  # (N, 8, L, L)
+        h = self.final_layer(h, c)  # (N, T, p*p*C_out)
+        return self.unpatchify(h).float()  # (N, C_out, L, L)
 
     def forward_with_cfg(self, x, t, y, cfg_scale, cfg_channels=3):
         """The official sample.py guided forward on a doubled batch (conditional half first).
 
-        x (2N, 4, L, L) whose first half is used for both halves, t (2N,), y (2N,) with the null
-        class in the second half, cfg_scale a float or (N,) -> (2N, 8, L, L). The first cfg_channels
-        channels of both halves are the guided eps; the other channels stay each half's own output.
-        cfg_channels=3 reproduces the official sample.py; 4 is the textbook form.
+        x (2N, C, L, L) whose first half is used for both halves, t (2N,), y (2N,) with the null
+        class in the second half, cfg_scale a float or (N,) -> (2N, C_out, L, L). The first
+        cfg_channels channels of both halves are the guided eps; the other channels stay each half's
+        own output. cfg_channels=3 reproduces the official sample.py; 4 is the textbook form.
         """
-        half = x[: len(x) // 2]  # (N, 4, L, L)
-        out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2N, 8, L, L)
+        half = x[: len(x) // 2]  # (N, C, L, L)
+        out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2N, C_out, L, L)
         scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=x.device)
-        guided = guide(out, scale, cfg_channels)[:, :cfg_channels]  # (N, cfg_channels, L, L)
+        guided = guide(out, scale, cfg_channels, self.config.latent_channels)[:, :cfg_channels]  # (N, cfg_channels, L, L)
         guided = torch.cat([guided, guided], dim=0)  # (2N, cfg_channels, L, L)
-        return torch.cat([guided, out[:, cfg_channels:]], dim=1)  # (2N, 8, L, L)
+        return torch.cat([guided, out[:, cfg_channels:]], dim=1)  # (2N, C_out, L, L)
 
     def guided_forward(self, x, t, y, cfg_scale, cfg_channels=3):
-        """The graph contract: x (B, 4, L, L), t (B,), y (B,), cfg_scale (B,) -> eps, var_values.
+        """The graph contract: x (B, C, L, L), t (B,), y (B,), cfg_scale (B,) -> (eps[, var_values]).
 
         Doubles the batch with the null class, runs the transformer once over 2B, guides the first
-        cfg_channels eps channels, and splits the conditional half into eps (B, 4, L, L) and the
-        learned-range values var_values (B, 4, L, L), both float32.
+        cfg_channels eps channels, and splits the conditional half into eps (B, C, L, L) and, for a
+        learned-sigma model, the learned-range values var_values (B, C, L, L), all float32.
         """
-        null = torch.full_like(y, configs.NULL_CLASS)
+        null = torch.full_like(y, self.config.null_class)
         out = self.forward(
             torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), torch.cat([y, null], dim=0)
-        )  # (2B, 8, L, L)
-        guided = guide(out, cfg_scale.float(), cfg_channels)  # (B, 8, L, L)
-        return guided.split(configs.LATENT_CHANNELS, dim=1)  # eps, var_values
+        )  # (2B, C_out, L, L)
+        guided = guide(out, cfg_scale.float(), cfg_channels, self.config.latent_channels)  # (B, C_out, L, L)
+        return guided.split(self.config.latent_channels, dim=1)  # (eps, var_values) or (eps,)
 
 
-def guide(out, cfg_scale, cfg_channels):
+def guide(out, cfg_scale, cfg_channels, latent_channels=configs.LATENT_CHANNELS):
     """Classifier-free guidance on the first cfg_channels channels, in float32.
 
-    out (2B, 8, L, L) with the conditional half first; cfg_scale a scalar or (B,) -> (B, 8, L, L):
-    channels < cfg_channels are uncond + s (cond - uncond), the rest the conditional output.
+    out (2B, C_out, L, L) with the conditional half first; cfg_scale a scalar or (B,) ->
+    (B, C_out, L, L): channels < cfg_channels are uncond + s (cond - uncond), the rest the
+    conditional output. Only eps channels (< latent_channels) may be guided.
     """
-    if cfg_channels not in (3, 4):
-        raise DiTError(f"cfg_channels must be 3 (official sample.py) or 4 (textbook), not {cfg_channels}")
+    configs.check_cfg_channels(cfg_channels, latent_channels)
     # unflatten, not chunk: chunk's size arithmetic makes torch.export specialise a dynamic batch to 2.
-    cond, uncond = out.float().unflatten(0, (2, -1)).unbind(0)  # each (B, 8, L, L)
+    cond, uncond = out.float().unflatten(0, (2, -1)).unbind(0)  # each (B, C_out, L, L)
     scale = cfg_scale.reshape(-1, 1, 1, 1) if cfg_scale.ndim else cfg_scale
     guided_eps = uncond[:, :cfg_channels] + scale * (cond[:, :cfg_channels] - uncond[:, :cfg_channels])
-    return torch.cat([guided_eps, cond[:, cfg_channels:]], dim=1)  # (B, 8, L, L)
+    return torch.cat([guided_eps, cond[:, cfg_channels:]], dim=1)  # (B, C_out, L, L)
 
 
 def build_model(name: str, image_size: int, numerics: str = "official") -> DiT:

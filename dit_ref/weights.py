@@ -4,7 +4,9 @@ Formats: the released plain state dicts (.pt), training checkpoints (a dict whos
 weights), .safetensors files, and diffusers DiTTransformer2DModel folders or hub repos ("hf:ID").
 Pickles are read with torch's weights-only unpickler: a file that would run code is refused.
 Before the strict key check, the checkpoint's own config is recognised from its shapes, so a file
-of another model or image size is named instead of reported as a pile of shape mismatches.
+of another model or image size is named instead of reported as a pile of shape mismatches. The
+shapes also tell the latent channels, the class count and whether sigma is learned: a train.py
+checkpoint made with --num-classes 10 loads as the named config with 10 classes, no extra flag.
 """
 
 import argparse
@@ -27,7 +29,9 @@ EXPECTED = (
     "expected a DiT checkpoint: a .pt/.pth/.bin state dict, a training checkpoint with 'ema', "
     ".safetensors, or a diffusers folder"
 )
-CKPT_FORMS = "a .pt/.safetensors file, a diffusers folder, 'auto' (official XL/2) or 'hf:ORG/NAME'"
+CKPT_FORMS = ("a .pt/.safetensors file, a diffusers folder, 'auto' (official XL/2, or the shipped weights "
+              "of a shipped model such as fashion) or 'hf:ORG/NAME'")
+SHIPPED_DIR = Path(__file__).parent / "shipped"  # weights trained here, shipped in the package
 MAX_KEYS_SHOWN = 3
 
 
@@ -43,22 +47,27 @@ class LoadedDiT:
 
 def load_dit(
     model: str,
-    image_size: int,
+    image_size: int | None = None,
     ckpt: str | None = None,
     random_init: int | None = None,
     numerics: str = "official",
 ) -> LoadedDiT:
-    """Build the named DiT and fill it from ckpt (path, "auto", "hf:ID") or seeded random weights."""
+    """Build the named DiT and fill it from ckpt (path, "auto", "hf:ID") or seeded random weights.
+
+    image_size None: the config's first size (256 for the paper's models, 28 for fashion).
+    """
     config = configs.get_config(model)
-    configs.check_image_size(image_size)
+    image_size = config.image_sizes[0] if image_size is None else image_size
+    config.check_image_size(image_size)
     if numerics not in NUMERICS:
         raise DiTError(f"unknown numerics {numerics!r}; choose one of {', '.join(NUMERICS)}")
     if (ckpt is None) == (random_init is None):
         raise DiTError(f"pass exactly one of --ckpt ({CKPT_FORMS}) or --random-init SEED")
     if random_init is not None:
         return _random_model(config, image_size, random_init, numerics)
-    state_dict, source, files = read_checkpoint(str(ckpt), config, image_size)
+    state_dict, args, source, files = read_checkpoint(str(ckpt), config, image_size)
     check_config(state_dict, config, image_size, source)
+    config = configs.with_shape(config, **checkpoint_shape(state_dict, config, args))
     dit = _uninitialised_model(config, image_size, numerics)
     if "pos_embed" not in state_dict:  # the fixed sin-cos table; official files carry it, diffusers not
         state_dict["pos_embed"] = sincos_pos_embed(config.hidden_size, dit.grid_size)
@@ -88,30 +97,44 @@ def _random_model(config, image_size, seed, numerics) -> LoadedDiT:
     return LoadedDiT(dit, f"random init (seed {seed})", sha256=None, random_weights=True)
 
 
-def read_checkpoint(ckpt: str, config: DiTConfig, image_size: int) -> tuple[dict, str, list[Path]]:
-    """(official-layout state dict, source text, files read) for any ckpt form."""
+def read_checkpoint(ckpt: str, config: DiTConfig, image_size: int) -> tuple[dict, dict, str, list[Path]]:
+    """(official-layout state dict, training args, source text, files read) for any ckpt form."""
+    if ckpt == "auto" and config.name in configs.SHIPPED:
+        path = shipped_weights(config)
+        return *read_state_dict_file(path), f"shipped:{config.name} ({path.name})", [path]
     if ckpt == "auto":
         path, url = download.fetch_official(config, image_size)
-        return read_state_dict_file(path), url, [path]
+        return *read_state_dict_file(path), url, [path]
     if ckpt.startswith("hf:"):
         model_dir = download.fetch_hub(ckpt[len("hf:"):])
         state_dict, files = read_diffusers_dir(model_dir, config)
-        return state_dict, ckpt, files
+        return state_dict, {}, ckpt, files
     path = Path(ckpt).expanduser()
     if path.is_dir():
         state_dict, files = read_diffusers_dir(path, config)
-        return state_dict, str(path), files
+        return state_dict, {}, str(path), files
     if not path.is_file():
         raise DiTError(f"checkpoint {ckpt} not found; pass {CKPT_FORMS}")
-    return read_state_dict_file(path), str(path), [path]
+    return *read_state_dict_file(path), str(path), [path]
 
 
-def read_state_dict_file(path: Path) -> dict:
-    """Official-layout state dict from one file (plain, training checkpoint, or diffusers keys)."""
-    state_dict = unwrap_checkpoint(read_tensors_file(path), path)
+def shipped_weights(config: DiTConfig) -> Path:
+    """The weights of a shipped model, in the package (dit_ref/shipped/NAME.safetensors)."""
+    path = SHIPPED_DIR / f"{config.file_stem}.safetensors"
+    if not path.is_file():
+        raise DiTError(f"the shipped weights {path} are missing; reinstall dit-deploy, or train them with "
+                       f"python -m dit_ref.training --out {SHIPPED_DIR}")
+    return path
+
+
+def read_state_dict_file(path: Path) -> tuple[dict, dict]:
+    """(official-layout state dict, training args) from one file (plain, training checkpoint, or
+    diffusers keys); the args are a train.py checkpoint's "args" as a dict, else {}."""
+    obj = read_tensors_file(path)
+    state_dict = unwrap_checkpoint(obj, path)
     if diffusers_format.is_diffusers_layout(state_dict):  # a lone diffusion_pytorch_model file
-        return diffusers_format.official_from_diffusers(state_dict)
-    return state_dict
+        return diffusers_format.official_from_diffusers(state_dict), {}
+    return state_dict, training_args(obj)
 
 
 def read_diffusers_dir(path: Path, expected: DiTConfig | None = None) -> tuple[dict, list[Path]]:
@@ -201,8 +224,12 @@ def unwrap_checkpoint(obj, path: Path) -> dict:
     return dict(obj)
 
 
-def recognise(state_dict) -> tuple[str, int | None] | None:
-    """(config name or a shape description, image size or None) read off an official state dict."""
+def recognise(state_dict, asked: DiTConfig) -> tuple[str, int | None] | None:
+    """(config name or a shape description, image size or None) read off an official state dict.
+
+    The asked-for config is named when depth, width and patch agree with it (a train.py model with
+    other classes or channels is still that config); otherwise any known config that agrees.
+    """
     patch_weight = state_dict.get("x_embedder.proj.weight")
     if not isinstance(patch_weight, torch.Tensor) or patch_weight.ndim != 4:
         return None
@@ -213,16 +240,40 @@ def recognise(state_dict) -> tuple[str, int | None] | None:
     if isinstance(pos_embed, torch.Tensor) and pos_embed.ndim == 3:
         grid = math.isqrt(pos_embed.shape[1])
         if grid * grid == pos_embed.shape[1]:
-            image_size = grid * patch * configs.VAE_DOWNSAMPLE
-    for family, (family_depth, family_hidden, _) in configs.FAMILIES.items():
-        if (depth, hidden) == (family_depth, family_hidden) and patch in configs.PATCH_SIZES:
-            return f"DiT-{family}/{patch}", image_size
+            image_size = grid * patch * (1 if asked.pixel_space else configs.VAE_DOWNSAMPLE)
+    for config in [asked, *configs.all_configs()]:
+        if (depth, hidden, patch) == (config.depth, config.hidden_size, config.patch_size):
+            return config.name, image_size
     return f"an unknown DiT (depth {depth}, hidden size {hidden}, patch {patch})", image_size
+
+
+def checkpoint_shape(state_dict, config: DiTConfig, args: dict) -> dict:
+    """The latent channels, learned sigma and class count of a checkpoint, where they differ from config.
+
+    Channels and learned sigma come from the tensors (the patch embedding's input channels; the
+    final layer's p*p values per output channel, 2C with learned sigma). The class count comes from
+    a train.py checkpoint's args (--num-classes), not from the label table: a table that lost its
+    null-class row must be reported, not read as a model with one class fewer.
+    """
+    try:
+        channels = int(state_dict["x_embedder.proj.weight"].shape[1])
+        outputs = int(state_dict["final_layer.linear.weight"].shape[0]) // config.patch_size**2
+    except (KeyError, AttributeError, IndexError):
+        return {}  # incomplete: the strict key check names what is missing
+    shape = {"latent_channels": channels, "learn_sigma": outputs == 2 * channels,
+             "num_classes": int(args.get("num_classes", config.num_classes))}
+    return {key: value for key, value in shape.items() if getattr(config, key) != value}
+
+
+def training_args(obj) -> dict:
+    """The "args" of a training checkpoint (train.py saves an argparse.Namespace), as a dict; {} if none."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {}
 
 
 def check_config(state_dict, config: DiTConfig, image_size: int, source: str) -> None:
     """DiTError naming the checkpoint's own config when it is not the one asked for."""
-    found = recognise(state_dict)
+    found = recognise(state_dict, config)
     if found is None:
         return  # no x_embedder: the strict key check names what is missing
     name, found_size = found
@@ -235,7 +286,7 @@ def check_config(state_dict, config: DiTConfig, image_size: int, source: str) ->
         )
     raise DiTError(
         f"this checkpoint is {name} at {size}, you asked for {config.name} at {image_size}; "
-        f"pass --model {name[len('DiT-'):]} --image-size {size}"
+        f"pass --model {configs.get_config(name).short_name} --image-size {size}"
     )
 
 

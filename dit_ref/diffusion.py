@@ -129,13 +129,31 @@ def learned_range_log_variance(schedule: Schedule, i: int, var_values):
     return frac * max_log + (1 - frac) * min_log
 
 
+def fixed_large_log_variance(schedule: Schedule, i: int, like):
+    """log(append(posterior_variance[1], betas[1:]))[i] as a float32 scalar on like's device.
+
+    guided-diffusion's ModelVarType.FIXED_LARGE, what create_diffusion(learn_sigma=False) uses: the
+    respaced beta_i (Ho et al.'s sigma^2 = beta), with step 0's entry the posterior variance of step 1.
+    """
+    # posterior_log_variance_clipped[0] is log(posterior_variance[1]) (log(betas[0]) for one step).
+    log_variance = np.append(schedule.posterior_log_variance_clipped[0], np.log(schedule.betas[1:]))  # (N,)
+    return gather(log_variance, i, like)
+
+
 def ddpm_step(schedule: Schedule, i: int, x, eps, var_values, noise):
-    """One ancestral step x_i -> x_{i-1} with the learned variance; noise unused at i == 0."""
+    """One ancestral step x_i -> x_{i-1}; noise unused at i == 0.
+
+    The variance is the learned range of var_values, or the fixed-large one when var_values is None
+    (a model without learned sigma).
+    """
     x0 = predict_x0(schedule, i, x, eps)
     mean = gather(schedule.posterior_mean_coef1, i, x) * x0 + gather(schedule.posterior_mean_coef2, i, x) * x
     if i == 0:
         return mean  # the official code adds 0 * sigma * noise here
-    log_variance = learned_range_log_variance(schedule, i, var_values)
+    if var_values is None:
+        log_variance = fixed_large_log_variance(schedule, i, x)
+    else:
+        log_variance = learned_range_log_variance(schedule, i, var_values)
     return mean + torch.exp(0.5 * log_variance) * noise
 
 
@@ -152,3 +170,68 @@ def ddim_step(schedule: Schedule, i: int, x, eps, noise=None, eta: float = 0.0):
     if eta == 0 or i == 0:
         return mean
     return mean + sigma * noise
+
+
+# Training: the official GaussianDiffusion.training_losses for learned sigma with LossType.MSE
+# (what DiT's train.py uses): MSE on eps plus the variational bound term with a frozen mean.
+
+
+def gather_per_sample(array: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """array[t] for a batch of timesteps t (N,), float32, shaped (N, 1, 1, 1) to broadcast over like."""
+    values = torch.from_numpy(array).to(like.device)[t].float()  # gathered in float64, then cast
+    return values.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def q_sample(schedule: Schedule, x0, t, noise):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t (N,) original timesteps of a full schedule."""
+    return (gather_per_sample(np.sqrt(schedule.alphas_cumprod), t, x0) * x0
+            + gather_per_sample(np.sqrt(1.0 - schedule.alphas_cumprod), t, x0) * noise)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _standard_normal_cdf(x):
+    """A fast approximation of the standard normal CDF (as guided-diffusion uses)."""
+    return 0.5 * (1.0 + torch.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+    """Log-likelihood of x in [-1, 1] (8-bit bins of width 2/255) under N(means, e^(2 log_scales))."""
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = _standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = _standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+def training_losses(schedule: Schedule, output, x0, x_t, t, noise) -> dict:
+    """Per-sample losses {"mse", "vb", "loss"} (N,) of a learned-sigma model's output (N, 2C, L, L).
+
+    mse: mean squared error of eps. vb: the variational bound term in bits per dimension, computed
+    with the eps prediction detached so it trains only the variance (Nichol & Dhariwal 2021); the
+    decoder's discretized likelihood at t == 0, the KL to the true posterior elsewhere.
+    """
+    eps, var_values = output.split(x0.shape[1], dim=1)  # each (N, C, L, L)
+    frozen_eps = eps.detach()
+    x0_pred = (gather_per_sample(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+               - gather_per_sample(schedule.sqrt_recipm1_alphas_cumprod, t, x_t) * frozen_eps)
+    coef1, coef2 = (gather_per_sample(c, t, x_t) for c in (schedule.posterior_mean_coef1, schedule.posterior_mean_coef2))
+    model_mean = coef1 * x0_pred + coef2 * x_t
+    min_log = gather_per_sample(schedule.posterior_log_variance_clipped, t, x_t)
+    max_log = gather_per_sample(np.log(schedule.betas), t, x_t)
+    frac = (var_values + 1) / 2
+    model_log_variance = frac * max_log + (1 - frac) * min_log
+    true_mean = coef1 * x0 + coef2 * x_t
+    kl = normal_kl(true_mean, min_log, model_mean, model_log_variance).mean(dim=(1, 2, 3)) / np.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
+    nll = nll.mean(dim=(1, 2, 3)) / np.log(2.0)
+    vb = torch.where(t == 0, nll, kl)
+    mse = ((noise - eps) ** 2).mean(dim=(1, 2, 3))
+    return {"mse": mse, "vb": vb, "loss": mse + vb}

@@ -1,27 +1,26 @@
-"""Samplers: small stateless functions with one signature, in the style of k-diffusion.
+"""Samplers: one shape for ddpm, ddim and the diffusers adapter, in the style of k-diffusion.
 
-    sample_X(denoiser, x, schedule, y, cfg_scale, noise_source, callback=None) -> x
+    sampler = sampler_from_name("ddpm", 250)  # a Sampler: name, timesteps, start
+    x = sampler(denoiser, x, y, cfg_scale, noise_source, callback=None)
 
-x (n, 4, L, L) float32 initial latents, y (n,) int64 labels, cfg_scale (n,) float32, all on the
-denoiser's device; noise_source(x) returns step noise like x (runtime.noise.OfficialNoise draws it
-as sample.py does). The coefficients come from dit_ref.diffusion, the one source of truth for the
-DiT schedule; the samplers never know which backend runs the denoiser. callback, if given, gets
+x (n, C, L, L) float32 initial latents, y (n,) int64 labels, cfg_scale (n,) float32, all on the
+denoiser's device; the channel count C comes from x alone. The denoiser returns (eps, var_values),
+var_values None for a model without learned sigma. noise_source(x) returns step noise like x
+(runtime.noise.OfficialNoise draws it as sample.py does). A Sampler's timesteps are the one source
+of truth for its schedule: ddpm and ddim derive their coefficients from them with dit_ref.diffusion,
+and the diffusers adapter (runtime.diffusers_sampler) checks that its scheduler makes the same ones.
+The samplers never know which backend runs the denoiser. callback, if given, gets
 {"x", "i", "t", "total"} after every denoiser call. NaN or inf in the latents raises DiTError
 naming the step and timestep where it first appeared.
 """
 
 import functools
-import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from dit_ref.diffusion import (
-    BETA_END, BETA_START, Schedule, ddim_step, ddpm_step, respaced_timesteps, schedule_from_spec,
-    schedule_from_timesteps,
-)
-from dit_ref.configs import NUM_TIMESTEPS
+from dit_ref.diffusion import Schedule, ddim_step, ddpm_step, respaced_timesteps, schedule_from_timesteps
 from dit_ref.errors import DiTError
 
 DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "diffusers": 20}  # sample.py; diffusers' DiTPipeline; few-step
@@ -37,80 +36,55 @@ DIFFUSERS_SCHEDULERS = {
     "ddim-diffusers": ("DDIMScheduler", {"clip_sample": False}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
-# The DiT training schedule in diffusers' terms. "trailing" spacing starts at t=999 and keeps the
-# timesteps integral, which the graph's int64 t input needs (Lin et al. 2024 recommend it for few steps).
-DIFFUSERS_CONFIG = {
-    "num_train_timesteps": NUM_TIMESTEPS, "beta_start": BETA_START, "beta_end": BETA_END,
-    "beta_schedule": "linear", "prediction_type": "epsilon", "timestep_spacing": "trailing",
-}
 
 Callback = Callable[[dict], None]
+NoiseSource = Callable[[torch.Tensor], torch.Tensor]  # noise_source(x) -> step noise like x
 
 
-def sample_ddpm(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source, callback: Callback | None = None):
-    """Ancestral sampling with the learned variance, as the official sample.py runs it.
-
-    Ho et al., "Denoising Diffusion Probabilistic Models" (2020); Nichol & Dhariwal, "Improved
-    DDPM" (2021). Noise is drawn after each model call, the last step included.
-    """
-
-    def step(k, x, eps, var_values):
-        i = len(schedule) - 1 - k
-        return ddpm_step(schedule, i, x, eps, var_values, noise_source(x))
-
-    return _denoise_loop(denoiser, x, _sampling_order(schedule), y, cfg_scale, step, callback)
+def same_input(k: int, x: torch.Tensor) -> torch.Tensor:
+    """The denoiser sees the latents themselves (every sampler but diffusers' scaled ones)."""
+    return x
 
 
-def sample_ddim(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source=None,
-                callback: Callback | None = None, eta: float = 0.0):
-    """DDIM (Song et al., "Denoising Diffusion Implicit Models", 2021); eta 0 is deterministic.
+class Run(NamedTuple):
+    """One sampling run's pieces, made fresh for every call by a sampler's start function."""
 
-    Like the official ddim_sample, noise is drawn every step even when eta is 0, so a seeded run
-    leaves the generator where the official loop leaves it.
-    """
-
-    def step(k, x, eps, var_values):
-        i = len(schedule) - 1 - k
-        noise = noise_source(x) if noise_source is not None else None
-        return ddim_step(schedule, i, x, eps, noise, eta)
-
-    return _denoise_loop(denoiser, x, _sampling_order(schedule), y, cfg_scale, step, callback)
+    x: torch.Tensor  # the latents the loop starts from, (n, C, L, L)
+    step: Callable  # step(k, x, eps, var_values) -> the latents after the k-th denoiser call
+    model_input: Callable = same_input  # model_input(k, x) -> what the denoiser sees at call k
 
 
-def sample_diffusers(denoiser, x, steps: int, y, cfg_scale, noise_source=None,
-                     callback: Callback | None = None, scheduler: str = "dpm++"):
-    """Few-step sampling with a diffusers scheduler on eps predictions; the learned variance is unused.
-
-    A fresh scheduler is made for every call, so its internal state lives only inside this call.
-    """
-    solver = diffusers_scheduler(scheduler, steps, x.device)
-    scheduler_timesteps = list(solver.timesteps)
-    step_kwargs = {}
-    if noise_source is not None and "generator" in inspect.signature(solver.step).parameters:
-        step_kwargs["generator"] = noise_source.generator  # ancestral schedulers draw from it
-
-    def prepare(k, x):
-        return solver.scale_model_input(x, scheduler_timesteps[k]).float()
-
-    def step(k, x, eps, var_values):
-        return solver.step(eps, scheduler_timesteps[k], x, return_dict=False, **step_kwargs)[0].float()
-
-    x = (x * solver.init_noise_sigma).float()
-    timesteps = _integer_timesteps(scheduler_timesteps, scheduler)
-    return _denoise_loop(denoiser, x, timesteps, y, cfg_scale, step, callback, prepare)
+Start = Callable[[tuple, torch.Tensor, NoiseSource | None], Run]  # start(timesteps, x, noise_source) -> Run
 
 
-def _denoise_loop(denoiser, x, timesteps: list[int], y, cfg_scale, step, callback, prepare=None):
-    """Call the denoiser at each timestep (in sampling order), then step(k, x, eps, var_values)."""
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler with its timesteps bound: sampler(denoiser, x, y, cfg_scale, noise_source, callback) -> x."""
+
+    name: str  # "ddpm", "ddim" or a diffusers scheduler name
+    timesteps: tuple[int, ...]  # original timesteps (0..999) of the denoiser calls, in sampling order
+    start: Start  # start(timesteps, x, noise_source) -> Run; the same signature for every sampler
+
+    @property
+    def num_calls(self) -> int:
+        """Denoiser calls per run (for progress bars)."""
+        return len(self.timesteps)
+
+    def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None):
+        run = self.start(self.timesteps, x, noise_source)
+        return denoise(denoiser, run, self.timesteps, y, cfg_scale, callback)
+
+
+def denoise(denoiser, run: Run, timesteps: Sequence[int], y, cfg_scale, callback: Callback | None = None):
+    """Call the denoiser at each timestep (in sampling order), then run.step(k, x, eps, var_values)."""
+    x = run.x
     watch = FiniteWatch(x.device, timesteps, getattr(denoiser, "name", "denoiser"))
     # Made up front, one fresh tensor per step: TensorRT binds raw pointers, which must be 256-byte
     # aligned (a fresh allocation is; a row of a (steps, n) table is not).
     t_all = [torch.full_like(y, t) for t in timesteps]  # each (n,) int64
-    for k in range(len(timesteps)):
-        t = t_all[k]  # (n,)
-        model_input = prepare(k, x) if prepare is not None else x
-        eps, var_values = denoiser(model_input, t, y, cfg_scale)  # each (n, 4, L, L)
-        x = step(k, x, eps, var_values)
+    for k, t in enumerate(t_all):
+        eps, var_values = denoiser(run.model_input(k, x), t, y, cfg_scale)  # (n, C, L, L); var_values may be None
+        x = run.step(k, x, eps, var_values)  # (n, C, L, L)
         watch.update(k, x)
         if callback is not None:
             callback({"x": x, "i": k, "t": timesteps[k], "total": len(timesteps)})
@@ -118,14 +92,75 @@ def _denoise_loop(denoiser, x, timesteps: list[int], y, cfg_scale, step, callbac
     return x
 
 
-def _sampling_order(schedule: Schedule) -> list[int]:
-    return [int(t) for t in schedule.timesteps[::-1]]
+def ddpm_run(schedule: Schedule, x, noise_source: NoiseSource) -> Run:
+    """Ancestral sampling with the learned (or, for var_values None, the fixed-large) variance.
+
+    Ho et al., "Denoising Diffusion Probabilistic Models" (2020); Nichol & Dhariwal, "Improved
+    DDPM" (2021). Noise is drawn after each model call, the last step included, as sample.py does.
+    """
+    last = len(schedule) - 1
+
+    def step(k, x, eps, var_values):
+        return ddpm_step(schedule, last - k, x, eps, var_values, noise_source(x))
+
+    return Run(x, step)
+
+
+def ddim_run(schedule: Schedule, x, noise_source: NoiseSource | None, eta: float = 0.0) -> Run:
+    """DDIM (Song et al., "Denoising Diffusion Implicit Models", 2021); eta 0 is deterministic.
+
+    Like the official ddim_sample, noise is drawn every step even when eta is 0, so a seeded run
+    leaves the generator where the official loop leaves it. var_values is unused.
+    """
+    last = len(schedule) - 1
+
+    def step(k, x, eps, var_values):
+        noise = noise_source(x) if noise_source is not None else None
+        return ddim_step(schedule, last - k, x, eps, noise, eta)
+
+    return Run(x, step)
+
+
+def start_ddpm(timesteps: tuple[int, ...], x, noise_source: NoiseSource) -> Run:
+    return ddpm_run(schedule_from_timesteps(timesteps), x, noise_source)
+
+
+def start_ddim(timesteps: tuple[int, ...], x, noise_source: NoiseSource | None, eta: float = 0.0) -> Run:
+    return ddim_run(schedule_from_timesteps(timesteps), x, noise_source, eta)
+
+
+def ddpm_sampler(steps: int = DEFAULT_STEPS["ddpm"]) -> Sampler:
+    """DDPM at `steps` evenly spaced timesteps (sample.py uses 250)."""
+    return Sampler("ddpm", descending(respaced_timesteps(steps)), start_ddpm)
+
+
+def ddim_sampler(steps: int = DEFAULT_STEPS["ddim"], eta: float = 0.0) -> Sampler:
+    """DDIM at ddim_timesteps(steps); eta 0 (the default) is deterministic."""
+    return Sampler("ddim", descending(ddim_timesteps(steps)), functools.partial(start_ddim, eta=eta))
+
+
+def sample_ddpm(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source, callback: Callback | None = None):
+    """DDPM with an explicit schedule, as the official sample.py runs it (see ddpm_run)."""
+    run = ddpm_run(schedule, x, noise_source)
+    return denoise(denoiser, run, descending(schedule.timesteps), y, cfg_scale, callback)
+
+
+def sample_ddim(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source=None,
+                callback: Callback | None = None, eta: float = 0.0):
+    """DDIM with an explicit schedule (see ddim_run)."""
+    run = ddim_run(schedule, x, noise_source, eta)
+    return denoise(denoiser, run, descending(schedule.timesteps), y, cfg_scale, callback)
+
+
+def descending(timesteps) -> tuple[int, ...]:
+    """Timesteps as Python ints in sampling order (999 first)."""
+    return tuple(sorted((int(t) for t in timesteps), reverse=True))
 
 
 class FiniteWatch:
     """Finds the first step whose latents hold NaN or inf; on a GPU without a host sync per step."""
 
-    def __init__(self, device: torch.device, timesteps: list[int], backend: str, check_every: int = 25,
+    def __init__(self, device: torch.device, timesteps: Sequence[int], backend: str, check_every: int = 25,
                  eager: bool | None = None):
         self.timesteps, self.backend, self.check_every = timesteps, backend, check_every
         self.eager = device.type == "cpu" if eager is None else eager  # a CPU check is cheap and synchronous
@@ -153,34 +188,6 @@ class FiniteWatch:
         )
 
 
-def _integer_timesteps(timesteps, scheduler: str) -> list[int]:
-    """The scheduler's timesteps as ints for the graph's int64 t; DiTError if one is fractional."""
-    values = [float(t) for t in timesteps]
-    if any(abs(v - round(v)) > 1e-4 for v in values):
-        raise DiTError(f"scheduler {scheduler!r} made fractional timesteps; the graph takes integer t, "
-                       f"choose another sampler")
-    return [int(round(v)) for v in values]
-
-
-def diffusers_scheduler(name: str, steps: int, device=None):
-    """A fresh diffusers scheduler on the DiT schedule (linear betas, eps prediction), timesteps set."""
-    import diffusers
-
-    class_name, extra = DIFFUSERS_SCHEDULERS.get(name, (name, {}))
-    cls = getattr(diffusers, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise DiTError(f"unknown sampler {name!r}; choose ddpm, ddim, {', '.join(DIFFUSERS_SCHEDULERS)} "
-                       f"or a diffusers scheduler class name")
-    parameters = inspect.signature(cls.__init__).parameters
-    if "prediction_type" not in parameters or "beta_schedule" not in parameters:
-        raise DiTError(f"diffusers' {class_name} does not take eps predictions on a beta schedule; "
-                       f"choose one of {', '.join(DIFFUSERS_SCHEDULERS)}")
-    config = {key: value for key, value in {**DIFFUSERS_CONFIG, **extra}.items() if key in parameters}
-    solver = cls(**config)
-    solver.set_timesteps(steps, device=device)
-    return solver
-
-
 def ddim_timesteps(steps: int) -> list[int]:
     """DDIM's timesteps: "ddimN" (the first integer stride giving N steps, as guided-diffusion's
     documented DDIM runs use) when such a stride exists, else N evenly spaced steps ("N")."""
@@ -190,38 +197,19 @@ def ddim_timesteps(steps: int) -> list[int]:
         return respaced_timesteps(steps)
 
 
-@dataclass(frozen=True)
-class Sampler:
-    """A sampler with its schedule bound: sampler(denoiser, x, y, cfg_scale, noise_source, callback)."""
-
-    name: str  # "ddpm", "ddim" or a diffusers scheduler name
-    function: Callable
-    schedule: object  # a dit_ref Schedule, or the step count for diffusers schedulers
-    num_calls: int  # denoiser calls per run (for progress bars)
-
-    def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None):
-        return self.function(denoiser, x, self.schedule, y, cfg_scale, noise_source, callback)
+SAMPLERS = {"ddpm": ddpm_sampler, "ddim": ddim_sampler}  # ours; any other name is a diffusers scheduler
 
 
 def sampler_from_name(name: str, steps: int | None = None) -> Sampler:
-    """ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler (20 steps)."""
+    """ddpm (250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler (20 steps)."""
     name = name.strip()
     key = name.lower()
     if steps is not None and steps < 1:
         raise DiTError(f"--steps must be at least 1, not {steps}")
-    if key in ("ddpm", "ddim"):
-        steps = steps or DEFAULT_STEPS[key]
-        if key == "ddpm":
-            schedule = schedule_from_spec(steps)
-            return Sampler("ddpm", sample_ddpm, schedule, len(schedule))
-        schedule = schedule_from_timesteps(ddim_timesteps(steps))
-        return Sampler("ddim", sample_ddim, schedule, len(schedule))
-    steps = steps or DEFAULT_STEPS["diffusers"]
-    scheduler_name = key if key in DIFFUSERS_SCHEDULERS else name
-    num_calls = len(diffusers_scheduler(scheduler_name, steps).timesteps)
-    function = functools.partial(_call_diffusers, scheduler=scheduler_name)
-    return Sampler(scheduler_name, function, steps, num_calls)
+    if key in SAMPLERS:
+        return SAMPLERS[key](steps or DEFAULT_STEPS[key])
+    # Imported here, not at the top: the adapter builds on the Sampler defined in this module.
+    from runtime.diffusers_sampler import diffusers_sampler
 
-
-def _call_diffusers(denoiser, x, steps, y, cfg_scale, noise_source, callback=None, *, scheduler):
-    return sample_diffusers(denoiser, x, steps, y, cfg_scale, noise_source, callback, scheduler=scheduler)
+    scheduler = key if key in DIFFUSERS_SCHEDULERS else name
+    return diffusers_sampler(scheduler, steps or DEFAULT_STEPS["diffusers"])

@@ -1,47 +1,59 @@
-"""How each benchmarked backend is made, and why one cannot run on this machine.
+"""The benchmarked settings, named as the runtime names its backends, and why one cannot run here.
 
-A backend spec is a name from BACKENDS; `skip_reason` says in one line why it cannot run here (or
-None), `prepare` makes the files it needs once (graphs, engines) in the work directory, and
-`make_denoiser` builds it inside the measuring process.
+A setting is a registry backend (runtime.backends.BACKENDS) with options: "torch-fp16" is the torch
+backend in float16, "onnxruntime-fp16" ONNX Runtime on the FP16 graph. `skip_reason` says in one
+line why it cannot run here (or None), `prepare` makes the graph or engine it needs once with
+export.export(), and `make_denoiser` loads it through runtime.backends.load_denoiser.
 """
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-BACKENDS = {
-    "torch": "PyTorch eager, float32 (the baseline)",
-    "torch-fp16": "PyTorch eager, float16 (float32 islands kept)",
-    "torch-bf16": "PyTorch eager, bfloat16 (float32 islands kept)",
-    "torch-compile": "torch.compile of the guided forward, float32",
-    "onnx": "ONNX Runtime, FP32 graph",
-    "onnx-fp16": "ONNX Runtime, FP16-typed graph",
-    "trt": "TensorRT engine from the FP16 graph",
+from dit_ref.contract import BatchRange
+
+
+@dataclass(frozen=True)
+class Setting:
+    backend: str  # a runtime.backends.BACKENDS name
+    description: str
+    options: dict = field(default_factory=dict)  # load_denoiser options
+    precision: str | None = None  # the graph it runs ("fp32"/"fp16"), None for the PyTorch reference
+
+
+SETTINGS = {
+    "torch": Setting("torch", "PyTorch eager, float32 (the baseline)"),
+    "torch-fp16": Setting("torch", "PyTorch eager, float16 (float32 islands kept)", {"dtype": "float16"}),
+    "torch-bf16": Setting("torch", "PyTorch eager, bfloat16 (float32 islands kept)", {"dtype": "bfloat16"}),
+    "torch-compile": Setting("torch", "torch.compile of the guided forward, float32", {"compile": True}),
+    "onnxruntime": Setting("onnxruntime", "ONNX Runtime, FP32 graph", precision="fp32"),
+    "onnxruntime-fp16": Setting("onnxruntime", "ONNX Runtime, FP16-typed graph", precision="fp16"),
+    "tensorrt": Setting("tensorrt", "TensorRT engine from the FP16 graph", precision="fp16"),
 }
-TORCH_DTYPES = {"torch": "float32", "torch-fp16": "float16", "torch-bf16": "bfloat16", "torch-compile": "float32"}
-GRAPH_PRECISION = {"onnx": "fp32", "onnx-fp16": "fp16", "trt": "fp16"}
+BACKENDS = {name: setting.description for name, setting in SETTINGS.items()}
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def skip_reason(backend: str) -> str | None:
-    """Why backend cannot run on this machine, in one line; None when it can."""
-    if backend not in BACKENDS:
-        return f"unknown backend; choose from {', '.join(BACKENDS)}"
+def skip_reason(name: str) -> str | None:
+    """Why a setting cannot run on this machine, in one line; None when it can."""
+    if name not in SETTINGS:
+        return f"unknown backend; choose from {', '.join(SETTINGS)}"
     on_gpu = device().type == "cuda"
-    if backend == "torch-fp16" and not on_gpu and not cpu_has("avx512_fp16", "amx_fp16"):
+    if name == "torch-fp16" and not on_gpu and not cpu_has("avx512_fp16", "amx_fp16"):
         return "this CPU has no float16 units (avx512_fp16 / amx_fp16): float16 would be emulated"
-    if backend == "torch-bf16" and not on_gpu and not cpu_has("avx512_bf16", "amx_bf16"):
+    if name == "torch-bf16" and not on_gpu and not cpu_has("avx512_bf16", "amx_bf16"):
         return "this CPU has no bfloat16 units (avx512_bf16 / amx_bf16): bfloat16 would be emulated"
-    if backend == "torch-bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+    if name == "torch-bf16" and on_gpu and not torch.cuda.is_bf16_supported():
         return "this GPU does not support bfloat16 (needs Ampere or newer)"
-    if backend == "torch-compile" and importlib.util.find_spec("triton") is None and on_gpu:
+    if name == "torch-compile" and importlib.util.find_spec("triton") is None and on_gpu:
         return "torch.compile needs triton on a GPU"
-    if backend == "trt":
-        from export.engine import engine_unavailable_reason
+    if name == "tensorrt":
+        from dit_ref.tensorrt_common import engine_unavailable_reason
 
         return engine_unavailable_reason()
     return None
@@ -60,52 +72,35 @@ def graph_dir(work_dir: Path, model: str, image_size: int) -> Path:
     return work_dir / f"{model.replace('/', '-')}-{image_size}"
 
 
-def prepare(backend: str, model: str, image_size: int, batch: dict, work_dir: Path) -> Path | None:
-    """The graph or engine the backend runs, made once per model and size (random weights, seed 0)."""
-    if backend not in GRAPH_PRECISION:
+def prepare(name: str, model: str, image_size: int, batch: BatchRange, work_dir: Path) -> Path | None:
+    """The graph or engine the setting runs, made once per model and size (random weights, seed 0)."""
+    setting = SETTINGS[name]
+    if setting.precision is None:
         return None
-    from dit_ref.weights import load_dit
-    from export.onnx_export import export_onnx, graph_file_name
+    from export import export
 
     out_dir = graph_dir(work_dir, model, image_size)
-    precision = GRAPH_PRECISION[backend]
-    loaded = load_dit(model, image_size, random_init=0)
-    graph = out_dir / graph_file_name(loaded.model, precision)
-    if not graph.exists():
-        checkpoint = {"source": loaded.source, "sha256": loaded.sha256, "random_weights": True}
-        graph = export_onnx(loaded.model, out_dir, precision, batch=batch, checkpoint=checkpoint)
-    if backend != "trt":
-        return graph
-    plan = graph.with_suffix(".plan")
-    if not plan.exists():
-        from export.engine import build_engine
+    stem = out_dir / f"DiT-{model.replace('/', '-')}-{image_size}-{setting.precision}"
+    graph, plan = stem.with_suffix(".onnx"), stem.with_suffix(".plan")
+    wanted = plan if setting.backend == "tensorrt" else graph
+    if not wanted.exists():
+        engine = "required" if setting.backend == "tensorrt" else "skip"
+        if graph.exists() and engine == "required":
+            from export.engine import build_engine
 
-        plan = build_engine(graph, batch)
-    return plan
+            return build_engine(graph, batch)
+        result = export(model, image_size, random_init=0, precision=setting.precision, batch=batch, out=out_dir,
+                        engine=engine, check=False)
+        return result.engine or result.graph
+    return wanted
 
 
-def make_denoiser(backend: str, model: str, image_size: int, artifact: str | None):
+def make_denoiser(name: str, model: str, image_size: int, artifact: str | None):
     """The denoiser to time, on this machine's device."""
     from runtime.backends import load_denoiser
 
+    setting = SETTINGS[name]
     if artifact is not None:  # ONNX Runtime picks CUDA when it has the provider, else CPU (named in the record)
-        return load_denoiser(artifact)
-    denoiser = load_denoiser(None, "torch", device=device(), model=model, image_size=image_size,
-                             random_init=0, dtype=TORCH_DTYPES[backend])
-    if backend == "torch-compile":
-        denoiser = CompiledDenoiser(denoiser)
-    return denoiser
-
-
-class CompiledDenoiser:
-    """torch.compile of the same guided forward the graph is exported from (export.guided.GuidedDiT)."""
-
-    def __init__(self, eager):
-        from export.guided import GuidedDiT
-
-        self.device, self.manifest, self.name = eager.device, None, "torch.compile float32"
-        self.module = torch.compile(GuidedDiT(eager.model, eager.cfg_channels))
-
-    def __call__(self, x, t, y, cfg_scale):
-        with torch.inference_mode():
-            return self.module(x, t, y, cfg_scale)
+        return load_denoiser(artifact, setting.backend, **setting.options)
+    return load_denoiser(None, "torch", device=device(), model=model, image_size=image_size, random_init=0,
+                         **setting.options)

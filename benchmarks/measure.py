@@ -44,41 +44,41 @@ def time_calls(denoiser, inputs, repeats: int, warmup: int) -> list[float]:
 
 
 class TimedDenoiser:
-    """Adds up the (synchronised) wall time spent inside the wrapped denoiser's calls."""
+    """Adds up the (synchronised) wall time spent inside the wrapped denoiser's calls; otherwise it is
+    the wrapped denoiser (every other attribute is the inner one's)."""
 
     def __init__(self, inner):
         self.inner, self.seconds = inner, 0.0
-        self.device, self.name, self.manifest = inner.device, inner.name, inner.manifest
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def __call__(self, *inputs):
         start = time.perf_counter()
         outputs = self.inner(*inputs)
-        synchronize(self.device)
+        synchronize(self.inner.device)
         self.seconds += time.perf_counter() - start
         return outputs
 
 
-def time_sampling_run(denoiser, sampler, batch: int, latent_size: int, callback=None) -> float:
-    """Seconds for one seeded sampling run, latents and labels drawn as dit-run draws them."""
-    from runtime.noise import OfficialNoise
+def time_sampling_run(denoiser, sampler, batch: int, callback=None) -> float:
+    """Seconds for one seeded generate() run of `batch` random labels, as dit-run draws them (no decoder)."""
+    from runtime.generate import generate
 
-    noise = OfficialNoise(0, denoiser.device)
-    x, y = noise.initial(batch, latent_size), noise.labels(batch)
-    cfg_scale = torch.full((batch,), 4.0, device=denoiser.device)
     synchronize(denoiser.device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        sampler(denoiser, x, y, cfg_scale, noise, callback)
+    for _ in generate(denoiser, [None] * batch, sampler, seed=0, cfg_scale=4.0, batch_size=batch, on_step=callback):
+        pass
     synchronize(denoiser.device)
     return time.perf_counter() - start
 
 
-def time_full_run(denoiser, batch: int, latent_size: int, steps: int) -> tuple[float, float]:
+def time_full_run(denoiser, batch: int, steps: int) -> tuple[float, float]:
     """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps."""
     from runtime.samplers import sampler_from_name
 
     timed = TimedDenoiser(denoiser)
-    total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch, latent_size)
+    total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch)
     return total, timed.seconds
 
 
@@ -101,17 +101,16 @@ def gpu_peak_tflops(name: str) -> float | None:
 
 def measure(spec: dict) -> dict:
     device = backends.device()
-    latent_size = configs.latent_size(spec["image_size"])
     denoiser = backends.make_denoiser(spec["backend"], spec["model"], spec["image_size"], spec["artifact"])
     batch = spec["batch"]
     inputs = (
-        torch.randn(batch, configs.LATENT_CHANNELS, latent_size, latent_size, device=device),
+        torch.randn(batch, *denoiser.latent_shape, device=device),
         torch.full((batch,), 500, dtype=torch.int64, device=device),
         torch.arange(batch, dtype=torch.int64, device=device),
         torch.full((batch,), 4.0, device=device),
     )
     times = time_calls(denoiser, inputs, spec["repeats"], spec["warmup"])
-    full_run, in_denoiser = time_full_run(denoiser, batch, latent_size, spec["steps"])
+    full_run, in_denoiser = time_full_run(denoiser, batch, spec["steps"])
     median = statistics.median(times)
     overhead = 1000 * (full_run - in_denoiser) / spec["steps"]  # the sampling loop's own host work
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

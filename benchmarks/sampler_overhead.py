@@ -1,6 +1,6 @@
 """The sampler's own cost per step beside the denoiser's (issue 5's budget: under 5% of a step).
 
-    python benchmarks/sampler_overhead.py [--model S/2] [--batch 1,8] [--steps 10] [--backends torch,onnx]
+    python benchmarks/sampler_overhead.py [--model S/2] [--batch 1,8] [--steps 10] [--backends torch,onnxruntime]
 
 Per backend and batch, a DDPM run as dit-run does it (seeded noise in sample.py's order, the
 NaN/inf watch, a tqdm step bar as the callback), timed in two parts: inside the denoiser calls and
@@ -25,29 +25,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks.measure import TimedDenoiser, time_sampling_run  # noqa: E402
 from benchmarks.throughput import parse_ints  # noqa: E402
 from dit_ref.configs import latent_size  # noqa: E402
+from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.diffusion import ddpm_step, schedule_from_spec  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from runtime.backends import load_denoiser  # noqa: E402
 from runtime.noise import OfficialNoise  # noqa: E402
 from runtime.samplers import FiniteWatch, sampler_from_name  # noqa: E402
 
-BATCH_RANGE = {"min": 1, "opt": 8, "max": 32}
+BATCH_RANGE = BatchRange(1, 8, 32)
 
 
-class FreeDenoiser:
+class FreeDenoiser(TimedDenoiser):
     """Returns precomputed outputs: what is left of a run is the sampler's own work."""
 
-    def __init__(self, eps, var_values, device):
-        self.eps, self.var_values, self.device, self.name, self.manifest = eps, var_values, device, "free", None
+    def __init__(self, inner, eps, var_values):
+        super().__init__(inner)
+        self.eps, self.var_values, self.name = eps, var_values, "free"
 
     def __call__(self, x, t, y, cfg_scale):
         return self.eps, self.var_values
 
 
-def run_sampler(denoiser, sampler, batch: int, size: int) -> float:
+def run_sampler(denoiser, sampler, batch: int) -> float:
     """Seconds for one seeded sampling run with dit-run's progress callback."""
     bar = tqdm(total=sampler.num_calls, file=io.StringIO(), mininterval=0)  # rendered, as on a terminal
-    return time_sampling_run(denoiser, sampler, batch, size, lambda info: bar.update())
+    return time_sampling_run(denoiser, sampler, batch, lambda info: bar.update())
 
 
 def time_piece(function, repeats: int) -> float:
@@ -79,22 +81,21 @@ def host_pieces(batch: int, size: int, repeats: int = 200) -> dict:
 
 def measure(backend: str, graph, model: str, image_size: int, batch: int, steps: int, threads=None) -> dict:
     """Per-step milliseconds: whole step, denoiser, sampler overhead in the loop and with a free denoiser."""
-    size = latent_size(image_size)
     if backend == "torch":
-        inner = load_denoiser(None, "torch", "cpu", model=model, image_size=image_size, random_init=0)
+        inner = load_denoiser(None, "torch", device="cpu", model=model, image_size=image_size, random_init=0)
     else:
         inner = load_denoiser(graph, device="cpu", threads=threads)
     sampler = sampler_from_name("ddpm", steps)
     denoiser = TimedDenoiser(inner)
-    run_sampler(denoiser, sampler_from_name("ddpm", 2), batch, size)  # warm-up
+    run_sampler(denoiser, sampler_from_name("ddpm", 2), batch)  # warm-up
     denoiser.seconds = 0.0
-    total = run_sampler(denoiser, sampler, batch, size)
+    total = run_sampler(denoiser, sampler, batch)
     noise = OfficialNoise(1)
-    probe = [noise.initial(batch, size), torch.zeros(batch, dtype=torch.int64), torch.zeros(batch, dtype=torch.int64),
-             torch.full((batch,), 4.0)]
+    probe = [noise.initial(batch, inner.latent_shape), torch.zeros(batch, dtype=torch.int64),
+             torch.zeros(batch, dtype=torch.int64), torch.full((batch,), 4.0)]
     with torch.inference_mode():
         eps, var_values = inner(*probe)
-    free = min(run_sampler(FreeDenoiser(eps, var_values, inner.device), sampler, batch, size) for _ in range(3))
+    free = min(run_sampler(FreeDenoiser(inner, eps, var_values), sampler, batch) for _ in range(3))
     per_step = 1e3 / steps
     return {"backend": inner.name, "batch": batch, "step": total * per_step, "denoiser": denoiser.seconds * per_step,
             "overhead": (total - denoiser.seconds) * per_step, "free": free * per_step}
@@ -104,7 +105,7 @@ def make_graph(model: str, image_size: int, work_dir: Path) -> Path:
     """The FP32 graph of the random model (seed 0), exported once into work_dir and reused."""
     from benchmarks.backends import prepare  # the throughput benchmark's graph cache: same files
 
-    return prepare("onnx", model, image_size, BATCH_RANGE, work_dir)
+    return prepare("onnxruntime", model, image_size, BATCH_RANGE, work_dir)
 
 
 def print_rows(rows: list[dict], pieces: dict, model: str, image_size: int) -> None:
@@ -125,7 +126,8 @@ def print_rows(rows: list[dict], pieces: dict, model: str, image_size: int) -> N
 @click.option("--image-size", type=click.Choice(["256", "512"]), default="256", show_default=True)
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes (images).")
 @click.option("--steps", default=10, show_default=True, help="Timed DDPM steps per run.")
-@click.option("--backends", "backend_list", default="torch,onnx", show_default=True, help="torch and/or onnx (FP32 graph).")
+@click.option("--backends", "backend_list", default="torch,onnxruntime", show_default=True,
+              help="torch and/or onnxruntime (FP32 graph).")
 @click.option("--threads", type=int, help="torch and ONNX Runtime intra-op threads (default: physical cores).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache/dit-deploy/benchmarks",
               show_default=True, help="Where the graph is exported once and reused.")
@@ -136,7 +138,7 @@ def main(model, image_size, batches, steps, backend_list, threads, work_dir):
             torch.set_num_threads(threads)
         image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
         chosen = [name.strip() for name in backend_list.split(",")]
-        graph = make_graph(model, image_size, work_dir) if "onnx" in chosen else None
+        graph = make_graph(model, image_size, work_dir) if "onnxruntime" in chosen else None
         rows = [measure(backend, graph, model, image_size, batch, steps, threads)
                 for backend in chosen for batch in batch_sizes]
         pieces = {batch: host_pieces(batch, latent_size(image_size)) for batch in batch_sizes}

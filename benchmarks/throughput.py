@@ -1,7 +1,7 @@
 """Throughput of every backend side by side, on this machine, in one run.
 
     python benchmarks/throughput.py --model S/2 --image-size 256 --batch 1,8 \
-        --backends torch,torch-compile,onnx,onnx-fp16,trt --steps 20 [--json PATH] [--plot PATH]
+        --backends torch,torch-compile,onnxruntime,onnxruntime-fp16,tensorrt --steps 20 [--json PATH] [--plot PATH]
 
 Per backend, model and batch: ms per denoising step (one guided call over the doubled batch;
 median and p90 over --repeats after --warmup, CUDA-synchronised on a GPU), images per second for
@@ -26,9 +26,10 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from benchmarks import backends, measure  # noqa: E402
+from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 
-DEFAULT_BACKENDS = "torch,torch-fp16,torch-bf16,torch-compile,onnx,onnx-fp16,trt"
+DEFAULT_BACKENDS = "torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxruntime-fp16,tensorrt"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +80,7 @@ def parse_ints(text: str, option: str) -> list[int]:
 def run_model(settings: dict, chosen: list[str], batch_sizes: list[int], work_dir: Path) -> list[dict]:
     """Every (backend, batch) of one model, each measured in its own process."""
     records = []
-    batch_range = {"min": 1, "opt": max(batch_sizes), "max": max(batch_sizes)}
+    batch_range = BatchRange(1, max(batch_sizes), max(batch_sizes))
     for backend in chosen:
         reason = backends.skip_reason(backend)
         artifact = None

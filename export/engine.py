@@ -8,54 +8,21 @@ not run on a GPU here; tensorrt is imported only inside the functions that need 
 """
 
 import contextlib
-import functools
 import logging
 import re
 import time
 from pathlib import Path
 
-from dit_ref import configs
+from dit_ref.contract import INPUT_NAMES, BatchRange, EngineRecord, io_shapes, read_manifest, write_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
-from export.guided import INPUT_NAMES
-from export.manifest import read_manifest, write_manifest
-from export.onnx_export import check_batch
+from dit_ref.tensorrt_common import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
+    NOT_INSTALLED, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release, trt_logger,
+)
 
 log = logging.getLogger(__name__)
 
-MINIMUM_TENSORRT = (10, 12)
-NOT_INSTALLED = "TensorRT is not installed: pip install -e '.[gpu]' on a machine with a CUDA GPU"
 OPTIMIZATION_LEVELS = range(6)  # builder_optimization_level: 0 fastest build .. 5 slowest, default 3
-
-
-def tensorrt_release(version: str) -> tuple[int, ...]:
-    """(major, minor, patch) of a version string such as "10.12.0.36"; missing parts are left out."""
-    return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])
-
-
-def engine_unavailable_reason() -> str | None:
-    """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
-    try:
-        import tensorrt as trt
-    except ModuleNotFoundError as error:
-        if error.name in ("tensorrt", None):
-            return NOT_INSTALLED
-        return f"TensorRT failed to import (no module {error.name}); reinstall it with pip install -e '.[gpu]'"
-    except Exception as error:  # a broken install (missing libnvinfer, PyPI stub) must not crash the CLI
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"TensorRT failed to import ({detail}); reinstall it with pip install -e '.[gpu]'"
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except Exception:
-        has_gpu = False
-    if not has_gpu:
-        return "no CUDA GPU is visible (torch.cuda.is_available() is False); build on the GPU machine that runs the engine"
-    version = getattr(trt, "__version__", "unknown")
-    if tensorrt_release(version) < MINIMUM_TENSORRT:
-        return f"TensorRT {version} is too old: this project needs 10.12 or newer (pip install -U 'tensorrt>=10.12')"
-    return None
 
 
 def network_flags(trt) -> int:
@@ -63,19 +30,13 @@ def network_flags(trt) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def profile_shapes(latent_size: int, batch: dict) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Input name -> (min, opt, max) shapes; B counts images, the CFG doubling happens inside the graph."""
-    batch = check_batch(batch)
-    sizes = (batch["min"], batch["opt"], batch["max"])
-    latent = (configs.LATENT_CHANNELS, latent_size, latent_size)
-    shapes = {"x": tuple((b, *latent) for b in sizes)}
+def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Input name -> (min, opt, max) shapes for x of (B, C, L, L); B counts images, the CFG doubling
+    happens inside the graph."""
+    sizes = (batch.min, batch.opt, batch.max)
+    shapes = {"x": tuple((b, *latent_shape) for b in sizes)}
     shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
     return shapes
-
-
-def compute_capability_text(capability: tuple[int, int]) -> str:
-    """(8, 6) -> "8.6", the form the manifest records."""
-    return f"{capability[0]}.{capability[1]}"
 
 
 def timing_cache_path(directory: Path, gpu_name: str, compute_capability: str, tensorrt_version: str) -> Path:
@@ -97,27 +58,6 @@ def format_parser_errors(errors, limit: int = 3) -> str:
              for error in errors[:limit]]
     more = f"; and {len(errors) - limit} more" if len(errors) > limit else ""
     return "; ".join(parts).replace("\n", " ") + more
-
-
-@functools.cache
-def trt_logger():
-    """The process's one TensorRT logger (warnings and errors go to stderr)."""
-    import tensorrt as trt
-
-    return trt.Logger(trt.Logger.WARNING)
-
-
-def start_tensorrt(factory):
-    """trt.Builder or trt.Runtime with the process's logger; DiTError when TensorRT cannot start.
-
-    Both are factory constructors that raise TypeError when the factory returns nullptr (for
-    example a driver too old for the CUDA TensorRT was built with).
-    """
-    try:
-        return factory(trt_logger())
-    except (TypeError, RuntimeError) as error:
-        raise DiTError(f"TensorRT could not start ({error}); check the NVIDIA driver against the CUDA "
-                       "version TensorRT was built for") from None
 
 
 class PhaseLog:
@@ -196,7 +136,7 @@ def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_da
     return plan, config.get_timing_cache().serialize()
 
 
-def build_engine(graph_path: Path, batch: dict | None, optimization_level: int = 3,
+def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
                  timing_cache: Path | None = None) -> Path:
     """Build graph_path's engine beside it (same stem, .plan), record it in the manifest, return its path."""
     reason = engine_unavailable_reason()
@@ -211,7 +151,7 @@ def build_engine(graph_path: Path, batch: dict | None, optimization_level: int =
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise DiTError(f"optimization level {optimization_level} must be 0..5 (3 is TensorRT's default)")
     manifest = read_manifest(graph_path)
-    batch = check_batch(manifest["batch"] if batch is None else batch)
+    batch = manifest.batch if batch is None else batch
     device = torch.cuda.current_device()  # TensorRT builds for the current device
     gpu_name = torch.cuda.get_device_name(device)
     capability = compute_capability_text(torch.cuda.get_device_capability(device))
@@ -219,17 +159,16 @@ def build_engine(graph_path: Path, batch: dict | None, optimization_level: int =
         graph_path.parent, gpu_name, capability, trt.__version__)
     cache_data = cache_path.read_bytes() if cache_path.is_file() else b""
     log.info("building a TensorRT %s engine from %s for batch %d..%d on %s (takes minutes)",
-             trt.__version__, graph_path.name, batch["min"], batch["max"], gpu_name)
+             trt.__version__, graph_path.name, batch.min, batch.max, gpu_name)
     start = time.perf_counter()
-    shapes = profile_shapes(manifest["latent_size"], batch)
+    shapes = profile_shapes(io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"], batch)
     plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
     seconds = round(time.perf_counter() - start, 1)
     plan_path = graph_path.with_suffix(".plan")
     write_bytes_atomic(plan_path, plan)
     write_bytes_atomic(cache_path, cache)
-    manifest["engine"] = {"file": plan_path.name, "tensorrt": trt.__version__, "gpu": gpu_name,
-                          "compute_capability": capability, "build_seconds": seconds,
-                          "optimization_level": optimization_level, "batch": batch}
-    write_manifest(graph_path, manifest)
+    engine = EngineRecord(file=plan_path.name, tensorrt=trt.__version__, gpu=gpu_name, compute_capability=capability,
+                          build_seconds=seconds, optimization_level=optimization_level)
+    write_manifest(graph_path, manifest.replace(batch=batch, engine=engine))  # the batch range is the engine's now
     log.info("wrote %s in %.1f s (timing cache %s)", plan_path, seconds, cache_path.name)
     return plan_path

@@ -5,30 +5,25 @@ from torch import nn
 
 from dit_ref import DiT, configs
 
-INPUT_NAMES = ("x", "t", "y", "cfg_scale")
-OUTPUT_NAMES = ("eps", "var_values")
-# Every I/O tensor's dtype (DESIGN.md); I/O stays float32 in the FP16 graph too.
-IO_DTYPES = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
-             "eps": torch.float32, "var_values": torch.float32}
-
 
 class GuidedDiT(nn.Module):
-    """(x, t, y, cfg_scale) -> (eps, var_values): CFG doubling and learned-sigma split inside."""
+    """(x, t, y, cfg_scale) -> (eps[, var_values]): CFG doubling and learned-sigma split inside."""
 
     def __init__(self, model: DiT, cfg_channels: int = 3):
         super().__init__()
         self.model = model
         self.cfg_channels = cfg_channels  # a Python int, so it is baked into the graph
 
-    def forward(self, x, t, y, cfg_scale):  # x (B, 4, L, L), t, y, cfg_scale (B,)
-        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)  # 2 x (B, 4, L, L)
+    def forward(self, x, t, y, cfg_scale):  # x (B, C, L, L), t, y, cfg_scale (B,)
+        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)  # 1 or 2 x (B, C, L, L)
 
 
-def example_inputs(latent_size: int, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(model: DiT, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random graph inputs (x, t, y, cfg_scale) for tracing and checks; labels avoid the null class."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, configs.LATENT_CHANNELS, latent_size, latent_size, generator=generator)
+    size, channels = model.latent_size, model.config.latent_channels
+    x = torch.randn(batch, channels, size, size, generator=generator)
     t = torch.randint(0, configs.NUM_TIMESTEPS, (batch,), generator=generator)
-    y = torch.randint(0, configs.NUM_CLASSES, (batch,), generator=generator)
+    y = torch.randint(0, model.config.num_classes, (batch,), generator=generator)
     cfg_scale = 1.0 + 4.0 * torch.rand(batch, generator=generator)  # (B,) in [1, 5)
     return x, t, y, cfg_scale

@@ -7,6 +7,7 @@ torch.export cannot keep a dimension dynamic.
 """
 
 import contextlib
+import importlib.metadata
 import io
 import logging
 import os
@@ -18,13 +19,14 @@ from pathlib import Path
 import torch
 
 from dit_ref import DiT
+from dit_ref import contract
+from dit_ref.contract import DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import sha256_of_files
-from export import fp16, manifest as manifests, opcheck
-from export.guided import INPUT_NAMES, OUTPUT_NAMES, GuidedDiT, example_inputs
+from export import fp16, opcheck
+from export.guided import GuidedDiT, example_inputs
 
 PRECISIONS = ("fp32", "fp16")
-DEFAULT_BATCH = {"min": 1, "opt": 8, "max": 32}
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 TRACE_BATCH = 2  # torch.export specialises a dimension traced at size 1
 
@@ -34,23 +36,10 @@ def graph_file_name(model: DiT, precision: str) -> str:
     return f"{model.config.file_stem}-{model.image_size}-{precision}.onnx"
 
 
-def check_batch(batch: dict | None) -> dict:
-    """A validated {"min", "opt", "max"} batch range (DEFAULT_BATCH when None)."""
-    batch = dict(DEFAULT_BATCH if batch is None else batch)
-    try:
-        low, opt, high = (int(batch[key]) for key in ("min", "opt", "max"))
-    except (KeyError, TypeError, ValueError):
-        raise DiTError(f"batch range {batch} needs integer min, opt and max") from None
-    if not 1 <= low <= opt <= high:
-        raise DiTError(f"batch range {low}:{opt}:{high} must satisfy 1 <= min <= opt <= max")
-    return {"min": low, "opt": opt, "max": high}
-
-
-def check_options(precision: str, cfg_channels: int, opset: int) -> None:
+def check_options(model: DiT, precision: str, cfg_channels: int, opset: int) -> None:
     if precision not in PRECISIONS:
         raise DiTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if cfg_channels not in (3, 4):
-        raise DiTError(f"cfg_channels must be 3 (official sample.py) or 4 (textbook), not {cfg_channels}")
+    model.config.check_cfg_channels(cfg_channels)
     if opset < MIN_OPSET:
         raise DiTError(f"opset {opset} is too old; use {MIN_OPSET} or newer (one LayerNormalization op)")
 
@@ -72,14 +61,15 @@ def export_module(model: DiT, precision: str, copy_model: bool = True) -> DiT:
 def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 18,
                 copy_model: bool = True):
     """Trace the guided forward to an in-memory torch.onnx.ONNXProgram with a dynamic batch."""
-    check_options(precision, cfg_channels, opset)
+    check_options(model, precision, cfg_channels, opset)
+    outputs = contract.output_names(model.config.learn_sigma)
     module = GuidedDiT(export_module(model, precision, copy_model), cfg_channels).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    inputs = example_inputs(model.latent_size, TRACE_BATCH)
+    inputs = example_inputs(model, TRACE_BATCH)
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             module, inputs, dynamo=True, opset_version=opset, optimize=True,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            input_names=list(INPUT_NAMES), output_names=list(outputs),
             dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
         )
     check_dynamic_batch(program)
@@ -112,7 +102,7 @@ def check_dynamic_batch(program) -> None:
         )
 
 
-def save_graph(program, out_dir: Path, file_name: str, manifest: dict) -> Path:
+def save_graph(program, out_dir: Path, file_name: str, manifest: Manifest) -> Path:
     """Write graph (+ one external data file if large) and manifest; all or nothing.
 
     Files are written with their final names into a temporary directory inside out_dir (so the
@@ -171,61 +161,77 @@ def make_out_dir(out_dir: Path) -> bool:
     return True
 
 
-def publish(staging: Path, out_dir: Path, file_name: str, manifest: dict) -> Path:
+def publish(staging: Path, out_dir: Path, file_name: str, manifest: Manifest) -> Path:
     """Fill in the graph section of the manifest, then move data, graph and manifest into place."""
     data_name = f"{file_name}.data"
     external = (staging / data_name).exists()
     extras = sorted(path.name for path in staging.iterdir() if path.name not in (file_name, data_name))
     if extras:
         raise DiTError(f"the exporter wrote unexpected files {extras}; expected one graph and one data file")
-    manifest = dict(manifest, graph={
-        "file": file_name,
-        "sha256": sha256_of_files(staging / file_name),
-        "external_data": data_name if external else None,
-    })
-    manifests.write_manifest(staging / file_name, manifest)
+    graph = GraphRecord(file_name, sha256_of_files(staging / file_name), data_name if external else None)
+    contract.write_manifest(staging / file_name, manifest.replace(graph=graph))
     final = out_dir / file_name
     if external:
         os.replace(staging / data_name, out_dir / data_name)
     os.replace(staging / file_name, final)
-    os.replace(manifests.manifest_path_for(staging / file_name), manifests.manifest_path_for(final))
+    os.replace(contract.manifest_path_for(staging / file_name), contract.manifest_path_for(final))
     if not external:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(out_dir / data_name)  # stale weights of an earlier export of the same name
     return final
 
 
-def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: dict, opset: int,
-                   checkpoint: dict | None) -> dict:
-    """The manifest fields known before the graph is written (the graph section is added on save)."""
-    checkpoint = checkpoint or {"source": "in-memory model (source not recorded)", "sha256": None,
-                                "random_weights": None}
-    return {
-        "format": manifests.FORMAT,
-        "model": model.config.name,
-        "image_size": model.image_size,
-        "latent_size": model.latent_size,
-        "patch_size": model.config.patch_size,
-        "precision": precision,
-        "cfg_channels": cfg_channels,
-        "numerics": model.numerics,
-        "batch": batch,
-        "opset": opset,
-        "checkpoint": {key: checkpoint.get(key) for key in ("source", "sha256", "random_weights")},
-        "versions": manifests.package_versions(),
-        "created": manifests.now_iso(),
-    }
+def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: BatchRange, opset: int,
+                   checkpoint: Checkpoint | None) -> Manifest:
+    """The manifest known before the graph is written (the graph record is added on save)."""
+    config = model.config
+    return Manifest(
+        model=config.name, image_size=model.image_size, latent_size=model.latent_size,
+        latent_channels=config.latent_channels, num_classes=config.num_classes, learn_sigma=config.learn_sigma,
+        patch_size=config.patch_size, decoder=config.decoder, precision=precision, cfg_channels=cfg_channels,
+        numerics=model.numerics, batch=batch, opset=opset,
+        checkpoint=checkpoint or Checkpoint("in-memory model (source not recorded)", None, None),
+        versions=package_versions(), created=contract.now_iso(),
+    )
 
 
-def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels: int = 3,
-                batch: dict | None = None, checkpoint: dict | None = None, opset: int = 18) -> Path:
+def package_versions() -> dict:
+    """Versions of the packages that shaped a graph (None for a package that is not installed)."""
+    versions = {}
+    for key, package in (("dit_deploy", "dit-deploy"), ("torch", "torch"), ("onnx", "onnx"),
+                         ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")):
+        try:
+            versions[key] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = None
+    return versions
+
+
+def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels: int | None = None,
+                batch: BatchRange = DEFAULT_BATCH, checkpoint: Checkpoint | None = None, opset: int = 18,
+                copy_model: bool = True, stage=None) -> Path:
     """Export the guided graph of a DiT into out_dir with its manifest; returns the graph path.
 
-    checkpoint: {"source", "sha256", "random_weights"} as dit_ref.weights.LoadedDiT reports them.
+    cfg_channels: None for the model's default (3 for 4-channel latents, else all). checkpoint: as
+    dit_ref.weights.LoadedDiT reports it. copy_model=False converts the model to float16 in place
+    for FP16 (no float32 copy stays in memory). stage(name, detail) is a context manager that
+    reports progress (export.pipeline's); None reports nothing.
     """
-    check_options(precision, cfg_channels, opset)
-    batch = check_batch(batch)
+    stage = stage or _silent_stage
+    cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
+    check_options(model, precision, cfg_channels, opset)
     check_out_dir(out_dir)
     manifest = graph_manifest(model, precision, cfg_channels, batch, opset, checkpoint)
-    program = trace_graph(model, precision, cfg_channels, opset)
-    return save_graph(program, Path(out_dir), graph_file_name(model, precision), manifest)
+    name = graph_file_name(model, precision)
+    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channels"):
+        program = trace_graph(model, precision, cfg_channels, opset, copy_model)
+    with stage("save", f"{Path(out_dir) / name} + manifest; TensorRT operator check, onnx.checker") as result:
+        graph = save_graph(program, Path(out_dir), name, manifest)
+        result["done"] = f"{graph.stat().st_size / 1e6:.1f} MB" + (
+            " + external data" if graph.with_name(graph.name + ".data").exists() else "")
+    return graph
+
+
+@contextlib.contextmanager
+def _silent_stage(name: str, detail: str):
+    yield {}

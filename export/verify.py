@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from dit_ref import DiT
-from export.guided import INPUT_NAMES, OUTPUT_NAMES, example_inputs
+from dit_ref.contract import INPUT_NAMES
+from export.guided import example_inputs
 
 
 def as_float64(value) -> np.ndarray:
@@ -39,26 +40,26 @@ def onnxruntime_session(graph_path):
     return onnxruntime.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
 
 
-def run_graph(session, x, t, y, cfg_scale) -> tuple[np.ndarray, np.ndarray]:
-    """(eps, var_values) of the graph for torch inputs."""
+def run_graph(session, x, t, y, cfg_scale) -> list[np.ndarray]:
+    """The graph's outputs (eps[, var_values]) for torch inputs."""
     feed = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
-    eps, var_values = session.run(list(OUTPUT_NAMES), feed)
-    return eps, var_values
+    return session.run([output.name for output in session.get_outputs()], feed)
 
 
 def reference_outputs(model: DiT, cfg_channels: int, batch: int = 1, seed: int = 0):
     """Seeded random inputs and the PyTorch guided forward's outputs on them (numpy)."""
-    inputs = example_inputs(model.latent_size, batch, seed)
+    inputs = example_inputs(model, batch, seed)
     with torch.no_grad():
         outputs = model.guided_forward(*inputs, cfg_channels)
     return inputs, [output.numpy() for output in outputs]
 
 
 def compare_outputs(graph_path: Path, inputs, expected, session=None) -> dict[str, float]:
-    """Relative errors {"eps": ..., "var_values": ...} of the graph against expected outputs."""
+    """Relative errors {"eps": ...[, "var_values": ...]} of the graph against expected outputs."""
     session = session or onnxruntime_session(graph_path)
+    names = [output.name for output in session.get_outputs()]
     outputs = run_graph(session, *inputs)
-    return {name: relative_error(output, value) for name, output, value in zip(OUTPUT_NAMES, outputs, expected)}
+    return {name: relative_error(output, value) for name, output, value in zip(names, outputs, expected)}
 
 
 def compare_with_reference(graph_path: Path, model: DiT, cfg_channels: int, batch: int = 1,

@@ -1,13 +1,19 @@
-"""The runtime: denoiser backends, samplers, VAE decode and image output behind `dit-run`.
+"""The runtime: denoiser backends, samplers, decoders and generate() behind `dit-run`.
 
-    from runtime.backends import load_denoiser
-    from runtime.noise import OfficialNoise
-    from runtime.samplers import sampler_from_name
+    from runtime import generate, load_decoder, load_denoiser, sampler_from_name
 
-    denoiser = load_denoiser("DiT-XL-2-256-fp16.onnx")  # or a .plan, or backend="torch", ckpt=...
-    noise = OfficialNoise(seed=0, device=denoiser.device)
-    x = noise.initial(8, denoiser.latent_size)
-    ...
+    with load_denoiser("fashion-28-fp16.onnx") as denoiser:  # or a .plan, or backend="torch", ckpt=...
+        decoder = load_decoder("auto", denoiser.provenance.decoder, denoiser.latent_shape[0])
+        for batch in generate(denoiser, [0, 1, 2], sampler_from_name("ddim", 50), seed=0, decoder=decoder):
+            ...  # batch.samples: uint8 (n, H, W, channels)
 
-Heavy optional dependencies (tensorrt, onnxruntime, diffusers) load only when used.
+Heavy optional dependencies (tensorrt, onnxruntime, diffusers) load only when used; nothing here
+imports export/ or onnx.
 """
+
+from runtime.backends import BACKENDS, load_denoiser
+from runtime.generate import Batch, generate
+from runtime.samplers import sampler_from_name
+from runtime.vae import load_decoder
+
+__all__ = ["BACKENDS", "Batch", "generate", "load_decoder", "load_denoiser", "sampler_from_name"]

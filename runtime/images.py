@@ -31,6 +31,11 @@ def grid_from_images(images: np.ndarray, columns: int = GRID_COLUMNS, padding: i
     return grid
 
 
+def pil_image(image: np.ndarray) -> Image.Image:
+    """uint8 (H, W, 3) -> an RGB image, (H, W, 1) -> a grayscale one."""
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
 def png_info(metadata: dict | None) -> PngImagePlugin.PngInfo | None:
     """PNG text chunks (model, sampler, seed, labels, a random-weights warning) for provenance."""
     if not metadata:
@@ -86,7 +91,7 @@ class GridOutput(_Output):
 
     def finish(self):
         grid = grid_from_images(np.concatenate(self.images))
-        Image.fromarray(grid).save(self.temporary, format="PNG", pnginfo=png_info(self.metadata))
+        pil_image(grid).save(self.temporary, format="PNG", pnginfo=png_info(self.metadata))
 
 
 class DirectoryOutput(_Output):
@@ -101,7 +106,7 @@ class DirectoryOutput(_Output):
     def add(self, batch):
         for image in batch:
             name = self.temporary / f"{self.count:06d}.png"
-            Image.fromarray(image).save(name, format="PNG", pnginfo=png_info(self.metadata))
+            pil_image(image).save(name, format="PNG", pnginfo=png_info(self.metadata))
             self.count += 1
 
 
@@ -164,12 +169,17 @@ def output_kind(out, latents: bool) -> str:
                    f"(one PNG per sample); .npy is for --vae none")
 
 
-def open_output(out, total: int, image_size: int | None, latent_size: int, metadata: dict | None = None):
-    """The writer for --out: .npy latents when image_size is None (--vae none), else .png / .npz / a directory."""
+def open_output(out, total: int, image_size: int | None, latent_size: int, metadata: dict | None = None,
+                channels: int = 3, latent_channels: int = 4):
+    """The writer for --out: .npy latents when image_size is None (--vae none), else .png / .npz / a directory.
+
+    channels: of the images (3 from the SD VAE, 1 for grayscale pixel models); latent_channels: of
+    the .npy latents (4 for the SD VAE's).
+    """
     path = Path(out).expanduser()
     kind = output_kind(path, latents=image_size is None)
     if kind == "npy":
-        return ArrayOutput(path, (total, 4, latent_size, latent_size), np.float32, zipped=False)
+        return ArrayOutput(path, (total, latent_channels, latent_size, latent_size), np.float32, zipped=False)
     if kind == "npz":
-        return ArrayOutput(path, (total, image_size, image_size, 3), np.uint8, zipped=True)
+        return ArrayOutput(path, (total, image_size, image_size, channels), np.uint8, zipped=True)
     return GridOutput(path, metadata) if kind == "png" else DirectoryOutput(path, metadata)

@@ -11,8 +11,6 @@ drawing the same shapes in the same order gives sample.py's latents. (sample_ddp
 
 import torch
 
-from dit_ref.configs import LATENT_CHANNELS, NUM_CLASSES
-
 
 class OfficialNoise:
     """One generator on the sampling device; every draw has the official shape and order."""
@@ -21,16 +19,15 @@ class OfficialNoise:
         self.device = torch.device(device)
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
-    def initial(self, n: int, latent_size: int) -> torch.Tensor:
-        """Initial latents z ~ N(0, I), (n, 4, L, L) float32."""
-        shape = (n, LATENT_CHANNELS, latent_size, latent_size)
-        return torch.randn(shape, generator=self.generator, device=self.device)
+    def initial(self, n: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
+        """Initial latents z ~ N(0, I), (n, C, L, L) float32."""
+        return torch.randn((n, *latent_shape), generator=self.generator, device=self.device)
 
-    def labels(self, n: int) -> torch.Tensor:
+    def labels(self, n: int, num_classes: int) -> torch.Tensor:
         """Random class labels as sample_ddp.py draws them, (n,) int64."""
-        return torch.randint(0, NUM_CLASSES, (n,), generator=self.generator, device=self.device)
+        return torch.randint(0, num_classes, (n,), generator=self.generator, device=self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Step noise like x (n, ...): drawn for the doubled batch (2n, ...), first n rows used."""
         doubled = torch.randn((2 * x.shape[0], *x.shape[1:]), generator=self.generator, device=self.device)
-        return doubled[: x.shape[0]]  # (n, 4, L, L)
+        return doubled[: x.shape[0]]  # (n, C, L, L)

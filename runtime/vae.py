@@ -29,6 +29,47 @@ class Vae:
     source: str  # hub id, directory, or "random weights"
     random_weights: bool
 
+    channels = 3  # of the decoded images
+
+    def to(self, device) -> "Vae":
+        self.model.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """Latents (N, 4, L, L) -> uint8 images (N, 8L, 8L, 3)."""
+        return decode(self, x)
+
+
+@dataclass
+class PixelDecoder:
+    """For pixel-space models: samples in [-1, 1], (N, C, L, L) -> uint8 images (N, L, L, C)."""
+
+    channels: int
+    source: str = "pixels (no VAE)"
+    random_weights: bool = False
+
+    def to(self, device) -> "PixelDecoder":
+        return self
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return pixels_from_images(x)
+
+
+def load_decoder(spec: str, decoder: str, channels: int, device="cpu"):
+    """The decoder for a model whose manifest says decoder "vae" or "pixels"; None for --vae none.
+
+    spec: auto (mse for VAE models, pixels for pixel-space ones), ema | mse | PATH | random | none.
+    """
+    if decoder == "pixels":
+        if spec not in ("auto", "pixels", "none"):
+            raise DiTError(f"--vae {spec}: this model makes pixels, not latents; drop --vae (or --vae none for "
+                           "the raw samples as .npy)")
+        return None if spec == "none" else PixelDecoder(channels)
+    if spec == "pixels":
+        raise DiTError("--vae pixels is for pixel-space models; this model makes latents: use ema, mse, a "
+                       "directory, random or none")
+    return load_vae("mse" if spec == "auto" else spec, device)
+
 
 def load_vae(spec: str, device="cpu") -> Vae | None:
     """ema | mse (hub), a local diffusers directory, random (random weights, offline demo), or none."""
@@ -76,7 +117,7 @@ def _from_pretrained(where, hub: bool):
 
 
 def pixels_from_images(images: torch.Tensor) -> np.ndarray:
-    """Decoder output in [-1, 1], (N, 3, H, W) -> uint8 (N, H, W, 3): clamp(127.5 x + 128, 0, 255)."""
+    """Decoder output in [-1, 1], (N, C, H, W) -> uint8 (N, H, W, C): clamp(127.5 x + 128, 0, 255)."""
     pixels = torch.clamp(127.5 * images.float() + 128.0, 0, 255)  # as sample_ddp.py; the cast truncates
     return pixels.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy()
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
-from export.guided import INPUT_NAMES, IO_DTYPES, OUTPUT_NAMES
+from runtime.denoiser import Denoiser, Provenance
 
 
 def physical_cores() -> int:
@@ -55,10 +56,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
-class OnnxRuntimeDenoiser:
-    """The guided graph in ONNX Runtime: (x, t, y, cfg_scale) -> (eps, var_values) on `device`."""
+class OnnxRuntimeDenoiser(Denoiser):
+    """The guided graph in ONNX Runtime: (x, t, y, cfg_scale) -> (eps, var_values or None) on `device`."""
 
-    def __init__(self, graph_path, manifest: dict, device=None, threads: int | None = None):
+    def __init__(self, graph_path, manifest: Manifest, device=None, threads: int | None = None):
         import onnxruntime as ort
 
         self.graph_path = Path(graph_path)
@@ -71,16 +72,17 @@ class OnnxRuntimeDenoiser:
         if self.device.type == "cuda" and self.device.index is None:  # one GPU for the session and the binding
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.session = create_session(self.graph_path, self.device, threads)
-        check_graph_io(self.session, self.graph_path)
-        self.batch = manifest.get("batch", {})
-        self.name = f"onnxruntime-{self.device.type} {manifest.get('precision', '?')}"
+        check_graph_io(self.session, self.graph_path, manifest)
+        self.provenance = Provenance.from_manifest(manifest)
+        self.batch_range = manifest.batch
+        self.output_names = list(manifest.output_names)
+        self.name = f"onnxruntime-{self.device.type} {manifest.precision}"
 
-    @property
-    def latent_size(self) -> int:
-        return int(self.manifest["latent_size"])
+    def close(self) -> None:
+        self.session = None
 
     def __call__(self, x, t, y, cfg_scale):
-        check_batch(len(x), self.batch, self.graph_path)
+        self.batch_range.check(len(x), remedy=f"re-export {self.graph_path.name} with --batch MIN:OPT:MAX")
         # On this device, in the contract's dtypes: a caller's int32 labels or CPU latents still work.
         x, t, y, cfg_scale = (value.to(self.device, IO_DTYPES[name]).contiguous()
                               for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale)))
@@ -90,44 +92,45 @@ class OnnxRuntimeDenoiser:
 
     def _run_cpu(self, x, t, y, cfg_scale):
         feeds = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
-        eps, var_values = self.session.run(list(OUTPUT_NAMES), feeds)  # numpy (B, 4, L, L) each
-        return torch.from_numpy(eps), torch.from_numpy(var_values)
+        outputs = self.session.run(self.output_names, feeds)  # numpy (B, C, L, L) each
+        return _eps_and_var([torch.from_numpy(output) for output in outputs])
 
     def _run_cuda(self, x, t, y, cfg_scale):
         """I/O binding on torch CUDA tensors (written, not run on a GPU here)."""
         inputs = [x, t, y, cfg_scale]  # contiguous, on self.device, in the contract's dtypes
-        outputs = [torch.empty_like(x) for _ in OUTPUT_NAMES]  # (B, 4, L, L) float32 each
+        outputs = [torch.empty_like(x) for _ in self.output_names]  # (B, C, L, L) float32 each
         binding = self.session.io_binding()
-        for name, value in zip(INPUT_NAMES + OUTPUT_NAMES, inputs + outputs):
+        for name, value in zip([*INPUT_NAMES, *self.output_names], inputs + outputs):
             bind = binding.bind_input if name in INPUT_NAMES else binding.bind_output
             bind(name, "cuda", self.device.index, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
         # ONNX Runtime runs on its own stream: finish torch's pending writes to x first; run() then
         # synchronises its own stream before returning, so torch may read the outputs.
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
-        return outputs[0], outputs[1]
+        return _eps_and_var(outputs)
+
+
+def _eps_and_var(outputs: list):
+    """(eps, var_values), var_values None for a graph without learned sigma."""
+    return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 
 def _numpy_dtype(dtype: torch.dtype):
     return {torch.float32: np.float32, torch.int64: np.int64}[dtype]
 
 
-def check_graph_io(session, graph_path: Path) -> None:
-    """DiTError unless the graph has the guided contract's inputs and outputs."""
+def check_graph_io(session, graph_path: Path, manifest: Manifest) -> None:
+    """DiTError unless the graph has the guided contract's inputs and outputs, of the manifest's shapes."""
     inputs = [node.name for node in session.get_inputs()]
     outputs = [node.name for node in session.get_outputs()]
-    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+    if sorted(inputs) != sorted(INPUT_NAMES) or not outputs or outputs[0] != "eps":
         raise DiTError(
             f"{graph_path} is not a guided DiT graph (inputs {inputs}, outputs {outputs}; expected "
-            f"{list(INPUT_NAMES)} -> {list(OUTPUT_NAMES)}); export it with dit-export"
+            f"{list(INPUT_NAMES)} -> {list(manifest.output_names)}); export it with dit-export"
         )
+    shapes = {node.name: tuple(node.shape) for node in [*session.get_inputs(), *session.get_outputs()]}
+    check_io_shapes(manifest, shapes, graph_path)
 
 
-def check_batch(batch_size: int, batch: dict, path) -> None:
-    """DiTError if batch_size lies outside the manifest's batch range {"min", "max"}."""
-    low, high = batch.get("min", 1), batch.get("max")
-    if batch_size < low or (high is not None and batch_size > high):
-        raise DiTError(
-            f"batch of {batch_size} is outside the range {low}..{high} that {Path(path).name} was "
-            f"exported for; use --batch-size between {low} and {high}, or re-export with --batch MIN:OPT:MAX"
-        )
+def load(path, manifest, request, device=None, threads=None) -> OnnxRuntimeDenoiser:
+    return OnnxRuntimeDenoiser(path, manifest, device, threads)

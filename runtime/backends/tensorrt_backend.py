@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 
-from dit_ref import configs
-from dit_ref.errors import DiTError
-from export.engine import (
-    compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
+from dit_ref.contract import (
+    INPUT_NAMES, IO_DTYPES, BatchRange, Manifest, check_io_shapes, output_names, read_manifest,
 )
-from export.guided import INPUT_NAMES, IO_DTYPES, OUTPUT_NAMES
-from export.manifest import read_manifest
+from dit_ref.errors import DiTError
+from dit_ref.tensorrt_common import compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release
+from runtime.denoiser import Denoiser, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +34,26 @@ def torch_dtypes(trt) -> dict:
             if hasattr(trt.DataType, name)}
 
 
-def graph_name(manifest: dict, plan_path: Path) -> str:
+def graph_name(manifest: Manifest, plan_path: Path) -> str:
     """The graph an engine is built from: the manifest's record, else the .onnx beside the plan."""
-    return (manifest.get("graph") or {}).get("file") or Path(plan_path).with_suffix(".onnx").name
+    return manifest.graph.file if manifest.graph else Path(plan_path).with_suffix(".onnx").name
 
 
-def check_engine_fits(manifest: dict, plan_path: Path, tensorrt_version: str, capability: tuple[int, int]):
+def check_engine_fits(manifest: Manifest, plan_path: Path, tensorrt_version: str, capability: tuple[int, int]):
     """DiTError unless the manifest's engine was built by this TensorRT release for this GPU architecture."""
     plan, graph = Path(plan_path).name, graph_name(manifest, plan_path)
     rebuild = f"rebuild it on this machine with: dit-export build {graph}"
-    engine = manifest.get("engine")
+    engine = manifest.engine
     if not engine:
         raise DiTError(f"the manifest of {plan} has no engine; build one with dit-export build {graph}")
-    built, running = str(engine.get("tensorrt")), str(tensorrt_version)
+    built, running = str(engine.tensorrt), str(tensorrt_version)
     if tensorrt_release(built) != tensorrt_release(running):
         raise DiTError(f"{plan} was built with TensorRT {built} but this machine has TensorRT {running} "
                        f"(an engine loads only in the release that built it); {rebuild}")
     here = compute_capability_text(capability)
-    if str(engine.get("compute_capability")) != here:
-        raise DiTError(f"{plan} was built for GPU compute capability {engine.get('compute_capability')} "
-                       f"({engine.get('gpu')}) but this GPU has {here}; {rebuild}")
+    if str(engine.compute_capability) != here:
+        raise DiTError(f"{plan} was built for GPU compute capability {engine.compute_capability} "
+                       f"({engine.gpu}) but this GPU has {here}; {rebuild}")
 
 
 def _describe(entry) -> str:
@@ -65,9 +64,9 @@ def _describe(entry) -> str:
     return f"{'input' if is_input else 'output'} {str(dtype).removeprefix('torch.')}"
 
 
-def check_io_tensors(found: dict) -> None:
+def check_io_tensors(found: dict, learn_sigma: bool = True) -> None:
     """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract."""
-    expected = {name: (name in INPUT_NAMES, dtype) for name, dtype in IO_DTYPES.items()}
+    expected = {name: (name in INPUT_NAMES, IO_DTYPES[name]) for name in (*INPUT_NAMES, *output_names(learn_sigma))}
     wrong = [f"{name} is {_describe(found.get(name))}, expected {_describe(expected.get(name))}"
              for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
     if wrong:
@@ -75,18 +74,13 @@ def check_io_tensors(found: dict) -> None:
                        "and rebuild the engine with this version of dit-deploy")
 
 
-def check_inputs(x, t, y, cfg_scale, latent_size: int, batch_range: tuple[int, int]) -> int:
-    """The batch size B of a call; DiTError unless shapes are (B, 4, L, L), (B,), (B,), (B,) in range."""
+def check_inputs(x, t, y, cfg_scale, latent_shape: tuple[int, int, int], batch_range: BatchRange) -> int:
+    """The batch size B of a call; DiTError unless shapes are (B, C, L, L), (B,), (B,), (B,) in range."""
     batch = x.shape[0] if x.dim() == 4 else -1
-    expected = (batch, configs.LATENT_CHANNELS, latent_size, latent_size)
-    if tuple(x.shape) != expected or any(tuple(v.shape) != (batch,) for v in (t, y, cfg_scale)):
-        raise DiTError(f"expected x (B, 4, {latent_size}, {latent_size}) and t, y, cfg_scale (B,); got "
+    if tuple(x.shape) != (batch, *latent_shape) or any(tuple(v.shape) != (batch,) for v in (t, y, cfg_scale)):
+        raise DiTError(f"expected x (B, {', '.join(map(str, latent_shape))}) and t, y, cfg_scale (B,); got "
                        f"{tuple(x.shape)}, {tuple(t.shape)}, {tuple(y.shape)}, {tuple(cfg_scale.shape)}")
-    low, high = batch_range
-    if not low <= batch <= high:
-        raise DiTError(f"batch {batch} is outside the engine's range {low}..{high}; "
-                       "rebuild it with dit-export build --batch MIN:OPT:MAX or sample in smaller batches")
-    return batch
+    return batch_range.check(batch, "the engine's", "rebuild it with dit-export build --batch MIN:OPT:MAX")
 
 
 @dataclass
@@ -121,7 +115,7 @@ def _bind(context, tensors: dict) -> None:
             raise DiTError(f"TensorRT refused the address of {name}")
 
 
-class TensorRTDenoiser:
+class TensorRTDenoiser(Denoiser):
     """(x, t, y, cfg_scale) -> (eps, var_values) with a TensorRT engine, on a CUDA device.
 
     cuda_graphs=True captures one CUDA graph per batch size, each with its own execution context (the
@@ -129,7 +123,7 @@ class TensorRTDenoiser:
     largest batch), and copies every call's inputs into that graph's persistent tensors.
     """
 
-    def __init__(self, plan_path, manifest: dict | None = None, device="cuda", cuda_graphs: bool = False):
+    def __init__(self, plan_path, manifest: Manifest | None = None, device="cuda", cuda_graphs: bool = False):
         reason = engine_unavailable_reason()
         if reason:
             raise DiTError(reason)
@@ -144,9 +138,10 @@ class TensorRTDenoiser:
         self.manifest = read_manifest(self.plan_path) if manifest is None else manifest
         check_engine_fits(self.manifest, self.plan_path, trt.__version__,
                           torch.cuda.get_device_capability(self.device))
-        self.latent_size = int(self.manifest["latent_size"])
+        self.provenance = Provenance.from_manifest(self.manifest)
+        self.output_names = self.manifest.output_names
         self.cuda_graphs = cuda_graphs
-        self.name = f"tensorrt {self.manifest.get('precision', '?')}" + (" cuda-graphs" if cuda_graphs else "")
+        self.name = f"tensorrt {self.manifest.precision}" + (" cuda-graphs" if cuda_graphs else "")
         self._captured: dict[int, _Captured] = {}
         with torch.cuda.device(self.device):
             self._load(trt)
@@ -167,9 +162,12 @@ class TensorRTDenoiser:
         dtypes = torch_dtypes(trt)
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         check_io_tensors({name: (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                                 dtypes.get(self.engine.get_tensor_dtype(name))) for name in names})
-        low, _, high = self.engine.get_tensor_profile_shape("x", 0)
-        self.batch_range = (int(low[0]), int(high[0]))
+                                 dtypes.get(self.engine.get_tensor_dtype(name))) for name in names},
+                         self.manifest.learn_sigma)
+        check_io_shapes(self.manifest, {name: tuple(self.engine.get_tensor_shape(name)) for name in names},
+                        self.plan_path)
+        low, opt, high = (int(shape[0]) for shape in self.engine.get_tensor_profile_shape("x", 0))
+        self.batch_range = BatchRange(low, opt, high)  # the engine's own profile
 
     def _new_context(self):
         """An execution context (default STATIC allocation: device memory for the largest profile shape)."""
@@ -196,8 +194,8 @@ class TensorRTDenoiser:
         caller.wait_stream(self.stream)  # outputs are ready, and the I/O memory is not reused before
 
     def __call__(self, x, t, y, cfg_scale):
-        """Guided (eps, var_values), each (B, 4, L, L) float32 on self.device, fresh tensors."""
-        batch = check_inputs(x, t, y, cfg_scale, self.latent_size, self.batch_range)
+        """Guided (eps, var_values or None), each (B, C, L, L) float32 on self.device, fresh tensors."""
+        batch = check_inputs(x, t, y, cfg_scale, self.latent_shape, self.batch_range)
         inputs = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}
         with torch.cuda.device(self.device):
             if self.cuda_graphs:
@@ -209,12 +207,12 @@ class TensorRTDenoiser:
             tensors.update(self._empty_outputs(batch))
             _bind(self.context, tensors)
             self._execute_ordered(self.context)
-            return tensors["eps"], tensors["var_values"]
+            return tensors["eps"], tensors.get("var_values")
 
     def _empty_outputs(self, batch: int) -> dict:
-        """Output tensors (B, 4, L, L) float32 on the device."""
-        shape = (batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
-        return {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device) for name in OUTPUT_NAMES}
+        """Output tensors (B, C, L, L) float32 on the device."""
+        shape = (batch, *self.latent_shape)
+        return {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device) for name in self.output_names}
 
     def _replay(self, batch: int, inputs: dict):
         """Copy the inputs into this batch size's persistent tensors, replay its graph (or run it eagerly)."""
@@ -225,12 +223,13 @@ class TensorRTDenoiser:
             self._execute_ordered(entry.context)
         else:
             entry.graph.replay()
-        return entry.tensors["eps"].clone(), entry.tensors["var_values"].clone()  # the next call overwrites them
+        var_values = entry.tensors.get("var_values")  # the next call overwrites them: clone
+        return entry.tensors["eps"].clone(), None if var_values is None else var_values.clone()
 
     def _capture(self, batch: int) -> _Captured:
         """Context and persistent I/O for one batch size, one eager run, then capture; on failure stay eager."""
-        tensors = {name: torch.zeros((batch, configs.LATENT_CHANNELS, self.latent_size, self.latent_size)
-                                     if name == "x" else (batch,), dtype=IO_DTYPES[name], device=self.device)
+        tensors = {name: torch.zeros((batch, *self.latent_shape) if name == "x" else (batch,),
+                                     dtype=IO_DTYPES[name], device=self.device)
                    for name in INPUT_NAMES}
         tensors["cfg_scale"].fill_(1.0)
         tensors.update(self._empty_outputs(batch))
@@ -251,3 +250,15 @@ class TensorRTDenoiser:
             torch.cuda.set_stream(caller)  # a failing capture_end skips torch.cuda.graph's own stream restore
         self._captured[batch] = _Captured(context, tensors, graph)
         return self._captured[batch]
+
+
+def load(path, manifest, request, device=None, threads=None, cuda_graphs=False) -> TensorRTDenoiser:
+    """The TensorRT denoiser; DiTError pointing to the graph when TensorRT cannot run here."""
+    remedy = (f"install the gpu extra (pip install -e '.[gpu]') on a CUDA machine, or run the graph "
+              f"instead: dit-run {graph_name(manifest, path)}")
+    reason = engine_unavailable_reason()
+    if reason:
+        raise DiTError(f"cannot run {Path(path).name}: {reason}; {remedy}")
+    if threads is not None:
+        torch.set_num_threads(threads)  # the sampling loop's host work
+    return TensorRTDenoiser(path, manifest, device=device or "cuda", cuda_graphs=cuda_graphs)

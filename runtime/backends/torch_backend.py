@@ -1,10 +1,14 @@
-"""The PyTorch reference denoiser: dit_ref's guided forward, the graph contract run in eager mode."""
+"""The PyTorch reference denoiser: dit_ref's guided forward, the graph contract run in eager mode
+(or compiled with torch.compile)."""
 
 import torch
 
+from dit_ref.contract import BatchRange
 from dit_ref.errors import DiTError
 from dit_ref.model import DiT
+from runtime.denoiser import Denoiser, Provenance
 
+TORCH_BATCH = BatchRange(1, 32, 32)  # one call's images; dit-run's default batch is the max
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -17,18 +21,19 @@ def dtype_from_name(dtype) -> torch.dtype:
     raise DiTError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
-class TorchDenoiser:
+class TorchDenoiser(Denoiser):
     """DiT.guided_forward under inference_mode: (x, t, y, cfg_scale) -> (eps, var_values), float32 out.
 
     The model computes in `dtype` with dit_ref's float32 islands (timestep features, LayerNorm
     statistics, softmax, guidance); float16 works on CPU in torch 2.13 but is slow there.
     The model is moved to the device and dtype in place (no copy of a multi-GB model).
+    compile=True runs the same guided forward through torch.compile.
     """
 
-    def __init__(self, model: DiT, device=None, dtype="float32", cfg_channels: int = 3,
-                 source: str = "", random_weights: bool = False):
-        if cfg_channels not in (3, 4):
-            raise DiTError(f"cfg_channels must be 3 (official sample.py) or 4 (textbook), not {cfg_channels}")
+    def __init__(self, model: DiT, device=None, dtype="float32", cfg_channels: int | None = None,
+                 source: str = "", random_weights: bool = False, compile: bool = False):
+        cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
+        model.config.check_cfg_channels(cfg_channels)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DiTError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
@@ -36,25 +41,34 @@ class TorchDenoiser:
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.cfg_channels = cfg_channels
         self.source, self.random_weights = source, random_weights
-        self.manifest = None
-        self.name = f"torch-{self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        config = model.config
+        self.provenance = Provenance(config.name, model.image_size, config.latent_channels, model.latent_size,
+                                     config.num_classes, config.learn_sigma, config.decoder, cfg_channels,
+                                     source, random_weights)
+        self.batch_range = TORCH_BATCH
+        self.forward = torch.compile(self._guided) if compile else self._guided
+        kind = "torch.compile" if compile else f"torch-{self.device.type}"
+        self.name = f"{kind} {str(self.dtype).removeprefix('torch.')}"
 
-    @property
-    def latent_size(self) -> int:
-        return self.model.latent_size
+    def _guided(self, x, t, y, cfg_scale):
+        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)
 
     def __call__(self, x, t, y, cfg_scale):
         with torch.inference_mode():
-            eps, var_values = self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)  # (B, 4, L, L) each
-        return eps, var_values
+            outputs = self.forward(x, t, y, cfg_scale)  # (eps, var_values) or (eps,), each (B, C, L, L)
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 
-def load_torch_denoiser(model: str, image_size: int, ckpt=None, random_init=None, device=None,
-                        dtype="float32", cfg_channels: int = 3) -> TorchDenoiser:
+def load(path, manifest, request, device=None, threads=None, dtype="float32", ckpt=None, random_init=None,
+         compile=False) -> TorchDenoiser:
     """A TorchDenoiser from dit_ref.weights.load_dit (a checkpoint, "auto", "hf:ID", or random init)."""
     from dit_ref.weights import load_dit
 
-    if model is None or image_size is None:
-        raise DiTError("the torch backend needs --model (e.g. XL/2) and --image-size (256 or 512)")
-    loaded = load_dit(model, int(image_size), ckpt=ckpt, random_init=random_init)
-    return TorchDenoiser(loaded.model, device, dtype, cfg_channels, loaded.source, loaded.random_weights)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if request.model is None:
+        raise DiTError("the torch backend needs --model (e.g. XL/2, or fashion) and, for the paper's models, "
+                       "--image-size (256 or 512)")
+    loaded = load_dit(request.model, request.image_size, ckpt=ckpt, random_init=random_init)
+    return TorchDenoiser(loaded.model, device, dtype, request.cfg_channels, loaded.source, loaded.random_weights,
+                         compile)

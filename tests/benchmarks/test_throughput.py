@@ -24,8 +24,8 @@ def test_gpu_peak_table_matches_names():
 def test_ratio_is_speedup_over_torch_eager():
     records = [
         {"backend": "torch", "model": "S/2", "batch": 8, "ms_per_step_median": 100.0},
-        {"backend": "onnx", "model": "S/2", "batch": 8, "ms_per_step_median": 40.0},
-        {"backend": "trt", "model": "S/2", "batch": 8, "skipped": "no GPU"},
+        {"backend": "onnxruntime", "model": "S/2", "batch": 8, "ms_per_step_median": 40.0},
+        {"backend": "tensorrt", "model": "S/2", "batch": 8, "skipped": "no GPU"},
     ]
     throughput.add_ratios(records)
     assert [r["ratio_vs_torch"] for r in records] == [1.0, 2.5, None]
@@ -41,7 +41,7 @@ def test_bad_lists_and_unknown_backend():
 def test_runs_and_lists_skipped_backends(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "benchmarks/throughput.py", "--model", "S/8", "--batch", "1",
-               "--backends", "torch,trt", "--steps", "2", "--repeats", "2", "--warmup", "1",
+               "--backends", "torch,tensorrt", "--steps", "2", "--repeats", "2", "--warmup", "1",
                "--work-dir", str(tmp_path / "work"), "--json", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(done.stdout)
@@ -52,4 +52,4 @@ def test_runs_and_lists_skipped_backends(tmp_path):
     for key in ("backend", "model", "image_size", "batch", "ms_per_step_median", "ms_per_step_p90",
                 "images_per_s", "peak_mem_mb", "ratio_vs_torch", "device"):
         assert key in measured[0]
-    assert "skipped trt:" in done.stdout
+    assert "skipped tensorrt:" in done.stdout

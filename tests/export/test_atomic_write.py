@@ -7,7 +7,8 @@ import pytest
 
 from dit_ref.errors import DiTError
 from dit_ref.files import sha256_of_files
-from export import manifest as manifests, onnx_export, opcheck
+from dit_ref import contract as manifests
+from export import onnx_export, opcheck
 from testing_utils import random_model
 
 MANIFEST = onnx_export.graph_manifest(random_model("S/8", 256, 0), "fp32", 3, onnx_export.DEFAULT_BATCH, 18, None)
@@ -54,4 +55,4 @@ def test_success_replaces_an_earlier_export(tmp_path):
     (tmp_path / "DiT-S-8-256-fp32.onnx").write_bytes(b"old graph")
     graph = onnx_export.save_graph(traced(), tmp_path, "DiT-S-8-256-fp32.onnx", MANIFEST)
     assert listing(tmp_path) == ["DiT-S-8-256-fp32.json", "DiT-S-8-256-fp32.onnx"]
-    assert manifests.read_manifest(graph)["graph"]["sha256"] == sha256_of_files(graph)
+    assert manifests.read_manifest(graph).graph.sha256 == sha256_of_files(graph)

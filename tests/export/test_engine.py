@@ -15,7 +15,7 @@ import torch
 
 from dit_ref.errors import DiTError
 from export import engine
-from export.guided import INPUT_NAMES
+from dit_ref.contract import INPUT_NAMES, BatchRange
 
 
 def test_modules_import_without_tensorrt():
@@ -79,7 +79,7 @@ def test_build_engine_refuses_with_the_reason(tmp_path):
     if reason is None:
         pytest.skip("TensorRT and a GPU are present; tests/gpu builds real engines")
     with pytest.raises(DiTError) as caught:
-        engine.build_engine(tmp_path / "DiT-S-2-256-fp16.onnx", {"min": 1, "opt": 2, "max": 4})
+        engine.build_engine(tmp_path / "DiT-S-2-256-fp16.onnx", BatchRange(1, 2, 4))
     assert str(caught.value) == reason
     assert list(tmp_path.iterdir()) == []
 
@@ -91,7 +91,7 @@ def test_network_flags_come_from_the_enum(value, flags):
 
 
 def test_profile_shapes_cover_the_batch_range_of_images():
-    shapes = engine.profile_shapes(32, {"min": 1, "opt": 8, "max": 32})
+    shapes = engine.profile_shapes((4, 32, 32), BatchRange(1, 8, 32))
     assert set(shapes) == set(INPUT_NAMES)
     assert shapes["x"] == ((1, 4, 32, 32), (8, 4, 32, 32), (32, 4, 32, 32))  # B images; 2B inside the graph
     for name in ("t", "y", "cfg_scale"):
@@ -102,7 +102,7 @@ def test_profile_shapes_cover_the_batch_range_of_images():
                                    {"min": 1, "max": 8}, {"min": "one", "opt": 2, "max": 4}])
 def test_profile_shapes_reject_a_bad_batch_range(batch):
     with pytest.raises(DiTError, match="batch range"):
-        engine.profile_shapes(32, batch)
+        engine.profile_shapes((4, 32, 32), BatchRange.from_dict(batch))
 
 
 @pytest.mark.parametrize("version, release", [("10.12.0.36", (10, 12, 0)), ("11.4.0", (11, 4, 0)),

@@ -97,7 +97,10 @@ def test_bad_batch_and_usage_errors(tmp_path, capsys):
 def test_list_models_matches_counts(capsys):
     code, out, _ = run(capsys, "--list-models")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert code == 0 and len(rows) == len(configs.CONFIGS) == 12
+    assert code == 0 and len(rows) == len(configs.all_configs()) == 13  # the paper's 12 and the shipped fashion
+    fashion = configs.get_config("fashion")
+    assert rows["fashion"][1:6] == ["6", "128", "4", "4", f"{configs.param_count(fashion, 28) / 1e6:.2f}"]
+    assert rows["fashion"][9:] == ["1", "10", "pixels,", "28", "px"]  # channels, classes, decoder, size
     for config in configs.CONFIGS.values():
         row = rows[config.short_name]
         expected = [f"{configs.param_count(config, 256) / 1e6:.2f}", f"{configs.param_count(config, 512) / 1e6:.2f}",

@@ -8,7 +8,7 @@ from onnx import TensorProto
 
 from dit_ref import get_config
 from dit_ref.files import sha256_of_files
-from export.manifest import FORMAT, read_manifest
+from dit_ref.contract import FORMAT, read_manifest
 from export.opcheck import check_graph, check_operators
 
 NAME = "S/4"  # shares the graphs exported for the parity tests
@@ -82,7 +82,7 @@ def test_fp16_weights_are_float16(exported_graph):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_manifest_describes_graph(exported_graph, precision):
     graph = exported_graph(NAME, 512, precision)
-    manifest = read_manifest(graph)
+    manifest = read_manifest(graph).to_dict()
     assert graph.name == f"DiT-S-4-512-{precision}.onnx"
     assert manifest["format"] == FORMAT
     assert (manifest["model"], manifest["image_size"], manifest["latent_size"], manifest["patch_size"]) == (

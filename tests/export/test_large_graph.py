@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from dit_ref import DiT, DiTConfig, randomize_weights_
-from export.manifest import read_manifest
+from dit_ref.contract import read_manifest
 from export.onnx_export import export_onnx
 from export.opcheck import check_graph, check_operators
 from export.verify import compare_with_reference
@@ -41,4 +41,4 @@ def test_wide_fp32_graph_uses_one_external_data_file(tmp_path):
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"reloaded in ONNX Runtime: {errors}; peak RSS of this process {peak_gb:.1f} GB")
     assert max(errors.values()) <= 1e-4
-    assert read_manifest(graph)["graph"]["external_data"] == data.name
+    assert read_manifest(graph).graph.external_data == data.name

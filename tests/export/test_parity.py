@@ -24,7 +24,7 @@ CASES = [("S/2", 3), ("S/4", 3), ("B/8", 4)]
 def reference(name: str, batch: int, cfg_channels: int):
     """Inputs and the float32 PyTorch outputs, computed once for both precisions."""
     model = random_model(name, 512, 0)
-    x, t, y, cfg_scale = example_inputs(model.latent_size, batch, seed=batch)
+    x, t, y, cfg_scale = example_inputs(model, batch, seed=batch)
     t[0] = 999  # the largest timestep stresses the timestep features most
     with torch.no_grad():
         outputs = model.guided_forward(x, t, y, cfg_scale, cfg_channels)
@@ -50,7 +50,7 @@ def test_graph_matches_reference(exported_graph, name, cfg_channels, precision):
 def test_cfg_channels_is_baked_in(exported_graph):
     """The cfg-4 graph guides channel 3, the official cfg-3 form does not: the graphs must differ there."""
     model = random_model("B/8", 512, 0)
-    x, t, y, cfg_scale = example_inputs(model.latent_size, 2, seed=5)
+    x, t, y, cfg_scale = example_inputs(model, 2, seed=5)
     with torch.no_grad():
         official = model.guided_forward(x, t, y, cfg_scale, 3)[0]
     eps = run_graph(onnxruntime_session(exported_graph("B/8", 512, "fp32", cfg_channels=4)), x, t, y, cfg_scale)[0]

@@ -23,13 +23,14 @@ class ScriptedDenoiser:
     def __init__(self, inner, at: int, value=float("nan"), exception=None):
         self.inner, self.at, self.value, self.exception = inner, at, value, exception
         self.device, self.manifest, self.calls = inner.device, inner.manifest, 0
+        self.provenance, self.batch_range, self.latent_shape = inner.provenance, inner.batch_range, inner.latent_shape
         self.name = f"scripted {inner.name}"
-        self.model = getattr(inner, "model", None)
-        self.source, self.random_weights = getattr(inner, "source", "?"), True
 
-    @property
-    def latent_size(self):
-        return self.inner.latent_size
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
 
     def __call__(self, x, t, y, cfg_scale):
         eps, var_values = self.inner(x, t, y, cfg_scale)

@@ -54,7 +54,7 @@ def test_onnxruntime_matches_torch(graphs, reference, precision, tolerance):
     ours, expected = denoiser(*inputs), reference(*inputs)
     errors = [max_rel_error(a, b) for a, b in zip(ours, expected)]
     print(f"{denoiser.name} vs torch: eps {errors[0]:.2e}, var_values {errors[1]:.2e} (of output scale)")
-    assert denoiser.manifest["precision"] == precision and ours[0].dtype == torch.float32
+    assert denoiser.manifest.precision == precision and ours[0].dtype == torch.float32
     assert max(errors) < tolerance
 
 
@@ -65,7 +65,7 @@ def test_ten_ddpm_steps_agree_with_torch(graphs, reference, precision, tolerance
     latents = []
     for backend in (denoiser, reference):
         noise = OfficialNoise(5)
-        latents.append(sample_ddpm(backend, noise.initial(2, L), schedule, y, scale, noise))
+        latents.append(sample_ddpm(backend, noise.initial(2, (4, L, L)), schedule, y, scale, noise))
     error = max_rel_error(*latents)
     print(f"10 DDPM steps, {denoiser.name} vs torch: max abs err / max |latents| = {error:.2e}")
     assert error < tolerance
@@ -173,29 +173,31 @@ def test_onnxruntime_cuda_io_binding(graphs, reference):
     print(f"{denoiser.name} (I/O binding) vs torch CPU: eps {errors[0]:.2e}, var_values {errors[1]:.2e}")
     assert eps.device.type == "cuda" and max(errors) < 2e-3  # the CUDA provider may use TF32 matmuls
     noise = OfficialNoise(0, "cuda")
-    x = sample_ddpm(denoiser, noise.initial(2, L), schedule_from_spec(3), torch.tensor([1, 2], device="cuda"),
+    x = sample_ddpm(denoiser, noise.initial(2, (4, L, L)), schedule_from_spec(3), torch.tensor([1, 2], device="cuda"),
                     torch.full((2,), 4.0, device="cuda"), noise)
     assert x.device.type == "cuda" and torch.isfinite(x).all()
 
 
-def test_engine_batch_range_comes_from_its_engine_section():
-    from runtime.backends import check_request
+def test_engine_batch_range_is_the_manifests_one_range(graphs):
+    # One batch range per manifest: an engine rebuilt with --batch 1:2:4 rewrites it (export.engine).
+    from dit_ref.contract import BatchRange, read_manifest
+    from runtime.backends import Request, check_request
 
-    manifest = {"model": "DiT-S/8", "image_size": 256, "cfg_channels": 3, "batch": {"min": 1, "opt": 8, "max": 32},
-                "engine": {"batch": {"min": 1, "opt": 2, "max": 4}}}
-    check_request(manifest, "DiT-S-8-256-fp16.onnx", batch_size=8)  # the graph takes 8
+    manifest = read_manifest(graphs["fp16"])
+    check_request(manifest, "DiT-S-8-256-fp16.onnx", Request(batch_size=8))  # the graph's range takes 8
+    rebuilt = manifest.replace(batch=BatchRange(1, 2, 4))
     with pytest.raises(DiTError, match=r"batch of 8 is outside the range 1..4"):
-        check_request(manifest, "DiT-S-8-256-fp16.plan", batch_size=8)  # its engine does not
+        check_request(rebuilt, "DiT-S-8-256-fp16.plan", Request(batch_size=8))  # the rebuilt engine's does not
 
 
 def test_dit_run_batches_fit_an_engine_rebuilt_with_a_smaller_range():
     from types import SimpleNamespace
 
-    from runtime.cli import choose_batch_size
+    from dit_ref.contract import BatchRange
+    from runtime.generate import choose_batch_size
 
-    manifest = {"batch": {"min": 1, "opt": 8, "max": 32}, "engine": {"batch": {"min": 1, "opt": 2, "max": 4}}}
-    engine = SimpleNamespace(manifest=manifest, plan_path="DiT-S-8-256-fp16.plan")
-    graph = SimpleNamespace(manifest=manifest, graph_path="DiT-S-8-256-fp16.onnx")
+    engine = SimpleNamespace(batch_range=BatchRange(1, 2, 4), name="tensorrt fp16")
+    graph = SimpleNamespace(batch_range=BatchRange(1, 8, 32), name="onnxruntime-cpu fp16")
     assert choose_batch_size(None, 10, engine) == 4 and choose_batch_size(None, 10, graph) == 10
 
 

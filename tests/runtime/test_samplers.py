@@ -9,12 +9,11 @@ from dit_ref.diffusion import linear_betas, respaced_timesteps, schedule_from_sp
 from dit_ref.errors import DiTError
 from runtime.cli import sample_all
 from runtime.noise import OfficialNoise
-from runtime.samplers import (
-    FiniteWatch, ddim_timesteps, diffusers_scheduler, sample_ddim, sample_ddpm, sample_diffusers,
-    sampler_from_name,
-)
+from runtime.diffusers_sampler import diffusers_scheduler, sample_diffusers
+from runtime.samplers import FiniteWatch, ddim_timesteps, sample_ddim, sample_ddpm, sampler_from_name
 
 L = 32  # latent side at 256 px
+LATENT_SHAPE = (4, L, L)  # (C, L, L): SD VAE latents
 
 
 class ListOutput:
@@ -72,7 +71,8 @@ def test_dedicated_generator_draws_what_the_global_rng_draws():
         torch.manual_seed(7)
         expected = [torch.randn(3, 4, L, L), torch.randn(6, 4, L, L), torch.randint(0, 1000, (3,))]
     noise = OfficialNoise(7, "cpu")
-    ours = [noise.initial(3, L), torch.randn(6, 4, L, L, generator=noise.generator), noise.labels(3)]
+    ours = [noise.initial(3, LATENT_SHAPE), torch.randn(6, 4, L, L, generator=noise.generator),
+            noise.labels(3, 1000)]
     for a, b in zip(ours, expected):
         assert torch.equal(a, b)
 
@@ -86,7 +86,7 @@ def test_sampler_reproduces_sample_py_literally(tiny_model, reference):
         official, _ = official_p_sample_loop(model, z2, y2, cfg_scale, steps).chunk(2, dim=0)
     sampler, out = sampler_from_name("ddpm", steps), ListOutput()
     with torch.inference_mode():
-        sample_all(reference, sampler, labels, len(labels), seed, cfg_scale, None, out, L)
+        sample_all(reference, sampler, labels, len(labels), seed, cfg_scale, None, out)
     ours = torch.from_numpy(out.batches[0])
     error = (ours - official).abs().max().item()
     print(f"dit-run vs sample.py literal, {steps} DDPM steps: max abs diff {error:.3e} "
@@ -107,14 +107,14 @@ def test_random_labels_and_batches_follow_sample_ddp(tiny_model, reference):
             official.append(official_p_sample_loop(model, z2, y2, cfg_scale, steps)[:n])
     out = ListOutput()
     with torch.inference_mode():
-        sample_all(reference, sampler_from_name("ddpm", steps), [None] * 2 * n, n, seed, cfg_scale, None, out, L)
+        sample_all(reference, sampler_from_name("ddpm", steps), [None] * 2 * n, n, seed, cfg_scale, None, out)
     error = (torch.from_numpy(np.concatenate(out.batches)) - torch.cat(official)).abs().max().item()
     print(f"dit-run vs sample_ddp.py literal, 2 batches of {n}: max abs diff {error:.3e}")
     assert error <= 1e-6 * torch.cat(official).abs().max().item()
 
 
 def test_ddim_is_deterministic(reference):
-    x = OfficialNoise(0).initial(2, L)
+    x = OfficialNoise(0).initial(2, LATENT_SHAPE)
     y, scale = torch.tensor([1, 2]), torch.full((2,), 4.0)
     schedule = schedule_from_timesteps(ddim_timesteps(10))
     runs = [sample_ddim(reference, x, schedule, y, scale, OfficialNoise(seed)) for seed in (1, 1, 2)]
@@ -135,7 +135,7 @@ def test_nan_names_the_step_and_timestep(reference):
     for value in (float("nan"), float("inf")):
         denoiser = ScriptedDenoiser(reference, at=at, value=value)
         with pytest.raises(DiTError) as caught:
-            sample_ddpm(denoiser, OfficialNoise(0).initial(2, L), schedule, torch.tensor([1, 2]),
+            sample_ddpm(denoiser, OfficialNoise(0).initial(2, LATENT_SHAPE), schedule, torch.tensor([1, 2]),
                         torch.full((2,), 4.0), OfficialNoise(1))
         print(caught.value)
         assert f"step {at + 1} of 10 (step index {at}, timestep {expected_t})" in str(caught.value)
@@ -156,8 +156,8 @@ def test_deferred_watch_finds_the_first_bad_step():
 def test_callback_sees_every_step(reference):
     seen = []
     sampler = sampler_from_name("ddpm", 5)
-    sampler(reference, OfficialNoise(0).initial(1, L), torch.tensor([3]), torch.full((1,), 4.0), OfficialNoise(0),
-            callback=lambda info: seen.append((info["i"], info["t"], info["total"])))
+    sampler(reference, OfficialNoise(0).initial(1, LATENT_SHAPE), torch.tensor([3]), torch.full((1,), 4.0),
+            OfficialNoise(0), callback=lambda info: seen.append((info["i"], info["t"], info["total"])))
     assert seen == [(k, t, 5) for k, t in enumerate(respaced_timesteps(5)[::-1])]
 
 
@@ -177,7 +177,7 @@ def test_diffusers_schedulers_get_the_dit_schedule():
 def test_diffusers_ddim_matches_our_ddim(reference):
     # The same DDIM update through diffusers' stateful scheduler and through dit_ref's pure step:
     # a check that sample_diffusers drives schedulers correctly (diffusers' schedule is float32).
-    x, y, scale = OfficialNoise(0).initial(2, L), torch.tensor([5, 6]), torch.full((2,), 1.5)
+    x, y, scale = OfficialNoise(0).initial(2, LATENT_SHAPE), torch.tensor([5, 6]), torch.full((2,), 1.5)
     theirs = sample_diffusers(reference, x, 10, y, scale, OfficialNoise(1), scheduler="ddim-diffusers")
     trailing = [int(t) for t in diffusers_scheduler("ddim-diffusers", 10).timesteps]
     ours = sample_ddim(reference, x, schedule_from_timesteps(sorted(trailing)), y, scale)
@@ -190,7 +190,7 @@ def test_diffusers_ddim_matches_our_ddim(reference):
 def test_diffusers_samplers_run(reference, name):
     sampler = sampler_from_name(name, 4)
     calls = []
-    x = sampler(reference, OfficialNoise(0).initial(2, L), torch.tensor([1, 2]), torch.full((2,), 4.0),
+    x = sampler(reference, OfficialNoise(0).initial(2, LATENT_SHAPE), torch.tensor([1, 2]), torch.full((2,), 4.0),
                 OfficialNoise(1), callback=calls.append)
     print(f"{name}: {sampler.num_calls} denoiser calls, |x| max {x.abs().max():.2f}")
     assert x.shape == (2, 4, L, L) and x.dtype == torch.float32 and torch.isfinite(x).all()

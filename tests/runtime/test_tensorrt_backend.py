@@ -11,19 +11,21 @@ import pytest
 import torch
 
 from dit_ref.errors import DiTError
-from export.engine import engine_unavailable_reason
+from dit_ref.contract import BatchRange, Checkpoint, EngineRecord, GraphRecord, Manifest
+from dit_ref.tensorrt_common import engine_unavailable_reason
 from runtime.backends import tensorrt_backend as backend
 
 PLAN = "DiT-S-2-256-fp16.plan"
 
 
-def _manifest(tensorrt="10.12.0.36", compute_capability="8.6", engine=True) -> dict:
-    manifest = {"graph": {"file": "DiT-S-2-256-fp16.onnx"}, "latent_size": 32, "precision": "fp16"}
-    if engine:
-        gpu = "NVIDIA A100-SXM4-80GB" if compute_capability == "8.0" else "NVIDIA A10"
-        manifest["engine"] = {"file": PLAN, "tensorrt": tensorrt, "gpu": gpu,
-                              "compute_capability": compute_capability, "batch": {"min": 1, "opt": 4, "max": 8}}
-    return manifest
+def _manifest(tensorrt="10.12.0.36", compute_capability="8.6", engine=True) -> Manifest:
+    gpu = "NVIDIA A100-SXM4-80GB" if compute_capability == "8.0" else "NVIDIA A10"
+    return Manifest(
+        model="DiT-S/2", image_size=256, latent_size=32, latent_channels=4, num_classes=1000, learn_sigma=True,
+        patch_size=2, decoder="vae", precision="fp16", cfg_channels=3, numerics="official", batch=BatchRange(1, 4, 8),
+        opset=18, checkpoint=Checkpoint("random init (seed 0)", None, True), versions={}, created="",
+        graph=GraphRecord("DiT-S-2-256-fp16.onnx", "0" * 64, None),
+        engine=EngineRecord(PLAN, tensorrt, gpu, compute_capability, 1.0, 3) if engine else None)
 
 
 def test_engine_fits_the_machine_it_was_built_on():
@@ -105,7 +107,7 @@ def _inputs(batch, latent=32, labels=None):
 
 
 def test_inputs_in_range_give_the_batch():
-    assert backend.check_inputs(*_inputs(3), latent_size=32, batch_range=(1, 8)) == 3
+    assert backend.check_inputs(*_inputs(3), latent_shape=(4, 32, 32), batch_range=BatchRange(1, 8, 8)) == 3
 
 
 @pytest.mark.parametrize("inputs, match", [
@@ -115,7 +117,7 @@ def test_inputs_in_range_give_the_batch():
 ])
 def test_bad_inputs_are_refused(inputs, match):
     with pytest.raises(DiTError, match=match):
-        backend.check_inputs(*inputs, latent_size=32, batch_range=(1, 8))
+        backend.check_inputs(*inputs, latent_shape=(4, 32, 32), batch_range=BatchRange(1, 8, 8))
 
 
 def test_denoiser_refuses_with_the_reason_without_tensorrt(tmp_path, monkeypatch):

@@ -1,0 +1,244 @@
+"""The contract between export and runtime: the guided graph's I/O, its batch range, its manifest.
+
+export writes graphs, engines and manifests by it; runtime reads them by it; neither imports the
+other. Everything here is plain Python and torch dtypes: reading a manifest imports no onnx and no
+TensorRT.
+
+The guided graph (DESIGN.md):
+    inputs   x (B, C, L, L) float32   latents (or pixels) at step t; C = the model's latent channels
+             t (B,) int64             original timestep 0..999
+             y (B,) int64             class label 0..num_classes-1
+             cfg_scale (B,) float32   guidance scale per sample
+    outputs  eps (B, C, L, L) float32         guided noise prediction
+             var_values (B, C, L, L) float32  learned-range values (learned-sigma models only)
+I/O stays float32 in the FP16 graph. B is dynamic within the manifest's batch range.
+"""
+
+import dataclasses
+import datetime
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dit_ref.errors import DiTError
+from dit_ref.files import write_text_atomic
+
+INPUT_NAMES = ("x", "t", "y", "cfg_scale")
+OUTPUT_NAMES = ("eps", "var_values")  # var_values only for learned-sigma models
+IO_DTYPES = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
+             "eps": torch.float32, "var_values": torch.float32}
+
+
+def output_names(learn_sigma: bool) -> tuple[str, ...]:
+    """The graph's outputs: eps and var_values, or eps alone for a model without learned sigma."""
+    return OUTPUT_NAMES if learn_sigma else OUTPUT_NAMES[:1]
+
+
+def io_shapes(latent_channels: int, latent_size: int, learn_sigma: bool) -> dict[str, tuple]:
+    """Name -> shape without the batch: x/eps/var_values (C, L, L), t/y/cfg_scale ()."""
+    image = (latent_channels, latent_size, latent_size)
+    shapes = {name: image if name == "x" else () for name in INPUT_NAMES}
+    shapes.update({name: image for name in output_names(learn_sigma)})
+    return shapes
+
+
+# --- the batch range -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The image batch sizes a graph or engine serves: min <= opt <= max (opt: what TensorRT tunes for)."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self):
+        values = (self.min, self.opt, self.max)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise DiTError(f"batch range {values} needs integer min, opt and max")
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise DiTError(f"batch range {self.min}:{self.opt}:{self.max} must satisfy 1 <= min <= opt <= max")
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchRange":
+        """"1:8:32" -> BatchRange(1, 8, 32)."""
+        parts = str(text).split(":")
+        if len(parts) != 3 or not all(part.strip().isdigit() for part in parts):
+            raise DiTError(f"--batch {text!r} must be MIN:OPT:MAX, for example 1:8:32")
+        return cls(*(int(part) for part in parts))
+
+    @classmethod
+    def from_dict(cls, value) -> "BatchRange":
+        try:
+            return cls(*(int(value[key]) for key in ("min", "opt", "max")))
+        except (KeyError, TypeError, ValueError):
+            raise DiTError(f"batch range {value} needs integer min, opt and max") from None
+
+    def to_dict(self) -> dict:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    def __contains__(self, batch_size: int) -> bool:
+        return self.min <= batch_size <= self.max
+
+    def check(self, batch_size: int, whose: str = "the", remedy: str = "re-export with --batch MIN:OPT:MAX") -> int:
+        """batch_size, or the one DiTError for a batch outside the range ("outside the engine's range ...")."""
+        if batch_size not in self:
+            raise DiTError(f"batch of {batch_size} is outside {whose} range {self.min}..{self.max}; use "
+                           f"--batch-size between {self.min} and {self.max}, or {remedy}")
+        return batch_size
+
+
+DEFAULT_BATCH = BatchRange()
+
+
+# --- the manifest ------------------------------------------------------------------------------------
+
+FORMAT = "dit-deploy-manifest/2"  # the schema version; README.md "The manifest" lists the fields
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the weights came from."""
+
+    source: str  # a path, URL, "hf:ORG/NAME", "shipped:fashion" or "random init (seed N)"
+    sha256: str | None  # of the checkpoint file(s); None for random weights
+    random_weights: bool | None  # True: the graph computes noise, not images; None: not recorded
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    file: str  # the .onnx beside the manifest
+    sha256: str  # of the .onnx file
+    external_data: str | None  # the one weights file beside large graphs, else None
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    file: str  # the .plan beside the manifest
+    tensorrt: str  # the TensorRT version that built it (an engine loads only in that release)
+    gpu: str  # the GPU model it was built on (TensorRT promises the same model, not the same architecture)
+    compute_capability: str  # "8.6"
+    build_seconds: float
+    optimization_level: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The JSON beside a graph and its engine (same stem, .json); README.md "The manifest" shows one."""
+
+    model: str  # config name, "DiT-XL/2" or "fashion"
+    image_size: int  # pixels per side of the images the model makes
+    latent_size: int  # L: side of the model's input (image / 8 through the VAE; = image in pixel space)
+    latent_channels: int  # C of x, eps and var_values
+    num_classes: int  # labels 0..num_classes-1; num_classes is the null class
+    learn_sigma: bool  # True: the graph has var_values; False: DDPM uses the fixed (large) variance
+    patch_size: int
+    decoder: str  # "vae" (latents for the SD VAE) or "pixels" (samples are images in [-1, 1])
+    precision: str  # "fp32" or "fp16" (the graph's compute types; I/O stays float32)
+    cfg_channels: int  # eps channels guided inside the graph (3 = official sample.py for 4 channels)
+    numerics: str  # "official" or "diffusers"
+    batch: BatchRange  # image batch sizes served; an engine's profile when one is built
+    opset: int
+    checkpoint: Checkpoint
+    versions: dict  # package versions that shaped the graph (torch, onnx, ...)
+    created: str  # UTC, ISO 8601
+    graph: GraphRecord | None = None  # filled when the graph is written
+    engine: EngineRecord | None = None  # filled when an engine is built
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return output_names(self.learn_sigma)
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.checkpoint.random_weights)
+
+    def replace(self, **changes) -> "Manifest":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        record = dataclasses.asdict(self)
+        record["batch"] = self.batch.to_dict()
+        return {"format": FORMAT, **record}
+
+    @classmethod
+    def from_dict(cls, record: dict, where: str = "manifest") -> "Manifest":
+        """A Manifest from its JSON object; DiTError naming what is missing or wrong."""
+        remedy = "re-export the graph with dit-export to write it"
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            found = record.get("format") if isinstance(record, dict) else None
+            raise DiTError(f"{where} is not a {FORMAT} manifest (format {found!r}); {remedy}")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        missing = [name for name in fields if name not in record and name not in ("graph", "engine")]
+        if missing:
+            raise DiTError(f"{where} lacks {', '.join(sorted(missing))}; {remedy}")
+        values = {name: record[name] for name in fields if name in record}
+        try:
+            values["batch"] = BatchRange.from_dict(record["batch"])
+            values["checkpoint"] = Checkpoint(**record["checkpoint"])
+            values["graph"] = GraphRecord(**record["graph"]) if record.get("graph") else None
+            values["engine"] = EngineRecord(**record["engine"]) if record.get("engine") else None
+            for name in ("image_size", "latent_size", "latent_channels", "num_classes", "patch_size",
+                         "cfg_channels", "opset"):
+                values[name] = int(values[name])
+        except (TypeError, ValueError) as error:
+            raise DiTError(f"{where} has a malformed field ({error}); {remedy}") from None
+        return cls(**values)
+
+
+def manifest_path_for(path) -> Path:
+    """The manifest of a graph or engine: same directory and stem, suffix .json."""
+    return Path(path).with_suffix(".json")
+
+
+def read_manifest(path) -> Manifest:
+    """The manifest beside a graph or engine (or the manifest itself); DiTError if missing or corrupt."""
+    path = Path(path)
+    manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
+    remedy = "re-export the graph with dit-export to write it"
+    try:
+        record = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise DiTError(f"no manifest {manifest_path} beside {path.name}; {remedy}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DiTError(f"manifest {manifest_path} is unreadable ({error}); {remedy}") from None
+    return Manifest.from_dict(record, f"manifest {manifest_path}")
+
+
+def write_manifest(path, manifest: Manifest) -> Path:
+    """Write the manifest for a graph or engine path (or a .json path) atomically; returns its path."""
+    path = Path(path)
+    manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
+    write_text_atomic(manifest_path, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest_path
+
+
+def check_io_shapes(manifest: Manifest, found: dict[str, tuple], path) -> None:
+    """DiTError unless a graph's or engine's own I/O (name -> shape, batch first) is the manifest's.
+
+    The file is the truth: a manifest edited (or copied from another export) to claim another
+    size, channel count or output set is refused, naming which file to trust.
+    """
+    expected = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)
+    name = Path(path).name
+    if set(found) != set(expected):
+        raise DiTError(f"{name} has tensors {sorted(found)} but its manifest describes {sorted(expected)}; "
+                       f"{name} is the truth: re-export it with dit-export to get a matching manifest")
+    for tensor, shape in expected.items():
+        if tuple(found[tensor][1:]) != shape:
+            raise DiTError(
+                f"{name} takes {tensor} of shape (B, {', '.join(map(str, found[tensor][1:]))}) but its manifest "
+                f"says (B, {', '.join(map(str, shape))}) ({manifest.model} at {manifest.image_size} px); "
+                f"{name} is the truth: re-export it with dit-export to get a matching manifest"
+            )
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,70 @@
+"""TensorRT facts shared by the engine build (export) and the engine runner (runtime).
+
+Whether TensorRT can run here and why not, its release as a comparable tuple, the compute
+capability text the manifest records, and the process's one logger. tensorrt is imported only
+inside the functions that need it, so this module imports anywhere.
+"""
+
+import functools
+import re
+
+from dit_ref.errors import DiTError
+
+MINIMUM_TENSORRT = (10, 12)
+NOT_INSTALLED = "TensorRT is not installed: pip install -e '.[gpu]' on a machine with a CUDA GPU"
+def tensorrt_release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string such as "10.12.0.36"; missing parts are left out."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])
+
+
+def engine_unavailable_reason() -> str | None:
+    """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError as error:
+        if error.name in ("tensorrt", None):
+            return NOT_INSTALLED
+        return f"TensorRT failed to import (no module {error.name}); reinstall it with pip install -e '.[gpu]'"
+    except Exception as error:  # a broken install (missing libnvinfer, PyPI stub) must not crash the CLI
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"TensorRT failed to import ({detail}); reinstall it with pip install -e '.[gpu]'"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if not has_gpu:
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False); build on the GPU machine that runs the engine"
+    version = getattr(trt, "__version__", "unknown")
+    if tensorrt_release(version) < MINIMUM_TENSORRT:
+        return f"TensorRT {version} is too old: this project needs 10.12 or newer (pip install -U 'tensorrt>=10.12')"
+    return None
+
+
+def compute_capability_text(capability: tuple[int, int]) -> str:
+    """(8, 6) -> "8.6", the form the manifest records."""
+    return f"{capability[0]}.{capability[1]}"
+
+
+@functools.cache
+def trt_logger():
+    """The process's one TensorRT logger (warnings and errors go to stderr)."""
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def start_tensorrt(factory):
+    """trt.Builder or trt.Runtime with the process's logger; DiTError when TensorRT cannot start.
+
+    Both are factory constructors that raise TypeError when the factory returns nullptr (for
+    example a driver too old for the CUDA TensorRT was built with).
+    """
+    try:
+        return factory(trt_logger())
+    except (TypeError, RuntimeError) as error:
+        raise DiTError(f"TensorRT could not start ({error}); check the NVIDIA driver against the CUDA "
+                       "version TensorRT was built for") from None
+
+

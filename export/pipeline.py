@@ -1,0 +1,135 @@
+"""export(): checkpoint -> guided ONNX graph + manifest -> TensorRT engine, the one export sequence.
+
+    from export import export
+
+    result = export("fashion", ckpt="auto", precision="fp16", out="graphs/")
+    result.graph, result.manifest, result.engine  # .onnx, dit_ref.contract.Manifest, .plan or None
+
+Stages: load, check (PyTorch float32 reference), trace, save (operator check, onnx.checker), check
+(ONNX Runtime vs the reference), engine. `stage` reports them (dit-export prints them); by default
+nothing is printed.
+"""
+
+import contextlib
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+from dit_ref import configs
+from dit_ref.contract import DEFAULT_BATCH, BatchRange, Checkpoint, Manifest, read_manifest
+from dit_ref.errors import DiTError
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # the check stage's limit on max|err| / max|ref|
+ENGINE_CHOICES = ("auto", "required", "skip")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    graph: Path  # the .onnx
+    manifest: Manifest  # as written beside the graph (and engine)
+    engine: Path | None  # the .plan, or None when none was built
+    engine_skipped: str | None  # why no engine was built (None when one was)
+    errors: dict | None  # the check's relative errors per output, None without a check
+
+
+@contextlib.contextmanager
+def silent_stage(name: str, detail: str):
+    yield {}
+
+
+def engine_reason(engine: str) -> str | None:
+    """Why no engine will be built (None: build one); DiTError when --engine required cannot be met."""
+    if engine not in ENGINE_CHOICES:
+        raise DiTError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
+    if engine == "skip":
+        return "--engine skip"
+    from dit_ref.tensorrt_common import engine_unavailable_reason
+
+    reason = engine_unavailable_reason()
+    if reason and engine == "required":
+        raise DiTError(f"--engine required, but no engine can be built here: {reason}")
+    return reason
+
+
+def check_request(model: str, image_size: int | None, precision: str, cfg_channels: int | None) -> int:
+    """The image size to export at; DiTError for a bad option, before anything loads."""
+    from export.onnx_export import PRECISIONS
+
+    config = configs.get_config(model)
+    image_size = config.image_sizes[0] if image_size is None else image_size
+    config.check_image_size(image_size)
+    if precision not in PRECISIONS:
+        raise DiTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if cfg_channels is not None:
+        config.check_cfg_channels(cfg_channels)
+    return image_size
+
+
+def load_stage(model: str, image_size: int, ckpt, random_init, stage):
+    """The model and its checkpoint record (dit_ref.weights.load_dit)."""
+    from dit_ref.weights import load_dit
+
+    with stage("load", f"{configs.get_config(model).name} at {image_size} px") as result:
+        loaded = load_dit(model, image_size, ckpt=ckpt, random_init=random_init)
+        label = "RANDOM WEIGHTS" if loaded.random_weights else f"sha256 {loaded.sha256[:12]}..."
+        result["done"] = f"{loaded.source} ({label})"
+    return loaded.model, Checkpoint(loaded.source, loaded.sha256, loaded.random_weights)
+
+
+def reference_stage(model, cfg_channels: int, stage):
+    """PyTorch float32 outputs for the check, computed before export may turn the model to float16."""
+    from export.verify import reference_outputs
+
+    with stage("check", "PyTorch float32 reference at batch 1") as result:
+        inputs, expected = reference_outputs(model, cfg_channels, batch=1)
+        result["done"] = f"max |eps| {abs(expected[0]).max():.3g}"
+    return inputs, expected
+
+
+def check_stage(graph: Path, reference, precision: str, stage) -> dict:
+    """ONNX Runtime (CPU) on the graph against the PyTorch float32 reference outputs."""
+    from export.verify import compare_outputs
+
+    limit = TOLERANCE[precision]
+    with stage("check", f"onnxruntime on the graph vs the reference, limit {limit:g}") as result:
+        errors = compare_outputs(graph, *reference)
+        result["done"] = ", ".join(f"{name} max rel err {value:.2e}" for name, value in errors.items())
+    if max(errors.values()) > limit:
+        raise DiTError(f"the graph disagrees with PyTorch (errors {errors}, limit {limit:g}); "
+                       f"{graph} is kept for inspection")
+    return errors
+
+
+def engine_stage(graph: Path, batch: BatchRange, opt_level: int, timing_cache, stage) -> Path:
+    from export.engine import build_engine
+
+    with stage("engine", f"TensorRT, batch {batch}, level {opt_level}") as result:
+        plan = build_engine(graph, batch, opt_level, timing_cache)
+        result["done"] = str(plan)
+    return plan
+
+
+def export(model: str, image_size: int | None = None, *, ckpt: str | None = None, random_init: int | None = None,
+           precision: str = "fp16", cfg_channels: int | None = None, batch: BatchRange = DEFAULT_BATCH,
+           out=".", engine: str = "auto", check: bool = True, opt_level: int = 3, timing_cache=None,
+           stage=silent_stage) -> ExportResult:
+    """Load a DiT (ckpt: path, "auto", "hf:ID"; or random_init=SEED), export its guided graph into
+    out with its manifest, check it in ONNX Runtime, and build its TensorRT engine when possible.
+
+    image_size None: the config's first size. cfg_channels None: the model's default (3 for the
+    paper's 4-channel latents, else all channels). engine: auto | required | skip.
+    """
+    from export.onnx_export import check_out_dir, export_onnx
+
+    image_size = check_request(model, image_size, precision, cfg_channels)
+    check_out_dir(out)
+    reason = engine_reason(engine)  # before any work: --engine required fails fast
+    dit, checkpoint = load_stage(model, image_size, ckpt, random_init, stage)
+    cfg_channels = dit.config.default_cfg_channels if cfg_channels is None else dit.config.check_cfg_channels(cfg_channels)
+    reference = reference_stage(dit, cfg_channels, stage) if check else None
+    graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)
+    del dit  # the graph file holds the weights now (onnxscript 0.7.2 may keep them until exit)
+    gc.collect()
+    errors = check_stage(graph, reference, precision, stage) if check else None
+    plan = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
+    return ExportResult(graph, read_manifest(graph), plan, reason, errors)

@@ -1,0 +1,97 @@
+"""generate(): labels -> sampled and decoded batches, the one pipeline behind dit-run and the benchmarks.
+
+    from runtime import generate, load_decoder, load_denoiser, sampler_from_name
+
+    with load_denoiser("fashion-28-fp16.onnx") as denoiser:
+        decoder = load_decoder("auto", denoiser.provenance.decoder, denoiser.latent_shape[0])
+        for batch in generate(denoiser, [0, 1, 2], sampler_from_name("ddim", 50), seed=0, decoder=decoder):
+            print(batch.start, batch.labels, batch.samples.shape)  # uint8 (n, 28, 28, 1)
+
+With seed S the initial latents, the labels sample_ddp.py would draw (for None entries) and every
+step's noise come from one generator on the sampling device in the official order (runtime.noise),
+so sample.py and generate() give the same latents for the same checkpoint on the same device.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from dit_ref.errors import DiTError
+from runtime.noise import OfficialNoise
+
+MAX_STEPS = 1000  # the training schedule's length: no sampler can take more distinct steps
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of finished samples."""
+
+    start: int  # index of the first sample in the run
+    labels: np.ndarray  # (n,) int64, the drawn ones filled in
+    samples: np.ndarray  # uint8 images (n, H, W, channels), or float32 latents (n, C, L, L) without a decoder
+
+
+def check_labels(labels, num_classes: int) -> list[int | None]:
+    """labels as a list; DiTError for one outside 0..num_classes-1 (None: drawn at random)."""
+    labels = list(labels)
+    for label in labels:
+        if label is not None and (isinstance(label, bool) or not 0 <= int(label) < num_classes):
+            raise DiTError(f"class {label} is out of range: this model has classes 0..{num_classes - 1} "
+                           f"({num_classes} is the null class used for guidance)")
+    return [None if label is None else int(label) for label in labels]
+
+
+def check_options(batch_size: int | None = None, threads: int | None = None, steps: int | None = None,
+                  cfg_scale: float | None = None, num_samples: int | None = None) -> None:
+    """DiTError for a sampling option no run can use; called before anything loads."""
+    for name, value in (("--batch-size", batch_size), ("--threads", threads), ("--num-samples", num_samples)):
+        if value is not None and value < 1:
+            raise DiTError(f"{name} must be at least 1, not {value}")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise DiTError(f"--steps must be 1..{MAX_STEPS} (the training schedule has {MAX_STEPS} timesteps), not {steps}")
+    if cfg_scale is not None and not math.isfinite(cfg_scale):
+        raise DiTError(f"--cfg-scale must be a finite number, not {cfg_scale}")
+
+
+def choose_batch_size(requested: int | None, num_samples: int, denoiser) -> int:
+    """--batch-size, or as many samples as the denoiser's batch range allows; both the full and the
+    last batch are checked against the range."""
+    size = requested or min(num_samples, denoiser.batch_range.max)
+    for n in {min(size, num_samples), num_samples % size or size}:
+        denoiser.batch_range.check(n, remedy="re-export (or rebuild the engine) with --batch MIN:OPT:MAX")
+    return size
+
+
+def batch_labels(planned: list, noise: OfficialNoise, num_classes: int) -> torch.Tensor:
+    """Labels of one batch; random ones drawn (for the whole batch, after z) as sample_ddp.py does."""
+    if all(label is not None for label in planned):
+        return torch.tensor(planned, dtype=torch.int64, device=noise.device)
+    drawn = noise.labels(len(planned), num_classes)  # (n,)
+    given = torch.tensor([-1 if label is None else label for label in planned], device=noise.device)
+    return torch.where(given >= 0, given, drawn)
+
+
+def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0, batch_size: int | None = None,
+             decoder=None, on_step: Callable[[dict], None] | None = None) -> Iterator[Batch]:
+    """Sample len(labels) images (None entries: random labels) in batches; yields each finished Batch.
+
+    decoder: runtime.vae.load_decoder's (a VAE or the pixel decoder) or None for raw latents.
+    on_step gets the sampler's {"x", "i", "t", "total"} after every denoiser call.
+    """
+    provenance = denoiser.provenance
+    labels = check_labels(labels, provenance.num_classes)
+    check_options(batch_size=batch_size, cfg_scale=cfg_scale, num_samples=len(labels))
+    batch_size = choose_batch_size(batch_size, len(labels), denoiser)
+    noise = OfficialNoise(seed, denoiser.device)
+    for start in range(0, len(labels), batch_size):
+        chunk = labels[start:start + batch_size]
+        with torch.inference_mode():
+            x = noise.initial(len(chunk), provenance.latent_shape)  # (n, C, L, L): drawn first, as sample.py
+            y = batch_labels(chunk, noise, provenance.num_classes)  # (n,)
+            scale = torch.full((len(chunk),), cfg_scale, dtype=torch.float32, device=denoiser.device)
+            x = sampler(denoiser, x, y, scale, noise, on_step)
+            samples = x.float().cpu().numpy() if decoder is None else decoder(x)
+        yield Batch(start, y.cpu().numpy(), samples)

@@ -1,10 +1,9 @@
 """generate(): labels -> sampled and decoded batches, the one pipeline behind dit-run and the benchmarks.
 
-    from runtime import generate, load_decoder, load_denoiser, sampler_from_name
+    from runtime import generate, load_denoiser, sampler_from_name
 
     with load_denoiser("fashion-28-fp16.onnx") as denoiser:
-        decoder = load_decoder("auto", denoiser.provenance.decoder, denoiser.latent_shape[0])
-        for batch in generate(denoiser, [0, 1, 2], sampler_from_name("ddim", 50), seed=0, decoder=decoder):
+        for batch in generate(denoiser, [0, 1, 2], sampler_from_name("ddim", 50), seed=0, decoder="auto"):
             print(batch.start, batch.labels, batch.samples.shape)  # uint8 (n, 28, 28, 1)
 
 With seed S the initial latents, the labels sample_ddp.py would draw (for None entries) and every
@@ -21,6 +20,7 @@ import torch
 
 from dit_ref.errors import DiTError
 from runtime.noise import OfficialNoise
+from runtime.vae import load_decoder
 
 MAX_STEPS = 1000  # the training schedule's length: no sampler can take more distinct steps
 
@@ -78,10 +78,13 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
              decoder=None, on_step: Callable[[dict], None] | None = None) -> Iterator[Batch]:
     """Sample len(labels) images (None entries: random labels) in batches; yields each finished Batch.
 
-    decoder: runtime.vae.load_decoder's (a VAE or the pixel decoder) or None for raw latents.
+    decoder: None for raw latents, a runtime.vae.load_decoder decoder, or its spec ("auto": the
+    model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, "random").
     on_step gets the sampler's {"x", "i", "t", "total"} after every denoiser call.
     """
     provenance = denoiser.provenance
+    if isinstance(decoder, str):
+        decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device)
     labels = check_labels(labels, provenance.num_classes)
     check_options(batch_size=batch_size, cfg_scale=cfg_scale, num_samples=len(labels))
     batch_size = choose_batch_size(batch_size, len(labels), denoiser)

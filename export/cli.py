@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dit_ref import configs
-from dit_ref.contract import BatchRange
+from dit_ref.contract import DEFAULT_BATCH, BatchRange
 from dit_ref.errors import DiTError
 from export.pipeline import export
 
@@ -74,7 +74,7 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--fp16", is_flag=True, help="FP16-typed graph (float32 I/O and float32 islands).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "
               "4-channel latents), 4 = textbook; other models: all latent channels (default).")
-@click.option("--batch", "batch_text", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX",
+@click.option("--batch", "batch_text", default=str(DEFAULT_BATCH), show_default=True, metavar="MIN:OPT:MAX",
               help="Batch range recorded in the manifest and used for the engine profile.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Output directory.")

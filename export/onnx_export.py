@@ -223,7 +223,7 @@ def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels
     check_out_dir(out_dir)
     manifest = graph_manifest(model, precision, cfg_channels, batch, opset, checkpoint)
     name = graph_file_name(model, precision)
-    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channels"):
+    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channel{'s' if cfg_channels > 1 else ''}"):
         program = trace_graph(model, precision, cfg_channels, opset, copy_model)
     with stage("save", f"{Path(out_dir) / name} + manifest; TensorRT operator check, onnx.checker") as result:
         graph = save_graph(program, Path(out_dir), name, manifest)

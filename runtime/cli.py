@@ -122,7 +122,7 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Guidance scale (sample.py: 4.0; FID runs: 1.5).")
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | random (offline demo) | none (write latents .npy).")
-@click.option("--out", help="FILE.png (grid, 4 per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")
+@click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")
 @click.option("--batch-size", type=int, help="Samples per denoiser batch (default: up to the manifest's max).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when available).")
@@ -134,8 +134,11 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="torch backend compute dtype.")
 @click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
+@click.option("--grid-columns", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per row of a .png grid (4: sample.py's layout).")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
-        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs):
+        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs,
+        grid_columns):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
     facts = model_facts(engine_or_graph, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
@@ -158,7 +161,8 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
         provenance = denoiser.provenance
         image_px = None if decoder is None else provenance.image_size
         with open_output(out, len(planned), image_px, provenance.latent_size, info,
-                         channels=decoder.channels if decoder else 3, latent_channels=provenance.latent_channels) as output:
+                         channels=decoder.channels if decoder else 3, latent_channels=provenance.latent_channels,
+                         columns=grid_columns) as output:
             sample_all(denoiser, chosen_sampler, planned, batch_size, seed, cfg_scale, decoder, output)
     what = "latents" if decoder is None else "images"
     click.echo(f"wrote {len(planned)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "

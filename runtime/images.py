@@ -80,17 +80,17 @@ class _Output:
 
 
 class GridOutput(_Output):
-    """All samples in one PNG, 4 per row (sample.py's layout)."""
+    """All samples in one PNG, `columns` per row (4: sample.py's layout)."""
 
-    def __init__(self, path: Path, metadata: dict | None = None):
+    def __init__(self, path: Path, metadata: dict | None = None, columns: int = GRID_COLUMNS):
         super().__init__(path, metadata)
-        self.images = []
+        self.images, self.columns = [], columns
 
     def add(self, batch):
         self.images.append(batch)
 
     def finish(self):
-        grid = grid_from_images(np.concatenate(self.images))
+        grid = grid_from_images(np.concatenate(self.images), self.columns)
         pil_image(grid).save(self.temporary, format="PNG", pnginfo=png_info(self.metadata))
 
 
@@ -170,11 +170,11 @@ def output_kind(out, latents: bool) -> str:
 
 
 def open_output(out, total: int, image_size: int | None, latent_size: int, metadata: dict | None = None,
-                channels: int = 3, latent_channels: int = 4):
+                channels: int = 3, latent_channels: int = 4, columns: int = GRID_COLUMNS):
     """The writer for --out: .npy latents when image_size is None (--vae none), else .png / .npz / a directory.
 
     channels: of the images (3 from the SD VAE, 1 for grayscale pixel models); latent_channels: of
-    the .npy latents (4 for the SD VAE's).
+    the .npy latents (4 for the SD VAE's); columns: images per row of a .png grid.
     """
     path = Path(out).expanduser()
     kind = output_kind(path, latents=image_size is None)
@@ -182,4 +182,4 @@ def open_output(out, total: int, image_size: int | None, latent_size: int, metad
         return ArrayOutput(path, (total, latent_channels, latent_size, latent_size), np.float32, zipped=False)
     if kind == "npz":
         return ArrayOutput(path, (total, image_size, image_size, channels), np.uint8, zipped=True)
-    return GridOutput(path, metadata) if kind == "png" else DirectoryOutput(path, metadata)
+    return GridOutput(path, metadata, columns) if kind == "png" else DirectoryOutput(path, metadata)

@@ -3,24 +3,36 @@
 # TensorRT and a GPU are present, and sample images from the engine (or from the graph in ONNX
 # Runtime when there is no engine).
 #
-# Offline by default: a RANDOM-WEIGHT DiT-S/2 and a RANDOM-WEIGHT VAE, so the picture is noise, not
-# a dog; it shows the pipeline runs. For the real model on a machine with internet:
-#   MODEL=XL/2 CKPT=auto VAE=mse bash scripts/demo.sh
+# Offline by default: the small class-conditional DiT trained here on Fashion-MNIST and shipped in
+# the package ("fashion", dit_ref/shipped/), eight samples of each of its ten classes, one row per
+# class, in demo-output/samples.png. For the paper's XL/2 on a machine with internet:
+#   MODEL=XL/2 CKPT=auto VAE=mse STEPS=250 bash scripts/demo.sh
+# (CKPT=random gives a random-weight model, labelled RANDOM WEIGHTS: the pipeline runs, the pictures are noise.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-S/2}
-IMAGE_SIZE=${IMAGE_SIZE:-256}
-CKPT=${CKPT:-}
-VAE=${VAE:-random}
-STEPS=${STEPS:-50}
+MODEL=${MODEL:-fashion}
+CKPT=${CKPT:-auto}
+VAE=${VAE:-auto}
+SAMPLER=${SAMPLER:-ddpm}
+STEPS=${STEPS:-250}
 OUT=${OUT:-demo-output}
 
 bash scripts/setup-env.sh
-if [ -n "$CKPT" ]; then weights=(--ckpt "$CKPT"); else weights=(--random-init 0); fi
+if [ "$CKPT" = random ]; then weights=(--random-init 0); else weights=(--ckpt "$CKPT"); fi
+if [ "$MODEL" = fashion ]; then
+    IMAGE_SIZE=${IMAGE_SIZE:-28}
+    stem="fashion-$IMAGE_SIZE-fp16"
+    labels=(); for class in 0 1 2 3 4 5 6 7 8 9; do labels+=(--class "$class,$class,$class,$class,$class,$class,$class,$class"); done
+    columns=8
+else
+    IMAGE_SIZE=${IMAGE_SIZE:-256}
+    stem="DiT-${MODEL/\//-}-$IMAGE_SIZE-fp16"
+    labels=(--class 207 --class 360 --class 387 --class 974)
+    columns=4
+fi
 .venv/bin/dit-export --model "$MODEL" --image-size "$IMAGE_SIZE" "${weights[@]}" --fp16 --out "$OUT"
 
-stem="DiT-${MODEL/\//-}-${IMAGE_SIZE}-fp16"
 artifact="$OUT/$stem.plan"
 [ -f "$artifact" ] || artifact="$OUT/$stem.onnx"
-.venv/bin/dit-run "$artifact" --class 207 --class 360 --class 387 --class 974 \
-    --seed 0 --steps "$STEPS" --vae "$VAE" --out "$OUT/samples.png"
+.venv/bin/dit-run "$artifact" "${labels[@]}" --seed 0 --sampler "$SAMPLER" --steps "$STEPS" --vae "$VAE" \
+    --grid-columns "$columns" --out "$OUT/samples.png"

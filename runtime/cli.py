@@ -18,7 +18,7 @@ from dit_ref import configs
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
-from runtime.generate import check_options, generate
+from runtime.generate import SEEDINGS, check_options, generate
 from runtime.images import open_output, output_kind
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
 from runtime.vae import load_decoder
@@ -90,7 +90,7 @@ def describe(denoiser, sampler, seed: int, cfg_scale: float, decoder) -> dict:
     return info
 
 
-def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder, output) -> None:
+def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder, output, seeding="official") -> None:
     """generate() into output, with progress bars over images and steps."""
     images_bar = tqdm(total=len(planned), desc="images", unit="img", disable=None)
     steps_bar = tqdm(total=sampler.num_calls, desc="steps", unit="step", leave=False, disable=None)
@@ -102,7 +102,7 @@ def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder,
 
     with images_bar, steps_bar:
         for batch in generate(denoiser, planned, sampler, seed=seed, cfg_scale=cfg_scale, batch_size=batch_size,
-                              decoder=decoder, on_step=on_step):
+                              decoder=decoder, on_step=on_step, seeding=seeding):
             output.add(batch.samples)
             images_bar.update(len(batch.samples))
 
@@ -136,9 +136,12 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
 @click.option("--grid-columns", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per row of a .png grid (4: sample.py's layout).")
+@click.option("--seeding", type=click.Choice(SEEDINGS), default="official", show_default=True,
+              help="official: one stream in sample.py's order (bitwise sample.py); per-sample: sample i's own "
+                   "stream keyed by (seed, i), the same in any batch size or order.")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
         batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs,
-        grid_columns):
+        grid_columns, seeding):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
     facts = model_facts(engine_or_graph, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
@@ -163,7 +166,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
         with open_output(out, len(planned), image_px, provenance.latent_size, info,
                          channels=decoder.channels if decoder else 3, latent_channels=provenance.latent_channels,
                          columns=grid_columns) as output:
-            sample_all(denoiser, chosen_sampler, planned, batch_size, seed, cfg_scale, decoder, output)
+            sample_all(denoiser, chosen_sampler, planned, batch_size, seed, cfg_scale, decoder, output, seeding)
     what = "latents" if decoder is None else "images"
     click.echo(f"wrote {len(planned)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
                f"cfg {cfg_scale}, seed {seed}){' [' + info['Warning'] + ']' if 'Warning' in info else ''}",

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from dit_ref.errors import DiTError
-from runtime.noise import OfficialNoise
+from runtime.noise import OfficialNoise, PerSampleNoise
 from runtime.vae import load_decoder
 
 MAX_STEPS = 1000  # the training schedule's length: no sampler can take more distinct steps
+SEEDINGS = ("official", "per-sample")
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,14 @@ def choose_batch_size(requested: int | None, num_samples: int, denoiser) -> int:
     return size
 
 
-def batch_labels(planned: list, noise: OfficialNoise, num_classes: int) -> torch.Tensor:
-    """Labels of one batch; random ones drawn (for the whole batch, after z) as sample_ddp.py does."""
-    if all(label is not None for label in planned):
-        return torch.tensor(planned, dtype=torch.int64, device=noise.device)
-    drawn = noise.labels(len(planned), num_classes)  # (n,)
-    given = torch.tensor([-1 if label is None else label for label in planned], device=noise.device)
-    return torch.where(given >= 0, given, drawn)
-
-
 def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0, batch_size: int | None = None,
-             decoder=None, on_step: Callable[[dict], None] | None = None) -> Iterator[Batch]:
+             decoder=None, on_step: Callable[[dict], None] | None = None, seeding: str = "official",
+             first_index: int = 0) -> Iterator[Batch]:
     """Sample len(labels) images (None entries: random labels) in batches; yields each finished Batch.
+
+    seeding "official": one generator for the run, sample.py's order (bitwise sample.py; depends on
+    the batch composition). "per-sample": sample first_index + k has its own generator keyed by
+    (seed, index), so it comes out the same in any batch, order or worker.
 
     decoder: None for raw latents, a runtime.vae.load_decoder decoder, or its spec ("auto": the
     model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, "random").
@@ -87,13 +84,16 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
         decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device)
     labels = check_labels(labels, provenance.num_classes)
     check_options(batch_size=batch_size, cfg_scale=cfg_scale, num_samples=len(labels))
+    if seeding not in SEEDINGS:
+        raise DiTError(f"unknown seeding {seeding!r}; choose one of {', '.join(SEEDINGS)}")
     batch_size = choose_batch_size(batch_size, len(labels), denoiser)
-    noise = OfficialNoise(seed, denoiser.device)
+    official = OfficialNoise(seed, denoiser.device)
     for start in range(0, len(labels), batch_size):
         chunk = labels[start:start + batch_size]
+        indices = range(first_index + start, first_index + start + len(chunk))
+        noise = official if seeding == "official" else PerSampleNoise(seed, indices, denoiser.device)
         with torch.inference_mode():
-            x = noise.initial(len(chunk), provenance.latent_shape)  # (n, C, L, L): drawn first, as sample.py
-            y = batch_labels(chunk, noise, provenance.num_classes)  # (n,)
+            x, y = noise.draw_batch(chunk, provenance.latent_shape, provenance.num_classes)  # (n, C, L, L), (n,)
             scale = torch.full((len(chunk),), cfg_scale, dtype=torch.float32, device=denoiser.device)
             x = sampler(denoiser, x, y, scale, noise, on_step)
             samples = x.float().cpu().numpy() if decoder is None else decoder(x)

@@ -170,14 +170,16 @@ def check(out: Path, flavour_wanted: str, nvidia_smi: str) -> dict:
     run_stage(report, "tests", [python, "-m", "pytest", "-m", "gpu or trt", "-rs", "-s", "-p", "no:cacheprovider",
                                 f"--junitxml={junit}"], out, {"DIT_REQUIRE_GPU": "1"})
     report["tests"] = parse_junit(junit)
-    graph_dir = work / f"{MODEL.replace('/', '-')}-{IMAGE_SIZE}"
+    graph_dir = work / f"{MODEL.replace('/', '-')}-{IMAGE_SIZE}"  # where throughput.py looks for it
+    batches = os.environ.get("BATCHES", "1,8")
+    largest = max(int(batch) for batch in batches.split(","))  # the profile the benchmark needs, no larger
     run_stage(report, "engine", [str(ROOT / ".venv/bin/dit-export"), "--model", MODEL, "--image-size",
                                  str(IMAGE_SIZE), "--random-init", "0", "--fp16", "--out", str(graph_dir),
-                                 "--engine", "required"], out)
+                                 "--batch", f"1:{largest}:{largest}", "--engine", "required"], out)
     report["engine"] = engine_figures(work)
     throughput = out / "throughput.json"
     run_stage(report, "throughput", [python, "benchmarks/throughput.py", "--model", MODEL, "--image-size",
-                                     str(IMAGE_SIZE), "--batch", os.environ.get("BATCHES", "1,8"), "--backends",
+                                     str(IMAGE_SIZE), "--batch", batches, "--backends",
                                      BENCHMARKED, "--steps", "20", "--work-dir", str(work),
                                      "--json", str(throughput)], out)
     report["throughput"] = json.loads(throughput.read_text()) if throughput.exists() else []

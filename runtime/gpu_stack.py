@@ -100,10 +100,11 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
     from runtime.backends.onnxruntime_backend import cuda_provider_load_error, preload_cuda_libraries
 
     preload_cuda_libraries(ort)
-    error = cuda_provider_load_error(ort)
+    failure = probe_cuda_session(ort, prefix)
+    error = cuda_provider_load_error(ort) if failure else None  # the loader names the missing library
     if error:
         return f"{prefix}{error} (onnxruntime-gpu {ort.__version__} is built for CUDA {ort.cuda_version or '?'})"
-    return probe_cuda_session(ort, prefix)
+    return failure
 
 
 def probe_cuda_session(ort, prefix: str) -> str | None:

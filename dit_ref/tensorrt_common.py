@@ -11,23 +11,37 @@ import re
 from dit_ref.errors import DiTError
 
 MINIMUM_TENSORRT = (10, 12)
-NOT_INSTALLED = "TensorRT is not installed: pip install -e '.[gpu]' on a machine with a CUDA GPU"
+GPU_SET_UP = "bash scripts/setup-env.sh with EXTRAS=dev,gpu-cu12, or EXTRAS=dev,gpu-cu13 on driver 580+"  # README "GPU machines"
+NOT_INSTALLED = f"TensorRT is not installed: set up a GPU flavour on a machine with a CUDA GPU ({GPU_SET_UP})"
+
+
 def tensorrt_release(version: str) -> tuple[int, ...]:
     """(major, minor, patch) of a version string such as "10.12.0.36"; missing parts are left out."""
     return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])
 
 
-def engine_unavailable_reason() -> str | None:
-    """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT imports and is 10.12 or newer (a GPU or not); else one line saying why."""
     try:
         import tensorrt as trt
     except ModuleNotFoundError as error:
         if error.name in ("tensorrt", None):
             return NOT_INSTALLED
-        return f"TensorRT failed to import (no module {error.name}); reinstall it with pip install -e '.[gpu]'"
+        return f"TensorRT failed to import (no module {error.name}); reinstall it with {GPU_SET_UP}"
     except Exception as error:  # a broken install (missing libnvinfer, PyPI stub) must not crash the CLI
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"TensorRT failed to import ({detail}); reinstall it with pip install -e '.[gpu]'"
+        return f"TensorRT failed to import ({detail}); reinstall it with {GPU_SET_UP}"
+    version = getattr(trt, "__version__", "unknown")
+    if tensorrt_release(version) < MINIMUM_TENSORRT:
+        return f"TensorRT {version} is too old: this project needs 10.12 or newer ({GPU_SET_UP})"
+    return None
+
+
+def engine_unavailable_reason() -> str | None:
+    """None when TensorRT imports, is new enough and a CUDA GPU is visible; else one line saying why."""
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        return reason
     try:
         import torch
 
@@ -36,9 +50,6 @@ def engine_unavailable_reason() -> str | None:
         has_gpu = False
     if not has_gpu:
         return "no CUDA GPU is visible (torch.cuda.is_available() is False); build on the GPU machine that runs the engine"
-    version = getattr(trt, "__version__", "unknown")
-    if tensorrt_release(version) < MINIMUM_TENSORRT:
-        return f"TensorRT {version} is too old: this project needs 10.12 or newer (pip install -U 'tensorrt>=10.12')"
     return None
 
 

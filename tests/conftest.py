@@ -1,30 +1,56 @@
-"""Shared fixtures: tiny random-weight models and graphs built once per session, and gpu/trt skips."""
+"""Shared fixtures: tiny random-weight models and graphs built once per session, and gpu/trt skips.
+
+Tests marked gpu, trt or onnxruntime_cuda skip, with the one-line reason, where a CUDA device,
+TensorRT or ONNX Runtime's CUDA provider is missing. With DIT_REQUIRE_GPU=1 (scripts/gpu-check.sh
+sets it) each such skip is a failure instead, with the same reason: a GPU run cannot pass by
+skipping everything.
+"""
 
 import functools
-import importlib.util
+import os
 
 import pytest
-import torch
 
 from testing_utils import random_model
 
+REQUIRE_GPU = os.environ.get("DIT_REQUIRE_GPU", "") not in ("", "0")
+_MISSING = pytest.StashKey[str]()
 
-def _has_cuda() -> bool:
-    return torch.cuda.is_available()
 
+@functools.cache
+def missing(marker: str) -> str | None:
+    """Why this machine cannot run tests with the marker (one line), or None; computed once."""
+    if marker == "gpu":
+        from runtime.gpu_stack import cuda_unavailable_reason
 
-def _has_tensorrt() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+        return cuda_unavailable_reason()
+    if marker == "trt":
+        from dit_ref.tensorrt_common import tensorrt_unavailable_reason
+
+        return tensorrt_unavailable_reason()
+    from runtime.gpu_stack import onnxruntime_cuda_unavailable_reason
+
+    return onnxruntime_cuda_unavailable_reason()
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run on a GPU machine, see README)")
-    skip_trt = pytest.mark.skip(reason="needs TensorRT (pip install -e '.[gpu]' on a CUDA machine, see README)")
     for item in items:
-        if "gpu" in item.keywords and not _has_cuda():
-            item.add_marker(skip_gpu)
-        if "trt" in item.keywords and not _has_tensorrt():
-            item.add_marker(skip_trt)
+        reasons = [missing(marker) for marker in ("gpu", "trt", "onnxruntime_cuda") if item.get_closest_marker(marker)]
+        reasons = [reason for reason in reasons if reason]
+        if not reasons:
+            continue
+        if REQUIRE_GPU:
+            item.stash[_MISSING] = "; ".join(reasons)
+        else:
+            item.add_marker(pytest.mark.skip(reason=reasons[0]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Under DIT_REQUIRE_GPU=1, fail a test whose requirement is missing, before its fixtures run."""
+    reason = item.stash.get(_MISSING, None)
+    if reason:
+        pytest.fail(f"DIT_REQUIRE_GPU=1 but {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

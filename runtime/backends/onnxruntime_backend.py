@@ -3,9 +3,15 @@
 On CPU, inputs go in as numpy views of the torch tensors and outputs come back as torch views of
 numpy arrays (no copies). On a GPU, I/O binding hands ONNX Runtime the torch CUDA tensors' device
 pointers, so nothing crosses to the host inside the sampling loop (written, not run on a GPU here).
+A CUDA session loads the CUDA libraries of the onnxruntime-gpu wheels first, and is refused when
+ONNX Runtime fell back to CPU (it does so without an error when its CUDA provider cannot load).
 """
 
+import ctypes
+import functools
+import logging
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,13 @@ import torch
 
 from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
+from dit_ref.onnxruntime_common import import_onnxruntime
+from dit_ref.tensorrt_common import GPU_SET_UP
 from runtime.denoiser import Denoiser, Provenance
+
+log = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 def physical_cores() -> int:
@@ -31,7 +43,7 @@ def physical_cores() -> int:
 
 def create_session(graph_path: Path, device: torch.device, threads: int | None = None):
     """An InferenceSession for the graph; DiTError (one line) if the file is not a loadable graph."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the FP16 graph's casts make CPU-provider warnings
@@ -40,17 +52,75 @@ def create_session(graph_path: Path, device: torch.device, threads: int | None =
         options.inter_op_num_threads = 1  # the graph is one chain of ops: parallelism is intra-op
         providers = ["CPUExecutionProvider"]
     else:
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        preload_cuda_libraries(ort)
+        providers = [(CUDA_PROVIDER, {"device_id": device.index or 0}), "CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(str(graph_path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DiTError(f"cannot load the ONNX graph {graph_path}: {reason[:300]}; re-export it with dit-export") from None
+    if device.type == "cuda":
+        check_first_provider(session, Path(graph_path).name)
+    return session
+
+
+@functools.cache
+def preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries that onnxruntime-gpu's [cuda,cudnn] wheels installed, once.
+
+    onnxruntime.preload_dlls() (1.21+; cuda=True, cudnn=True, msvc=True, directory=None: torch's
+    compatible libraries, then the nvidia wheels, then the default search paths) is ONNX Runtime's
+    documented way to find them; older releases rely on the system's libraries. A no-op for the CPU
+    package. It prints what it could not load; it raises only for a bad directory.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as error:
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", error)
+
+
+def cuda_provider_load_error(ort) -> str | None:
+    """Why ONNX Runtime's CUDA provider library does not load here, in the dynamic loader's words, or None.
+
+    Loads it as ONNX Runtime does (its shared-provider library first, globally), so the missing
+    dependency is named (for example libcurand.so.10, which recent torch wheels no longer bring).
+    """
+    names = {"Linux": ("libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"),
+             "Windows": ("onnxruntime_providers_shared.dll", "onnxruntime_providers_cuda.dll")}.get(platform.system())
+    if names is None:
+        return None
+    capi = Path(ort.__file__).parent / "capi"
+    for name in names:
+        if not (capi / name).is_file():
+            return f"{name} is not in {capi} (is onnxruntime the CPU package?)"
+        try:
+            ctypes.CDLL(str(capi / name), mode=ctypes.RTLD_GLOBAL)
+        except OSError as error:
+            return str(error).strip().splitlines()[0] if str(error).strip() else f"{name} does not load"
+    return None
+
+
+def check_first_provider(session, graph_name: str) -> None:
+    """DiTError (one line) unless CUDA is the session's first provider.
+
+    When its CUDA provider cannot load, ONNX Runtime makes the session on CPU without an error; the
+    I/O binding to CUDA memory then fails with an unrelated message, so refuse it here with the reason.
+    """
+    providers = list(session.get_providers())
+    if providers and providers[0] == CUDA_PROVIDER:
+        return
+    why = cuda_provider_load_error(import_onnxruntime()) or "ONNX Runtime's log above says why"
+    raise DiTError(f"ONNX Runtime could not start its CUDA provider for {graph_name}, so the session would run "
+                   f"on {', '.join(providers) or 'no provider'} ({why}); set up the GPU stack of your CUDA "
+                   f"flavour ({GPU_SET_UP}) or use --device cpu")
 
 
 def default_device() -> torch.device:
     """cuda when torch sees a GPU and onnxruntime has its CUDA provider, else cpu."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
     return torch.device("cuda" if cuda else "cpu")
@@ -60,13 +130,14 @@ class OnnxRuntimeDenoiser(Denoiser):
     """The guided graph in ONNX Runtime: (x, t, y, cfg_scale) -> (eps, var_values or None) on `device`."""
 
     def __init__(self, graph_path, manifest: Manifest, device=None, threads: int | None = None):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.graph_path = Path(graph_path)
         self.manifest = manifest
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DiTError("onnxruntime has no CUDA provider here; install onnxruntime-gpu or use --device cpu")
+            raise DiTError(f"onnxruntime {ort.__version__} has no CUDA provider (the CPU package); set up the GPU "
+                           f"stack of your CUDA flavour ({GPU_SET_UP}) or use --device cpu")
         if self.device.type not in ("cpu", "cuda"):
             raise DiTError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
         if self.device.type == "cuda" and self.device.index is None:  # one GPU for the session and the binding

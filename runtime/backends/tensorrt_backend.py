@@ -16,7 +16,9 @@ from dit_ref.contract import (
     INPUT_NAMES, IO_DTYPES, BatchRange, Manifest, check_io_shapes, output_names, read_manifest,
 )
 from dit_ref.errors import DiTError
-from dit_ref.tensorrt_common import compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release
+from dit_ref.tensorrt_common import (
+    GPU_SET_UP, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
+)
 from runtime.denoiser import Denoiser, Provenance
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,18 @@ def graph_name(manifest: Manifest, plan_path: Path) -> str:
     return manifest.graph.file if manifest.graph else Path(plan_path).with_suffix(".onnx").name
 
 
-def check_engine_fits(manifest: Manifest, plan_path: Path, tensorrt_version: str, capability: tuple[int, int]):
-    """DiTError unless the manifest's engine was built by this TensorRT release for this GPU architecture."""
+def same_gpu_model(built: str, running: str) -> bool:
+    """Whether two GPU names (torch.cuda.get_device_name) are one model, ignoring case and spacing."""
+    return " ".join(built.split()).casefold() == " ".join(running.split()).casefold()
+
+
+def check_engine_fits(manifest: Manifest, plan_path: Path, tensorrt_version: str, capability: tuple[int, int],
+                      gpu_name: str | None = None):
+    """DiTError unless the manifest's engine was built by this TensorRT release for this GPU.
+
+    The GPU must be the same model (gpu_name, when given), not only the same compute capability:
+    TensorRT promises nothing for another model of one architecture (A100 and A30, L4 and L40S).
+    """
     plan, graph = Path(plan_path).name, graph_name(manifest, plan_path)
     rebuild = f"rebuild it on this machine with: dit-export build {graph}"
     engine = manifest.engine
@@ -54,6 +66,10 @@ def check_engine_fits(manifest: Manifest, plan_path: Path, tensorrt_version: str
     if str(engine.compute_capability) != here:
         raise DiTError(f"{plan} was built for GPU compute capability {engine.compute_capability} "
                        f"({engine.gpu}) but this GPU has {here}; {rebuild}")
+    if gpu_name is not None and engine.gpu and not same_gpu_model(str(engine.gpu), gpu_name):
+        raise DiTError(f"{plan} was built on the GPU model {engine.gpu} but this GPU is {gpu_name} (compute "
+                       f"capability {here} both, but TensorRT promises an engine only on the model that built it); "
+                       f"{rebuild}")
 
 
 def _describe(entry) -> str:
@@ -137,12 +153,13 @@ class TensorRTDenoiser(Denoiser):
         self.plan_path = Path(plan_path)
         self.manifest = read_manifest(self.plan_path) if manifest is None else manifest
         check_engine_fits(self.manifest, self.plan_path, trt.__version__,
-                          torch.cuda.get_device_capability(self.device))
+                          torch.cuda.get_device_capability(self.device), torch.cuda.get_device_name(self.device))
         self.provenance = Provenance.from_manifest(self.manifest)
         self.output_names = self.manifest.output_names
         self.cuda_graphs = cuda_graphs
         self.name = f"tensorrt {self.manifest.precision}" + (" cuda-graphs" if cuda_graphs else "")
         self._captured: dict[int, _Captured] = {}
+        self._last_streams: dict[int, torch.cuda.Stream] = {}  # id(context) -> the stream of its last run
         with torch.cuda.device(self.device):
             self._load(trt)
             self.stream = torch.cuda.Stream(self.device)  # used when the caller is on the legacy default stream
@@ -177,20 +194,32 @@ class TensorRTDenoiser(Denoiser):
                            "(out of GPU memory?)")
         return context
 
-    def _execute(self, context, stream_handle: int) -> None:
-        """Enqueue one run on the given CUDA stream."""
-        if not context.execute_async_v3(stream_handle):
+    def _execute(self, context, stream) -> None:
+        """Enqueue one run of context on a torch CUDA stream, after the context's previous run."""
+        self._follow_previous(context, stream)
+        if not context.execute_async_v3(stream.cuda_stream):
             raise DiTError(f"TensorRT failed to run {self.plan_path.name} (its log above says why)")
+
+    def _follow_previous(self, context, stream) -> None:
+        """Order stream after the stream of this context's last run, if the caller has switched streams.
+
+        One execution context (and its activation memory, and a captured graph's I/O tensors) must
+        not be in use on two streams at once; within one stream CUDA keeps the order itself.
+        """
+        previous = self._last_streams.get(id(context))
+        if previous is not None and previous.cuda_stream != stream.cuda_stream:
+            stream.wait_stream(previous)  # an event at the end of the previous stream's queued work
+        self._last_streams[id(context)] = stream
 
     def _execute_ordered(self, context) -> None:
         """Run on the caller's current stream; on the legacy default stream (handle 0), where TensorRT
         adds host syncs, run on self.stream after the caller's pending work and make the caller wait."""
         caller = torch.cuda.current_stream(self.device)
         if caller.cuda_stream != 0:
-            self._execute(context, caller.cuda_stream)
+            self._execute(context, caller)
             return
         self.stream.wait_stream(caller)  # inputs written on the caller's stream are ready
-        self._execute(context, self.stream.cuda_stream)
+        self._execute(context, self.stream)
         caller.wait_stream(self.stream)  # outputs are ready, and the I/O memory is not reused before
 
     def __call__(self, x, t, y, cfg_scale):
@@ -217,6 +246,7 @@ class TensorRTDenoiser(Denoiser):
     def _replay(self, batch: int, inputs: dict):
         """Copy the inputs into this batch size's persistent tensors, replay its graph (or run it eagerly)."""
         entry = self._captured.get(batch) or self._capture(batch)
+        self._follow_previous(entry.context, torch.cuda.current_stream(self.device))  # the last call's stream
         for name, value in inputs.items():
             entry.tensors[name].copy_(value)  # (B, ...) into the addresses the graph was captured with
         if entry.graph is None:
@@ -227,7 +257,7 @@ class TensorRTDenoiser(Denoiser):
         return entry.tensors["eps"].clone(), None if var_values is None else var_values.clone()
 
     def _capture(self, batch: int) -> _Captured:
-        """Context and persistent I/O for one batch size, one eager run, then capture; on failure stay eager."""
+        """Context and persistent I/O for one batch size and its CUDA graph (None: capture failed, stay eager)."""
         tensors = {name: torch.zeros((batch, *self.latent_shape) if name == "x" else (batch,),
                                      dtype=IO_DTYPES[name], device=self.device)
                    for name in INPUT_NAMES}
@@ -235,10 +265,21 @@ class TensorRTDenoiser(Denoiser):
         tensors.update(self._empty_outputs(batch))
         context = self._new_context()
         _bind(context, tensors)  # frozen into the graph: never rebind this context
-        self._execute_ordered(context)  # lazy setup, not captured
-        graph = torch.cuda.CUDAGraph()
+        self._captured[batch] = _Captured(context, tensors, self._capture_graph(context, batch))
+        return self._captured[batch]
+
+    def _capture_graph(self, context, batch: int) -> "torch.cuda.CUDAGraph | None":
+        """One eager run, then the capture, both on one new stream (as trtexec warms up); None on failure.
+
+        The eager run does TensorRT's lazy set-up, which must not be captured, on the stream the
+        capture then uses, and is finished (synchronised) before the capture begins.
+        """
         capture = torch.cuda.Stream(self.device)  # explicit: torch's shared side stream may be another GPU's
         caller = torch.cuda.current_stream(self.device)
+        capture.wait_stream(caller)  # the I/O tensors were written on the caller's stream
+        self._execute(context, capture)
+        capture.synchronize()
+        graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
                 if not context.execute_async_v3(capture.cuda_stream):
@@ -248,13 +289,12 @@ class TensorRTDenoiser(Denoiser):
             graph = None
         finally:
             torch.cuda.set_stream(caller)  # a failing capture_end skips torch.cuda.graph's own stream restore
-        self._captured[batch] = _Captured(context, tensors, graph)
-        return self._captured[batch]
+        return graph
 
 
 def load(path, manifest, request, device=None, threads=None, cuda_graphs=False) -> TensorRTDenoiser:
     """The TensorRT denoiser; DiTError pointing to the graph when TensorRT cannot run here."""
-    remedy = (f"install the gpu extra (pip install -e '.[gpu]') on a CUDA machine, or run the graph "
+    remedy = (f"set up the GPU stack on a CUDA machine ({GPU_SET_UP}), or run the graph "
               f"instead: dit-run {graph_name(manifest, path)}")
     reason = engine_unavailable_reason()
     if reason:

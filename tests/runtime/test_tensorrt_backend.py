@@ -136,3 +136,82 @@ def test_offset_slices_are_copied_to_an_aligned_address():
         assert fixed.data_ptr() % 256 == 0 and fixed.dtype == window.dtype and torch.equal(fixed, window)
     start = backend.aligned(labels[3:5])
     assert backend.aligned(start) is start  # already aligned: no copy
+
+
+def test_another_gpu_model_of_the_same_architecture_is_refused_naming_both():
+    manifest = _manifest()  # built on an NVIDIA A10, compute capability 8.6
+    backend.check_engine_fits(manifest, PLAN, "10.12.0.36", (8, 6), "NVIDIA A10")  # the same model: no error
+    backend.check_engine_fits(manifest, PLAN, "10.12.0.36", (8, 6), " nvidia  a10")  # spacing and case
+    with pytest.raises(DiTError) as caught:
+        backend.check_engine_fits(manifest, PLAN, "10.12.0.36", (8, 6), "NVIDIA A40")  # also sm 8.6
+    message = str(caught.value)
+    print(message)
+    assert "NVIDIA A10 " in message and "NVIDIA A40" in message and "\n" not in message
+    assert message.endswith("rebuild it on this machine with: dit-export build DiT-S-2-256-fp16.onnx")
+
+
+class FakeStream:
+    """A torch.cuda.Stream stand-in that logs what is done to it into a shared list."""
+
+    def __init__(self, handle, log):
+        self.cuda_stream, self.log = handle, log
+
+    def wait_stream(self, other):
+        self.log.append(("wait", self.cuda_stream, other.cuda_stream))
+
+    def synchronize(self):
+        self.log.append(("synchronize", self.cuda_stream))
+
+
+class FakeContext:
+    def __init__(self, log):
+        self.log = log
+
+    def execute_async_v3(self, handle):
+        self.log.append(("execute", handle))
+        return True
+
+
+def _bare_denoiser():
+    """A TensorRTDenoiser without an engine: only what _execute and the capture use."""
+    denoiser = object.__new__(backend.TensorRTDenoiser)
+    denoiser.device, denoiser.plan_path, denoiser._last_streams = torch.device("cuda", 0), backend.Path(PLAN), {}
+    return denoiser
+
+
+def test_one_context_on_a_new_stream_waits_for_its_last_stream():
+    log = []
+    denoiser, context = _bare_denoiser(), FakeContext(log)
+    first, second = FakeStream(11, log), FakeStream(22, log)
+    denoiser._execute(context, first)
+    denoiser._execute(context, first)  # the same stream: CUDA keeps the order
+    denoiser._execute(context, second)  # the caller switched streams
+    denoiser._execute(context, second)
+    assert log == [("execute", 11), ("execute", 11), ("wait", 22, 11), ("execute", 22), ("execute", 22)]
+    log.clear()
+    denoiser._execute(FakeContext(log), first)  # another context has its own history
+    assert log == [("execute", 11)]
+
+
+def test_warm_up_runs_on_the_capture_stream_and_finishes_before_the_capture(monkeypatch):
+    import contextlib
+
+    log = []
+    caller, capture = FakeStream(7, log), FakeStream(99, log)
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, stream, capture_error_mode):
+        log.append(("capture begins", stream.cuda_stream))
+        yield
+        log.append(("capture ends", stream.cuda_stream))
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: capture)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: caller)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: log.append(("set stream", stream.cuda_stream)))
+    assert _bare_denoiser()._capture_graph(FakeContext(log), batch=3) == "graph"
+    print(log)
+    assert log == [("wait", 99, 7),  # the I/O tensors written on the caller's stream
+                   ("execute", 99), ("synchronize", 99),  # warm-up on the capture stream itself, finished
+                   ("capture begins", 99), ("execute", 99), ("capture ends", 99), ("set stream", 7)]

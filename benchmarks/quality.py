@@ -1,6 +1,6 @@
 """How good the pictures are: the shipped Fashion-MNIST DiT under every precision, sampler and guidance.
 
-    python benchmarks/quality.py [--per-class 50] [--seed 0] [--json PATH]
+    python benchmarks/quality.py [--per-class 20] [--seed 0] [--json PATH]
 
 Per setting (backend and precision, sampler and steps, cfg scale) it generates the same balanced
 labels from the same seed with runtime.generate() and scores the samples with the shipped classifier
@@ -118,7 +118,7 @@ def table(rows: list[dict]) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--per-class", default=50, show_default=True, help="Samples per class (10 classes).")
+@click.option("--per-class", default=20, show_default=True, help="Samples per class (10 classes).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="CPU threads (default: physical cores).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache/dit-deploy/quality",

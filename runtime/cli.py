@@ -18,7 +18,7 @@ from dit_ref import configs
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
-from runtime.generate import SEEDINGS, check_options, generate
+from runtime.generate import SEEDINGS, check_labels, check_options, generate
 from runtime.images import open_output, output_kind
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
 from runtime.vae import load_decoder
@@ -36,22 +36,18 @@ def parse_classes(values, num_classes: int = configs.NUM_CLASSES) -> list[int] |
             if not part:
                 continue
             try:
-                label = int(part)
+                labels.append(int(part))
             except ValueError:
                 raise DiTError(f"--class {part!r} is not an integer; this model's classes are 0..{num_classes - 1}") from None
-            if not 0 <= label < num_classes:
-                raise DiTError(f"--class {label} is out of range: this model's classes are 0..{num_classes - 1} "
-                               f"({num_classes} is the null class used for guidance)")
-            labels.append(label)
-    return labels or None
+    return check_labels(labels, num_classes, "--class") or None
 
 
 def plan_labels(given: list[int] | None, num_samples: int | None, num_classes: int) -> list[int | None]:
     """One entry per sample: a given label, or None for a random (seeded) one.
 
-    No --class and no --num-samples: sample.py's demo labels (every class, for a model with fewer
-    than 8). No --class with --num-samples: all random, as sample_ddp.py draws them. More samples
-    than --class labels: the rest random.
+    No --class and no --num-samples: sample.py's demo labels (ImageNet models; other models: each
+    class once). No --class with --num-samples: all random, as sample_ddp.py draws them. More
+    samples than --class labels: the rest random.
     """
     if given is None:
         demo = list(DEMO_LABELS) if num_classes == configs.NUM_CLASSES else list(range(num_classes))
@@ -60,10 +56,11 @@ def plan_labels(given: list[int] | None, num_samples: int | None, num_classes: i
     return (given + [None] * num_samples)[:num_samples]
 
 
-def model_facts(path, model: str | None) -> dict | None:
+def model_facts(path, backend: str, model: str | None) -> dict | None:
     """What is known before loading: {"num_classes", "decoder", "channels"} from the manifest or the
     config (None when neither a file nor --model is given; the loader then says what to pass)."""
-    if path is not None and backend_for(path) != "torch":
+    if path is not None:
+        backend_for(path, backend)  # a file no backend runs is refused here, before its manifest is sought
         manifest = read_manifest(path)
         return {"num_classes": manifest.num_classes, "decoder": manifest.decoder,
                 "channels": manifest.latent_channels}
@@ -144,7 +141,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
         grid_columns, seeding):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
-    facts = model_facts(engine_or_graph, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
+    facts = model_facts(engine_or_graph, backend, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
                                                     "channels": configs.LATENT_CHANNELS}
     planned = plan_labels(parse_classes(classes, facts["num_classes"]), num_samples, facts["num_classes"])
     chosen_sampler = sampler_from_name(sampler, steps)

@@ -35,12 +35,12 @@ class Batch:
     samples: np.ndarray  # uint8 images (n, H, W, channels), or float32 latents (n, C, L, L) without a decoder
 
 
-def check_labels(labels, num_classes: int) -> list[int | None]:
+def check_labels(labels, num_classes: int, what: str = "class") -> list[int | None]:
     """labels as a list; DiTError for one outside 0..num_classes-1 (None: drawn at random)."""
     labels = list(labels)
     for label in labels:
         if label is not None and (isinstance(label, bool) or not 0 <= int(label) < num_classes):
-            raise DiTError(f"class {label} is out of range: this model has classes 0..{num_classes - 1} "
+            raise DiTError(f"{what} {label} is out of range: this model's classes are 0..{num_classes - 1} "
                            f"({num_classes} is the null class used for guidance)")
     return [None if label is None else int(label) for label in labels]
 

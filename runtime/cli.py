@@ -3,6 +3,7 @@
     dit-run DiT-XL-2-256-fp16.plan --class 207 --class 360,387 --out sample.png
     dit-run fashion-28-fp16.onnx --class 0,1,7,8 --sampler ddim --out fashion.png
     dit-run --backend torch --ckpt auto --model XL/2 --image-size 256 --seed 0
+    dit-run fashion-28-fp16.onnx --num-samples 50000 --out samples.npz --ray       # Ray Data, resumable
 
 A thin front end over runtime.generate.generate(): options are checked before anything loads, the
 decoder (VAE or pixels) before the denoiser, and the samples stream into an atomically written file.
@@ -21,6 +22,7 @@ from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
 from runtime.generate import SEEDINGS, check_labels, check_options, generate
 from runtime.images import open_output, output_kind
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
+from runtime.shards import DEFAULT_SHARD_SIZE
 from runtime.vae import load_decoder
 
 DEMO_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's class_labels
@@ -104,6 +106,36 @@ def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder,
             images_bar.update(len(batch.samples))
 
 
+def run_on_ray_from_cli(path, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out, batch_size, backend,
+                        threads, cuda_graphs, seeding, address, ray_options, not_for_ray) -> None:
+    """dit-run --ray: the same labels and options, made on Ray Data into resumable shards (runtime.scaleout)."""
+    from runtime.scaleout import Job, run_on_ray
+
+    if seeding == "official":
+        raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it); "
+                       "drop --seeding official, or drop --ray for sample.py's order")
+    if path is None or not_for_ray:
+        what = not_for_ray[0] if not_for_ray else "a checkpoint"
+        raise DiTError(f"--ray runs an engine (.plan) or graph (.onnx) file on every worker, not {what}; export one "
+                       f"with dit-export (workers are placed with --workers and --gpus-per-worker)")
+    facts = model_facts(path, backend, None)
+    if read_manifest(path).random_weights:
+        click.secho(f"warning: {RANDOM_BANNER}", fg="red", bold=True, err=True)
+    planned = plan_labels(parse_classes(classes, facts["num_classes"]), num_samples, facts["num_classes"])
+    sampler_from_name(sampler, steps)  # an unknown sampler fails here, not in every worker
+    job = Job(path=path, labels=tuple(planned), sampler=sampler, steps=steps, seed=seed, cfg_scale=cfg_scale,
+              vae=vae, backend=backend, cuda_graphs=cuda_graphs)
+    out = out or ("samples.npy" if vae == "none" else "samples.npz")
+    summary = run_on_ray(job, out, address=address, workers=ray_options["--workers"],
+                         gpus_per_worker=ray_options["--gpus-per-worker"], threads=threads, batch_size=batch_size,
+                         shard_size=ray_options["--shard-size"] or DEFAULT_SHARD_SIZE,
+                         keep_shards=bool(ray_options["--keep-shards"]))
+    what = "latents" if vae == "none" else "images"
+    click.echo(f"{summary.describe()}", err=True)
+    click.echo(f"wrote {len(planned)} {what} to {out} (per-sample seeding, seed {seed}, {sampler}, cfg {cfg_scale})",
+               err=True)
+
+
 SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler: " \
                f"{', '.join(DIFFUSERS_SCHEDULERS)} (20 steps) or a scheduler class name"
 
@@ -133,14 +165,37 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
 @click.option("--grid-columns", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per row of a .png grid (4: sample.py's layout).")
-@click.option("--seeding", type=click.Choice(SEEDINGS), default="official", show_default=True,
-              help="official: one stream in sample.py's order (bitwise sample.py); per-sample: sample i's own "
-                   "stream keyed by (seed, i), the same in any batch size or order.")
+@click.option("--seeding", type=click.Choice(SEEDINGS), help="official (default; not with --ray): one stream in "
+              "sample.py's order (bitwise sample.py); per-sample (--ray's): sample i's own stream keyed by (seed, i), "
+              "the same in any batch size, order, worker or cluster.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Generate on Ray Data into resumable <out>.shards/: no ADDRESS starts a local instance; auto or "
+                   "ray://HOST:PORT joins a cluster. Writes .npz (or .npy with --vae none).")
+@click.option("--workers", type=click.IntRange(min=1), help="--ray: denoiser actors (default: one per GPU; on CPU "
+              "one per core).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="--ray: GPUs per actor (default 1 on a "
+              "cluster with GPUs, else 0).")
+@click.option("--shard-size", type=click.IntRange(min=1), help=f"--ray: samples per resumable shard "
+              f"(default {DEFAULT_SHARD_SIZE}).")
+@click.option("--keep-shards", is_flag=True, help="--ray: keep <out>.shards/ after assembling the output.")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
         batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs,
-        grid_columns, seeding):
+        grid_columns, seeding, ray_address, workers, gpus_per_worker, shard_size, keep_shards):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
+    ray_options = {"--workers": workers, "--gpus-per-worker": gpus_per_worker, "--shard-size": shard_size,
+                   "--keep-shards": keep_shards or None}
+    if ray_address is not None:
+        not_for_ray = [name for name, value in (("--ckpt", ckpt), ("--random-init", random_init), ("--model", model),
+                       ("--image-size", image_size), ("--device", device), ("--cfg-channels", cfg_channels))
+                       if value is not None]
+        return run_on_ray_from_cli(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out,
+                                   batch_size, backend, threads, cuda_graphs, seeding, ray_address, ray_options,
+                                   not_for_ray)
+    misplaced = [name for name, value in ray_options.items() if value is not None]
+    if misplaced:
+        raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
+    seeding = seeding or "official"
     facts = model_facts(engine_or_graph, backend, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
                                                     "channels": configs.LATENT_CHANNELS}
     planned = plan_labels(parse_classes(classes, facts["num_classes"]), num_samples, facts["num_classes"])

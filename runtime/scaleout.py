@@ -1,0 +1,419 @@
+"""Generation at scale on Ray Data: sample indices -> a pool of denoiser actors -> resumable shards -> one file.
+
+    dit-run G.onnx --num-samples 50000 --out samples.npz --ray          # a local Ray instance
+    dit-run G.plan --num-samples 50000 --out samples.npz --ray auto     # the cluster this machine is in
+
+The driver cuts the sample indices of the unfinished shards (runtime.shards) into denoiser batches
+and makes them a Ray Dataset, one row per batch; map_batches runs the rows on a fixed pool of
+DenoiserWorker actors, each of which loads the engine or graph once through the backend registry
+and calls generate() with per-sample seeding, so a sample is the same whichever actor, node or
+retry makes it. Finished samples stream back to the driver, which writes each shard once it is
+whole and assembles the shards into the output at the end. A worker that dies is restarted by Ray
+and its batch retried (Ray Data's defaults for actor pools: max_restarts=-1, max_task_retries=-1).
+Ray is imported only inside these functions.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dit_ref.contract import read_manifest
+from dit_ref.errors import DiTError
+from runtime.backends import backend_for, load_denoiser
+from runtime.generate import check_labels, generate
+from runtime.images import open_output, output_kind
+from runtime.samplers import sampler_from_name
+from runtime.shards import DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for
+from runtime.vae import HUB_VAES, load_decoder
+
+INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
+CRASH_FILE_ENV = "DIT_RAY_TEST_CRASH_FILE"  # tests only: the first worker to remove this file then dies
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
+PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
+START_SECONDS = 600  # how long the pool may take to start (model loads, autoscaling) before we say why it hangs
+
+log = logging.getLogger("dit-run")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs to make any batch of the run (pickled into each actor)."""
+
+    path: str  # the engine or graph, absolute; the same path must hold it on every node
+    labels: tuple  # the planned label of each sample index; None: drawn from the sample's own generator
+    sampler: str = "ddpm"
+    steps: int | None = None
+    seed: int = 0
+    cfg_scale: float = 4.0
+    vae: str = "auto"  # decoder spec, as dit-run --vae
+    backend: str = "auto"
+    cuda_graphs: bool = False  # TensorRT: replay one CUDA graph per batch size
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The actor pool: how many workers and what each reserves."""
+
+    workers: int
+    threads: int  # CPUs reserved (and threads used) per worker
+    gpus: float  # GPUs per worker; 0 for CPU workers
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+
+@dataclass
+class Summary:
+    """What a run did, for the closing line and the benchmarks."""
+
+    images: int = 0  # made by this run
+    skipped: int = 0  # found in shards of an earlier run
+    seconds: float = 0.0  # from the start of the pipeline to the last sample
+    first_seconds: float = 0.0  # from the start to the first finished batch (actor start-up and model load)
+    workers: int = 0
+    per_worker: Counter = field(default_factory=Counter)  # "host/actor" -> images made
+    repeats: int = 0  # samples that arrived twice (batches retried after a worker died) and were dropped
+
+    def describe(self) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        spread = ", ".join(f"{name} {count}" for name, count in sorted(self.per_worker.items()))
+        text = f"{self.images} samples in {self.seconds:.1f} s ({rate:.2f}/s) on {self.workers} worker(s)"
+        text += f" [{spread}]" if spread else ""
+        text += f"; {self.skipped} from finished shards" if self.skipped else ""
+        return text + (f"; {self.repeats} repeated samples dropped" if self.repeats else "")
+
+
+class DenoiserWorker:
+    """A Ray Data actor: loads the denoiser and decoder once, then makes any batch of sample indices."""
+
+    def __init__(self, job: Job, device: str = "cpu", threads: int = 1):
+        import ray
+
+        torch.set_num_threads(threads)
+        self.job = job
+        self.denoiser = load_denoiser(job.path, job.backend, device=device, threads=threads,
+                                      cuda_graphs=job.cuda_graphs)
+        facts = self.denoiser.provenance
+        self.decoder = load_decoder(job.vae, facts.decoder, facts.latent_channels, self.denoiser.device)
+        self.sampler = sampler_from_name(job.sampler, job.steps)
+        self.name = f"{socket.gethostname()}/{ray.get_runtime_context().get_actor_id()[:8]}"
+
+    def __call__(self, rows: dict) -> dict:
+        """rows {"start": (k,), "stop": (k,)} -> {"index", "label", "sample", "worker"}, one entry per sample."""
+        crash_once_if_armed()
+        made = [self.make(int(start), int(stop)) for start, stop in zip(rows["start"], rows["stop"])]
+        return {key: np.concatenate([part[key] for part in made]) for key in made[0]}
+
+    def make(self, start: int, stop: int) -> dict:
+        job = self.job
+        (batch,) = generate(self.denoiser, list(job.labels[start:stop]), self.sampler, seed=job.seed,
+                            cfg_scale=job.cfg_scale, batch_size=stop - start, decoder=self.decoder,
+                            seeding="per-sample", first_index=start)
+        return {"index": np.arange(start, stop, dtype=np.int64), "label": batch.labels, "sample": batch.samples,
+                "worker": np.array([self.name] * (stop - start))}
+
+
+def crash_once_if_armed() -> None:
+    """Tests only: if $DIT_RAY_TEST_CRASH_FILE exists, remove it and kill this worker process."""
+    armed = os.environ.get(CRASH_FILE_ENV)
+    if armed:
+        try:
+            os.unlink(armed)
+        except FileNotFoundError:
+            return
+        os._exit(17)
+
+
+def import_ray():
+    """The ray module (with Ray Data); DiTError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise DiTError(f"--ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def parse_address(address: str | None) -> str | None:
+    """None (or "local"): start a local instance; "auto", "HOST:PORT" or "ray://HOST:PORT": join a cluster."""
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        return address
+    if re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", address):
+        return address
+    hint = " (put ENGINE_OR_GRAPH before --ray)" if Path(address).suffix.lower() in (".onnx", ".plan", ".engine") else ""
+    raise DiTError(f"--ray {address}: give no address (a local instance), auto, HOST:PORT or ray://HOST:PORT{hint}")
+
+
+def probe(address: str) -> None:
+    """DiTError unless something answers at HOST:PORT (Ray itself retries an unreachable address for a long time)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DiTError(f"cannot reach a Ray cluster at {address} ({reason}); start one there with "
+                       f"`ray start --head` or check the --ray address") from None
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401  (the Ray client's transport: ray[client])
+        except ImportError:
+            raise DiTError("--ray ray://... needs the Ray client: pip install 'ray[client]'; or run dit-run on a "
+                           "node of the cluster with --ray auto") from None
+
+
+@contextlib.contextmanager
+def connect(address: str | None, num_cpus: int):
+    """Ray, connected: a new local instance (address None) declaring num_cpus logical CPUs, or the cluster
+    at address. Disconnects (and stops a local instance) on leaving. A Ray that this process already
+    started (a notebook, the tests) is used as it is and left running."""
+    if address is None and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private instance: nothing listens beyond 127.0.0.1
+    if address is not None and address != "auto":
+        probe(address)
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as error:  # ConnectionError, RuntimeError, grpc errors ... from many layers
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
+        raise DiTError(f"cannot {where}: {reason}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def node_resources(ray) -> list[dict]:
+    """{"CPU": c, "GPU": g} of each alive node."""
+    return [{"CPU": node["Resources"].get("CPU", 0), "GPU": node["Resources"].get("GPU", 0)}
+            for node in ray.nodes() if node.get("Alive")]
+
+
+def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: float | None = None,
+              threads: int | None = None, local_cores: int | None = None) -> Pool:
+    """The pool for these nodes; DiTError if the workers cannot all be placed (Ray would wait forever).
+
+    Defaults: one worker per GPU when the cluster has GPUs; on CPUs, one single-threaded worker per
+    core of this machine (local_cores, for a local instance) or per CPU of the cluster.
+    """
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise DiTError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}")
+    total_gpus = sum(node["GPU"] for node in nodes)
+    gpus = float(gpus_per_worker if gpus_per_worker is not None else (1 if total_gpus else 0))
+    if gpus > 0 and total_gpus == 0:
+        raise DiTError(f"--gpus-per-worker {gpus:g}: the Ray cluster has no GPUs (Ray would wait for them forever); "
+                       f"use --gpus-per-worker 0 for CPU workers or join a cluster with GPUs")
+    if threads is None:
+        threads = max(1, local_cores // workers) if (local_cores and workers and not gpus) else 1
+    room = sum(min(int(node["CPU"] // threads), int(node["GPU"] // gpus) if gpus else 1 << 30) for node in nodes)
+    if workers is None:
+        workers = room if gpus or not local_cores else max(1, local_cores // threads)
+    if workers < 1 or workers > room:
+        need = f"{threads} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+        have = f"{len(nodes)} node(s), {sum(n['CPU'] for n in nodes):g} CPUs, {total_gpus:g} GPUs"
+        raise DiTError(f"{workers} worker(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
+                       f"lower --workers" + (" or --gpus-per-worker" if gpus else " or --threads"))
+    return Pool(workers, threads, gpus)
+
+
+def decoder_identity(spec: str, decoder: str) -> str:
+    """What decodes the samples, for the settings hash; DiTError for a --vae this model cannot use."""
+    if spec == "none":
+        return "none"
+    if decoder == "pixels" or spec == "pixels":
+        load_decoder(spec, decoder, 1)  # no loading for these: raises for a spec that does not fit
+        return "pixels"
+    if spec in ("auto", *HUB_VAES):
+        return HUB_VAES["mse" if spec == "auto" else spec]
+    if spec == "random":
+        return "random"
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory; "
+                       f"pass a local diffusers VAE directory or one of those")
+    return str(path.resolve())
+
+
+def check_batches(plan: ShardPlan, batch_size: int, manifest) -> None:
+    """DiTError unless every batch size the plan makes is in the graph's batch range."""
+    sizes = {len(batch) for batch in plan.batches(plan.shards(), batch_size)}
+    for size in sorted(sizes):
+        manifest.batch.check(size, remedy="choose another --batch-size (or --shard-size), or re-export with --batch")
+
+
+def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
+    """Everything that changes a sample or the file, hashed into the shard names."""
+    sampler = sampler_from_name(job.sampler, job.steps)
+    engine = manifest.engine
+    return {"graph_sha256": manifest.graph.sha256 if manifest.graph else None, "model": manifest.model,
+            "backend": backend_for(job.path, job.backend),
+            "engine": None if engine is None or backend_for(job.path, job.backend) != "tensorrt"
+            else f"TensorRT {engine.tensorrt} on {engine.gpu}",
+            "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
+            "cfg_scale": job.cfg_scale, "seed": job.seed, "seeding": "per-sample",
+            "decoder": decoder_identity(job.vae, manifest.decoder), "labels": labels_digest(job.labels),
+            "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
+
+
+def sample_layout(job: Job, manifest) -> tuple[tuple, type]:
+    """(shape, dtype) of one sample in the output: latents, or uint8 images."""
+    if job.vae == "none":
+        return (manifest.latent_channels, manifest.latent_size, manifest.latent_size), np.float32
+    channels = manifest.latent_channels if manifest.decoder == "pixels" else 3
+    return (manifest.image_size, manifest.image_size, channels), np.uint8
+
+
+def worker_failure(error: Exception) -> DiTError:
+    """One line for a failure inside a worker (Ray keeps the original only in the traceback text)."""
+    text = str(error)
+    found = re.search(r"DiTError: (.+)", text)
+    if found is None:
+        found = re.search(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception): .+)$", text.split("The above exception")[0], re.M)
+    reason = found.group(1).strip() if found else type(error).__name__
+    return DiTError(f"a Ray worker failed: {reason[:300]}")
+
+
+def stream(ray, job: Job, pool: Pool, batches: list[range], collector: ShardCollector, summary: Summary,
+           on_images) -> None:
+    """Run the batches on the actor pool; hand every finished block to the collector as it arrives."""
+    rows = [{"start": batch.start, "stop": batch.stop} for batch in batches]
+    # One block per batch, so the pool hands batches out one at a time; from_items is already
+    # materialized, and the results are consumed exactly once, so nothing runs twice.
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    worker_options = {"job": job, "device": pool.device, "threads": pool.threads}
+    results = dataset.map_batches(DenoiserWorker, fn_constructor_kwargs=worker_options,
+                                  batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool.workers),
+                                  num_cpus=pool.threads, num_gpus=pool.gpus or None)
+    blocks = iter(results.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for block in blocks:
+            new = collector.add(block["index"], block["label"], block["sample"])
+            summary.per_worker.update(block["worker"].tolist())
+            summary.images += new
+            on_images(new)
+    except (DiTError, KeyboardInterrupt):
+        raise
+    except ray.exceptions.GetTimeoutError:
+        raise DiTError(f"the {pool.workers} worker(s) did not all start within {START_SECONDS} s: the Ray cluster "
+                       f"lacks the resources they need, or other jobs hold them; lower --workers") from None
+    except Exception as error:  # Ray's wrapped worker failures (RayTaskError, UserCodeException, ...)
+        raise worker_failure(error) from None
+    finally:
+        with contextlib.suppress(Exception):
+            blocks.close()  # stops the executor and its actors now, not when garbage-collected
+
+
+def configure_ray_data(ray, start_seconds: int) -> None:
+    """Every worker started before the first batch (or a timeout we report: Ray would wait silently for
+    resources it never gets); our progress bar instead of Ray Data's; failures as one line of ours."""
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = start_seconds
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+
+
+def run_on_ray(job: Job, out, *, address: str | None = None, workers: int | None = None,
+               gpus_per_worker: float | None = None, threads: int | None = None, batch_size: int | None = None,
+               shard_size: int = DEFAULT_SHARD_SIZE, keep_shards: bool = False, progress: bool = True,
+               on_shard=None) -> Summary:
+    """Make len(job.labels) samples on Ray into out (.npz images or .npy latents), resuming from `<out>.shards/`.
+
+    address: None for a local instance, "auto", "HOST:PORT" or "ray://HOST:PORT"; workers, threads (per
+    worker) and gpus_per_worker: see plan_pool. on_shard(shard range) is called after each shard is written. Ctrl-C (KeyboardInterrupt) keeps the finished shards and writes no output.
+    """
+    path = Path(job.path).expanduser().resolve()
+    if backend_for(path, job.backend) == "torch":
+        raise DiTError("--ray runs an engine (.plan) or graph (.onnx) on every worker; export one with dit-export")
+    manifest = read_manifest(path)
+    check_labels(job.labels, manifest.num_classes)
+    kind = output_kind(out, latents=job.vae == "none")
+    if kind not in ("npz", "npy"):
+        raise DiTError(f"--ray writes one .npz of images (or .npy of latents with --vae none), not {Path(out).name}")
+    plan = ShardPlan(len(job.labels), shard_size)
+    batch_size = batch_size or min(manifest.batch.max, shard_size)
+    check_batches(plan, batch_size, manifest)
+    job = replace(job, path=str(path))
+    folder = ShardFolder(shards_folder_for(out), run_settings(job, manifest, plan, kind), plan)
+    folder.check()  # refuse a foreign folder before starting anything
+    summary = Summary(skipped=sum(len(shard) for shard in folder.finished()))
+    pending = folder.pending()
+    if pending:
+        make_pending(job, folder, pending, summary, address, workers, gpus_per_worker, threads, batch_size,
+                     progress, on_shard)
+    shape, dtype = sample_layout(job, manifest)
+    image_size = None if job.vae == "none" else manifest.image_size
+    with open_output(out, plan.num_samples, image_size, manifest.latent_size, channels=shape[-1],
+                     latent_channels=manifest.latent_channels) as output:
+        folder.assemble(output, shape, dtype)
+    if not keep_shards:
+        folder.remove()
+    return summary
+
+
+def make_pending(job, folder, pending, summary, address, workers, gpus_per_worker, threads, batch_size,
+                 progress, on_shard) -> None:
+    """Connect, place the pool, and run the pending shards' batches into the shards folder."""
+    from tqdm import tqdm
+
+    address = parse_address(address)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    declared = max(cores, (workers or 0) * (threads or 1)) + 1  # a spare logical CPU for Ray Data's own tasks
+    with connect(address, declared) as ray:
+        from runtime.backends.onnxruntime_backend import physical_cores
+
+        local = address is None
+        pool = plan_pool(node_resources(ray), workers, gpus_per_worker, threads, physical_cores() if local else None)
+        if local and pool.workers * pool.threads > physical_cores() and not pool.gpus:
+            log.warning(f"{pool.workers} workers x {pool.threads} thread(s) on {physical_cores()} cores: "
+                        f"they share the cores, expect no gain over {physical_cores()} workers")
+        configure_ray_data(ray, START_SECONDS)
+        folder.claim()
+        collector = ShardCollector(folder, pending)
+        written = len(collector.written)
+        summary.workers = pool.workers
+        bar = tqdm(total=folder.plan.num_samples, initial=summary.skipped, desc="images", unit="img",
+                   disable=None if progress else True)
+        started = time.perf_counter()
+
+        def on_images(count):
+            nonlocal written
+            if not summary.first_seconds:
+                summary.first_seconds = time.perf_counter() - started
+            bar.update(count)
+            for shard in collector.written[written:]:
+                if on_shard is not None:
+                    on_shard(shard)
+            written = len(collector.written)
+
+        try:
+            with bar:
+                stream(ray, job, pool,
+                       folder.plan.batches(pending, batch_size), collector, summary, on_images)
+        except KeyboardInterrupt:
+            done = len(folder.finished())
+            raise DiTError(f"interrupted: {done} of {len(folder.plan.shards())} shards are finished in {folder.path}; "
+                           f"run the same command again to resume") from None
+        finally:
+            summary.seconds = time.perf_counter() - started
+            summary.repeats = collector.repeats
+        collector.check_complete()

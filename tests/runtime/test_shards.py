@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dit_ref.errors import DiTError
-from runtime.scaleout import parse_address, plan_pool, worker_failure
+from runtime.scaleout import import_ray, parse_address, plan_pool, worker_failure
 from runtime.shards import ShardCollector, ShardFolder, ShardPlan, settings_hash, shard_name, shards_folder_for
 
 SETTINGS = {"graph_sha256": "ab" * 32, "sampler": "ddim", "steps": 2, "cfg_scale": 4.0, "seed": 0, "decoder": "none"}
@@ -137,3 +137,9 @@ def test_a_worker_failure_becomes_its_own_line():
 def test_dit_run_imports_without_ray():
     code = "import sys, runtime.cli, runtime.scaleout; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(DiTError, match=r"pip install -e '\.\[ray\]'"):
+        import_ray()

@@ -109,8 +109,10 @@ def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder,
 def run_on_ray_from_cli(path, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out, batch_size, backend,
                         threads, cuda_graphs, seeding, address, ray_options, not_for_ray) -> None:
     """dit-run --ray: the same labels and options, made on Ray Data into resumable shards (runtime.scaleout)."""
+    from runtime.ray_cluster import parse_address
     from runtime.scaleout import Job, run_on_ray
 
+    parse_address(address)  # `--ray G.onnx` took the graph for an address: say so first
     if seeding == "official":
         raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it); "
                        "drop --seeding official, or drop --ray for sample.py's order")

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -32,14 +31,12 @@ from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
 from runtime.generate import check_labels, generate
 from runtime.images import open_output, output_kind
+from runtime.ray_cluster import Pool, connect, node_resources, parse_address, plan_pool
 from runtime.samplers import sampler_from_name
 from runtime.shards import DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for
 from runtime.vae import HUB_VAES, load_decoder
 
-INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
 CRASH_FILE_ENV = "DIT_RAY_TEST_CRASH_FILE"  # tests only: the first worker to remove this file then dies
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
-PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
 START_SECONDS = 600  # how long the pool may take to start (model loads, autoscaling) before we say why it hangs
 
 log = logging.getLogger("dit-run")
@@ -60,19 +57,6 @@ class Job:
     cuda_graphs: bool = False  # TensorRT: replay one CUDA graph per batch size
 
 
-@dataclass(frozen=True)
-class Pool:
-    """The actor pool: how many workers and what each reserves."""
-
-    workers: int
-    threads: int  # CPUs reserved (and threads used) per worker
-    gpus: float  # GPUs per worker; 0 for CPU workers
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus > 0 else "cpu"
-
-
 @dataclass
 class Summary:
     """What a run did, for the closing line and the benchmarks."""
@@ -83,11 +67,19 @@ class Summary:
     first_seconds: float = 0.0  # from the start to the first finished batch (actor start-up and model load)
     workers: int = 0
     per_worker: Counter = field(default_factory=Counter)  # "host/actor" -> images made
+    busy_seconds: Counter = field(default_factory=Counter)  # "host/actor" -> seconds inside generate()
     repeats: int = 0  # samples that arrived twice (batches retried after a worker died) and were dropped
+
+    @property
+    def busy_rate(self) -> float:
+        """Images/s of the pool while its workers compute (start-up and waiting left out)."""
+        return sum(count / self.busy_seconds[name] for name, count in self.per_worker.items()
+                   if self.busy_seconds[name] > 0)
 
     def describe(self) -> str:
         rate = self.images / self.seconds if self.seconds > 0 else 0.0
-        spread = ", ".join(f"{name} {count}" for name, count in sorted(self.per_worker.items()))
+        spread = ", ".join(f"{name} {count} ({count / max(self.busy_seconds[name], 1e-9):.2f}/s)"
+                           for name, count in sorted(self.per_worker.items()))
         text = f"{self.images} samples in {self.seconds:.1f} s ({rate:.2f}/s) on {self.workers} worker(s)"
         text += f" [{spread}]" if spread else ""
         text += f"; {self.skipped} from finished shards" if self.skipped else ""
@@ -110,18 +102,20 @@ class DenoiserWorker:
         self.name = f"{socket.gethostname()}/{ray.get_runtime_context().get_actor_id()[:8]}"
 
     def __call__(self, rows: dict) -> dict:
-        """rows {"start": (k,), "stop": (k,)} -> {"index", "label", "sample", "worker"}, one entry per sample."""
+        """rows {"start": (k,), "stop": (k,)} -> {"index", "label", "sample", "worker", "seconds"}, one entry
+        per sample ("seconds": the batch's time in generate() over its samples, for the summary)."""
         crash_once_if_armed()
         made = [self.make(int(start), int(stop)) for start, stop in zip(rows["start"], rows["stop"])]
         return {key: np.concatenate([part[key] for part in made]) for key in made[0]}
 
     def make(self, start: int, stop: int) -> dict:
-        job = self.job
+        job, started = self.job, time.perf_counter()
         (batch,) = generate(self.denoiser, list(job.labels[start:stop]), self.sampler, seed=job.seed,
                             cfg_scale=job.cfg_scale, batch_size=stop - start, decoder=self.decoder,
                             seeding="per-sample", first_index=start)
         return {"index": np.arange(start, stop, dtype=np.int64), "label": batch.labels, "sample": batch.samples,
-                "worker": np.array([self.name] * (stop - start))}
+                "worker": np.array([self.name] * (stop - start)),
+                "seconds": np.full(stop - start, (time.perf_counter() - started) / (stop - start))}
 
 
 def crash_once_if_armed() -> None:
@@ -133,107 +127,6 @@ def crash_once_if_armed() -> None:
         except FileNotFoundError:
             return
         os._exit(17)
-
-
-def import_ray():
-    """The ray module (with Ray Data); DiTError saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise DiTError(f"--ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
-    return ray
-
-
-def parse_address(address: str | None) -> str | None:
-    """None (or "local"): start a local instance; "auto", "HOST:PORT" or "ray://HOST:PORT": join a cluster."""
-    if address in (None, "", "local"):
-        return None
-    if address == "auto":
-        return address
-    if re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", address):
-        return address
-    hint = " (put ENGINE_OR_GRAPH before --ray)" if Path(address).suffix.lower() in (".onnx", ".plan", ".engine") else ""
-    raise DiTError(f"--ray {address}: give no address (a local instance), auto, HOST:PORT or ray://HOST:PORT{hint}")
-
-
-def probe(address: str) -> None:
-    """DiTError unless something answers at HOST:PORT (Ray itself retries an unreachable address for a long time)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise DiTError(f"cannot reach a Ray cluster at {address} ({reason}); start one there with "
-                       f"`ray start --head` or check the --ray address") from None
-    if address.startswith("ray://"):
-        try:
-            import grpc  # noqa: F401  (the Ray client's transport: ray[client])
-        except ImportError:
-            raise DiTError("--ray ray://... needs the Ray client: pip install 'ray[client]'; or run dit-run on a "
-                           "node of the cluster with --ray auto") from None
-
-
-@contextlib.contextmanager
-def connect(address: str | None, num_cpus: int):
-    """Ray, connected: a new local instance (address None) declaring num_cpus logical CPUs, or the cluster
-    at address. Disconnects (and stops a local instance) on leaving. A Ray that this process already
-    started (a notebook, the tests) is used as it is and left running."""
-    if address is None and "ray" not in sys.modules:
-        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private instance: nothing listens beyond 127.0.0.1
-    if address is not None and address != "auto":
-        probe(address)
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
-    try:
-        if address is None:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except Exception as error:  # ConnectionError, RuntimeError, grpc errors ... from many layers
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
-        raise DiTError(f"cannot {where}: {reason}") from None
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def node_resources(ray) -> list[dict]:
-    """{"CPU": c, "GPU": g} of each alive node."""
-    return [{"CPU": node["Resources"].get("CPU", 0), "GPU": node["Resources"].get("GPU", 0)}
-            for node in ray.nodes() if node.get("Alive")]
-
-
-def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: float | None = None,
-              threads: int | None = None, local_cores: int | None = None) -> Pool:
-    """The pool for these nodes; DiTError if the workers cannot all be placed (Ray would wait forever).
-
-    Defaults: one worker per GPU when the cluster has GPUs; on CPUs, one single-threaded worker per
-    core of this machine (local_cores, for a local instance) or per CPU of the cluster.
-    """
-    if gpus_per_worker is not None and gpus_per_worker < 0:
-        raise DiTError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}")
-    total_gpus = sum(node["GPU"] for node in nodes)
-    gpus = float(gpus_per_worker if gpus_per_worker is not None else (1 if total_gpus else 0))
-    if gpus > 0 and total_gpus == 0:
-        raise DiTError(f"--gpus-per-worker {gpus:g}: the Ray cluster has no GPUs (Ray would wait for them forever); "
-                       f"use --gpus-per-worker 0 for CPU workers or join a cluster with GPUs")
-    if threads is None:
-        threads = max(1, local_cores // workers) if (local_cores and workers and not gpus) else 1
-    room = sum(min(int(node["CPU"] // threads), int(node["GPU"] // gpus) if gpus else 1 << 30) for node in nodes)
-    if workers is None:
-        workers = room if gpus or not local_cores else max(1, local_cores // threads)
-    if workers < 1 or workers > room:
-        need = f"{threads} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
-        have = f"{len(nodes)} node(s), {sum(n['CPU'] for n in nodes):g} CPUs, {total_gpus:g} GPUs"
-        raise DiTError(f"{workers} worker(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
-                       f"lower --workers" + (" or --gpus-per-worker" if gpus else " or --threads"))
-    return Pool(workers, threads, gpus)
 
 
 def decoder_identity(spec: str, decoder: str) -> str:
@@ -308,7 +201,9 @@ def stream(ray, job: Job, pool: Pool, batches: list[range], collector: ShardColl
     try:
         for block in blocks:
             new = collector.add(block["index"], block["label"], block["sample"])
-            summary.per_worker.update(block["worker"].tolist())
+            for name, seconds in zip(block["worker"].tolist(), block["seconds"].tolist()):
+                summary.per_worker[name] += 1
+                summary.busy_seconds[name] += seconds
             summary.images += new
             on_images(new)
     except (DiTError, KeyboardInterrupt):

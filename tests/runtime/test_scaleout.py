@@ -12,7 +12,8 @@ import signal
 import numpy as np
 import pytest
 
-from runtime.scaleout import CRASH_FILE_ENV, LOOPBACK_ENV
+from runtime.ray_cluster import LOOPBACK_ENV
+from runtime.scaleout import CRASH_FILE_ENV
 
 os.environ.setdefault(LOOPBACK_ENV, "0")  # before Ray is imported: the instance listens on 127.0.0.1 only
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install -e '.[ray]'")
@@ -23,6 +24,8 @@ from runtime.backends import load_denoiser  # noqa: E402
 from runtime.generate import generate  # noqa: E402
 from runtime.samplers import sampler_from_name  # noqa: E402
 from runtime.scaleout import Job, run_on_ray  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
 NUM_SAMPLES, SHARD_SIZE, BATCH_SIZE, STEPS, SEED = 10, 4, 2, 2, 3
 LABELS = (1, None, 7, None, 3, None, None, 9, 0, None)
@@ -168,6 +171,11 @@ def test_bad_input_is_one_line(ray_instance, tiny_graph, capsys, tmp_path, monke
     assert code == 1 and len(lines) == 1 and "Traceback" not in err
     assert all(word in lines[0] for word in words)
     assert not any(path.name.endswith(".shards") for path in tmp_path.iterdir())
+
+
+def test_a_graph_after_ray_is_taken_for_its_address_and_said_so(ray_instance, tiny_graph, capsys):
+    code, err = dit_run(["--ray", str(tiny_graph), "--num-samples", "2"], capsys)
+    assert code == 1 and "put ENGINE_OR_GRAPH before --ray" in err
 
 
 def test_a_shards_folder_that_is_not_ours_is_refused(ray_instance, tiny_graph, capsys, tmp_path):

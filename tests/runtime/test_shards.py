@@ -4,12 +4,14 @@ and the pure parts of runtime.scaleout (worker placement, addresses, error lines
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from dit_ref.errors import DiTError
-from runtime.scaleout import import_ray, parse_address, plan_pool, worker_failure
+from runtime.ray_cluster import import_ray, parse_address, plan_pool
+from runtime.scaleout import Job, sample_layout, worker_failure
 from runtime.shards import ShardCollector, ShardFolder, ShardPlan, settings_hash, shard_name, shards_folder_for
 
 SETTINGS = {"graph_sha256": "ab" * 32, "sampler": "ddim", "steps": 2, "cfg_scale": 4.0, "seed": 0, "decoder": "none"}
@@ -143,3 +145,14 @@ def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(DiTError, match=r"pip install -e '\.\[ray\]'"):
         import_ray()
+
+
+@pytest.mark.parametrize("vae, decoder, shape, dtype", [
+    ("auto", "vae", (256, 256, 3), np.uint8), ("none", "vae", (4, 32, 32), np.float32),
+    ("auto", "pixels", (256, 256, 1), np.uint8),  # grayscale pixel models: (N, H, W, 1)
+])
+def test_the_output_holds_adms_layout(vae, decoder, shape, dtype):
+    channels = 1 if decoder == "pixels" else 4
+    manifest = SimpleNamespace(image_size=256, latent_size=256 if decoder == "pixels" else 32,
+                               latent_channels=channels, decoder=decoder)
+    assert sample_layout(Job("g.onnx", (), vae=vae), manifest) == (shape, dtype)

@@ -1,0 +1,136 @@
+"""Ray for dit-run --ray: importing it lazily, reaching a cluster or starting a private local instance,
+and placing a pool of denoiser workers on the nodes' CPUs and GPUs before Ray is asked to.
+
+Ray waits silently, without end, for resources that no node has (a GPU on a CPU-only cluster, more
+workers than the nodes hold), and retries an unreachable address for a long time; plan_pool and
+probe say so in one line instead. Ray is imported only inside these functions.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dit_ref.errors import DiTError
+
+INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
+PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The actor pool: how many workers and what each reserves."""
+
+    workers: int
+    threads: int  # CPUs reserved (and threads used) per worker
+    gpus: float  # GPUs per worker; 0 for CPU workers
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+
+def import_ray():
+    """The ray module (with Ray Data); DiTError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise DiTError(f"--ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def parse_address(address: str | None) -> str | None:
+    """None (or "local"): start a local instance; "auto", "HOST:PORT" or "ray://HOST:PORT": join a cluster."""
+    if address in (None, "", "local"):
+        return None
+    if address == "auto":
+        return address
+    if re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", address):
+        return address
+    hint = " (put ENGINE_OR_GRAPH before --ray)" if Path(address).suffix.lower() in (".onnx", ".plan", ".engine") else ""
+    raise DiTError(f"--ray {address}: give no address (a local instance), auto, HOST:PORT or ray://HOST:PORT{hint}")
+
+
+def probe(address: str) -> None:
+    """DiTError unless something answers at HOST:PORT (Ray itself retries an unreachable address for a long time)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DiTError(f"cannot reach a Ray cluster at {address} ({reason}); start one there with "
+                       f"`ray start --head` or check the --ray address") from None
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401  (the Ray client's transport: ray[client])
+        except ImportError:
+            raise DiTError("--ray ray://... needs the Ray client: pip install 'ray[client]'; or run dit-run on a "
+                           "node of the cluster with --ray auto") from None
+
+
+@contextlib.contextmanager
+def connect(address: str | None, num_cpus: int):
+    """Ray, connected: a new local instance (address None) declaring num_cpus logical CPUs, or the cluster
+    at address. Disconnects (and stops a local instance) on leaving. A Ray that this process already
+    started (a notebook, the tests) is used as it is and left running."""
+    if address is None and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")  # a private instance: nothing listens beyond 127.0.0.1
+    if address is not None and address != "auto":
+        probe(address)
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as error:  # ConnectionError, RuntimeError, grpc errors ... from many layers
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address}"
+        raise DiTError(f"cannot {where}: {reason}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def node_resources(ray) -> list[dict]:
+    """{"CPU": c, "GPU": g} of each alive node."""
+    return [{"CPU": node["Resources"].get("CPU", 0), "GPU": node["Resources"].get("GPU", 0)}
+            for node in ray.nodes() if node.get("Alive")]
+
+
+def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: float | None = None,
+              threads: int | None = None, local_cores: int | None = None) -> Pool:
+    """The pool for these nodes; DiTError if the workers cannot all be placed (Ray would wait forever).
+
+    Defaults: one worker per GPU when the cluster has GPUs; on CPUs, one single-threaded worker per
+    core of this machine (local_cores, for a local instance) or per CPU of the cluster.
+    """
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise DiTError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}")
+    total_gpus = sum(node["GPU"] for node in nodes)
+    gpus = float(gpus_per_worker if gpus_per_worker is not None else (1 if total_gpus else 0))
+    if gpus > 0 and total_gpus == 0:
+        raise DiTError(f"--gpus-per-worker {gpus:g}: the Ray cluster has no GPUs (Ray would wait for them forever); "
+                       f"use --gpus-per-worker 0 for CPU workers or join a cluster with GPUs")
+    if threads is None:
+        threads = max(1, local_cores // workers) if (local_cores and workers and not gpus) else 1
+    room = sum(min(int(node["CPU"] // threads), int(node["GPU"] // gpus) if gpus else 1 << 30) for node in nodes)
+    if workers is None:
+        workers = room if gpus or not local_cores else max(1, local_cores // threads)
+    if workers < 1 or workers > room:
+        need = f"{threads} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+        have = f"{len(nodes)} node(s), {sum(n['CPU'] for n in nodes):g} CPUs, {total_gpus:g} GPUs"
+        raise DiTError(f"{workers} worker(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
+                       f"lower --workers" + (" or --gpus-per-worker" if gpus else " or --threads"))
+    return Pool(workers, threads, gpus)

@@ -302,12 +302,16 @@ def make_pending(job, folder, pending, summary, address, workers, gpus_per_worke
 
         try:
             with bar:
-                stream(ray, job, pool,
-                       folder.plan.batches(pending, batch_size), collector, summary, on_images)
-        except KeyboardInterrupt:
+                stream(ray, job, pool, folder.plan.batches(pending, batch_size), collector, summary, on_images)
+        except BaseException as error:
             done = len(folder.finished())
-            raise DiTError(f"interrupted: {done} of {len(folder.plan.shards())} shards are finished in {folder.path}; "
-                           f"run the same command again to resume") from None
+            if not done:
+                folder.remove()  # nothing finished: leave nothing behind
+            if isinstance(error, KeyboardInterrupt):
+                kept = f"{done} of {len(folder.plan.shards())} shards are finished in {folder.path}" if done else \
+                    "no shard was finished yet"
+                raise DiTError(f"interrupted: {kept}; run the same command again to resume") from None
+            raise
         finally:
             summary.seconds = time.perf_counter() - started
             summary.repeats = collector.repeats

@@ -173,6 +173,16 @@ def test_bad_input_is_one_line(ray_instance, tiny_graph, capsys, tmp_path, monke
     assert not any(path.name.endswith(".shards") for path in tmp_path.iterdir())
 
 
+def test_a_failure_inside_the_workers_is_one_line_and_leaves_nothing(ray_instance, tiny_graph, capsys, tmp_path):
+    not_a_vae = tmp_path / "not-a-vae"
+    not_a_vae.mkdir()  # passes the driver's check (a directory); every worker then fails to load it
+    code, err = dit_run([str(tiny_graph), "--num-samples", "2", "--vae", str(not_a_vae), "--out",
+                         str(tmp_path / "s.npz"), "--workers", "1", "--ray"], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and lines == [lines[0]] and "a Ray worker failed: cannot load a diffusers VAE" in lines[0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["not-a-vae"]
+
+
 def test_a_graph_after_ray_is_taken_for_its_address_and_said_so(ray_instance, tiny_graph, capsys):
     code, err = dit_run(["--ray", str(tiny_graph), "--num-samples", "2"], capsys)
     assert code == 1 and "put ENGINE_OR_GRAPH before --ray" in err

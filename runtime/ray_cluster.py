@@ -53,7 +53,8 @@ def parse_address(address: str | None) -> str | None:
         return address
     if re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", address):
         return address
-    hint = " (put ENGINE_OR_GRAPH before --ray)" if Path(address).suffix.lower() in (".onnx", ".plan", ".engine") else ""
+    looks_like_a_file = Path(address).suffix.lower() in (".onnx", ".plan", ".engine")
+    hint = " (put ENGINE_OR_GRAPH before --ray)" if looks_like_a_file else ""
     raise DiTError(f"--ray {address}: give no address (a local instance), auto, HOST:PORT or ray://HOST:PORT{hint}")
 
 

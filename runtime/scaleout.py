@@ -234,7 +234,8 @@ def run_on_ray(job: Job, out, *, address: str | None = None, workers: int | None
     """Make len(job.labels) samples on Ray into out (.npz images or .npy latents), resuming from `<out>.shards/`.
 
     address: None for a local instance, "auto", "HOST:PORT" or "ray://HOST:PORT"; workers, threads (per
-    worker) and gpus_per_worker: see plan_pool. on_shard(shard range) is called after each shard is written. Ctrl-C (KeyboardInterrupt) keeps the finished shards and writes no output.
+    worker) and gpus_per_worker: see plan_pool. on_shard(shard range) is called after each shard is
+    written. Ctrl-C (KeyboardInterrupt) keeps the finished shards and writes no output.
     """
     path = Path(job.path).expanduser().resolve()
     if backend_for(path, job.backend) == "torch":

@@ -105,7 +105,8 @@ class ShardFolder:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
             theirs = None
         if not isinstance(theirs, dict):
-            raise DiTError(f"{record_path} is not a dit-run shards record; move {self.path} away or choose another --out")
+            raise DiTError(f"{record_path} is not a dit-run shards record; move {self.path} away or choose "
+                           f"another --out")
         if settings_hash(theirs) != self.digest:
             raise DiTError(f"{self.path} holds shards made with other settings ({differences(theirs, self.settings)}); "
                            f"rerun with those settings to resume, or delete the folder to start over")

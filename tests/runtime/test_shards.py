@@ -118,8 +118,10 @@ def test_pool_placement_and_the_resources_ray_would_wait_for_forever():
         plan_pool([cpu_node], workers=4)
 
 
-@pytest.mark.parametrize("address, parsed", [(None, None), ("local", None), ("auto", "auto"),
-                                             ("10.0.0.1:6379", "10.0.0.1:6379"), ("ray://head:10001", "ray://head:10001")])
+@pytest.mark.parametrize("address, parsed", [
+    (None, None), ("local", None), ("auto", "auto"), ("10.0.0.1:6379", "10.0.0.1:6379"),
+    ("ray://head:10001", "ray://head:10001"),
+])
 def test_addresses(address, parsed):
     assert parse_address(address) == parsed
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dit_ref.errors import DiTError
 
-INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[data]')"
+INSTALL_HINT = "pip install 'ray[data]' (it comes with the dev extra: pip install -e '.[cpu,dev]')"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
 PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
 

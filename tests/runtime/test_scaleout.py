@@ -16,7 +16,7 @@ from runtime.ray_cluster import LOOPBACK_ENV
 from runtime.scaleout import CRASH_FILE_ENV
 
 os.environ.setdefault(LOOPBACK_ENV, "0")  # before Ray is imported: the instance listens on 127.0.0.1 only
-ray = pytest.importorskip("ray", reason="needs Ray Data: pip install -e '.[ray]'")
+ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'ray[data]' (in the dev extra)")
 
 import runtime.cli as cli  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402

@@ -145,7 +145,7 @@ def test_dit_run_imports_without_ray():
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
-    with pytest.raises(DiTError, match=r"pip install -e '\.\[ray\]'"):
+    with pytest.raises(DiTError, match=r"pip install 'ray\[data\]'"):
         import_ray()
 
 

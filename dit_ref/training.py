@@ -176,7 +176,9 @@ its CI-class machine to give the toolchain a model that really draws, offline.
 - **Run**: {record["wall_seconds"] / 60:.0f} min wall time ({record["images_per_second"]:.0f} images/s) on 2 CPU cores shared
   with other work, torch {record["torch"]}. Final loss (mean of the last 100 steps): {final["loss"]:.4f}
   (mse {final["mse"]:.4f}, vb {final["vb"]:.4f}). Loss curve: `loss.png`; every step's loss: `training.json`.
-- **Reproduce** (same machine type and thread count give the same weights):
+- **Reproduce** (one seeded generator draws every random number, so the same command on the same
+  machine type and thread count gives the same weights; checked on a tiny slice in
+  tests/dit_ref/test_training.py, not by a second full run):
 
       {command}
 

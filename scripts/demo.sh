@@ -17,7 +17,7 @@ SAMPLER=${SAMPLER:-ddpm}
 STEPS=${STEPS:-250}
 OUT=${OUT:-demo-output}
 
-bash scripts/setup-env.sh
+EXTRAS=${EXTRAS:-cpu} bash scripts/setup-env.sh  # the demo needs no test tools
 if [ "$CKPT" = random ]; then weights=(--random-init 0); else weights=(--ckpt "$CKPT"); fi
 if [ "$MODEL" = fashion ]; then
     IMAGE_SIZE=${IMAGE_SIZE:-28}

@@ -11,8 +11,11 @@ from runtime.backends import load_denoiser
 from runtime.samplers import sampler_from_name
 
 LABELS = balanced_labels(10)
+# Measured 2026-11-25 on CPU (shipped weights, 100 samples): FP16 graph 0.91 = FP32 reference 0.91 (DDIM 25,
+# cfg 4); cfg 1: 0.62; DPM++ 20: 0.90 against DDPM 100: 0.95. Each sample is one point.
 FP16_POINTS = 0.03  # the limit: the FP16 graph within 3 points of the FP32 reference
-FEW_STEP_POINTS = 0.15  # DPM++ 20 steps against DDPM 100 steps (measured below; 100 samples, 1 point each)
+GUIDANCE_POINTS = 0.10  # cfg 4 must beat cfg 1 by at least this (measured +0.29)
+FEW_STEP_POINTS = 0.10  # DPM++ 20 steps at most this far below DDPM 100 steps (measured 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def test_fp16_graph_draws_as_well_as_the_fp32_reference(fp16, reference):
 
 def test_guidance_makes_the_requested_class(fp16):
     guided, unguided = scores(fp16, cfg_scale=4.0), scores(fp16, cfg_scale=1.0)
-    assert guided["class_accuracy"] > unguided["class_accuracy"] + 0.1
+    assert guided["class_accuracy"] > unguided["class_accuracy"] + GUIDANCE_POINTS
 
 
 def test_few_step_sampler_close_to_ddpm(fp16):

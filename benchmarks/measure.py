@@ -43,6 +43,16 @@ def time_calls(denoiser, inputs, repeats: int, warmup: int) -> list[float]:
     return times
 
 
+def median_ms(function, repeats: int) -> float:
+    """Median milliseconds of one call of function (host time; synchronise inside it on a GPU)."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
 class TimedDenoiser:
     """Adds up the (synchronised) wall time spent inside the wrapped denoiser's calls; otherwise it is
     the wrapped denoiser (every other attribute is the inner one's)."""

@@ -11,9 +11,7 @@ Weights are random (seed 0): speed does not depend on their values. Not a test.
 
 import io
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -22,7 +20,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from benchmarks.measure import TimedDenoiser, time_sampling_run  # noqa: E402
+from benchmarks.measure import TimedDenoiser, median_ms, time_sampling_run  # noqa: E402
 from benchmarks.throughput import parse_ints  # noqa: E402
 from dit_ref.configs import latent_size  # noqa: E402
 from dit_ref.contract import BatchRange  # noqa: E402
@@ -52,16 +50,6 @@ def run_sampler(denoiser, sampler, batch: int) -> float:
     return time_sampling_run(denoiser, sampler, batch, lambda info: bar.update())
 
 
-def time_piece(function, repeats: int) -> float:
-    """Median milliseconds of one call."""
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
-
-
 def host_pieces(batch: int, size: int, repeats: int = 200) -> dict:
     """Milliseconds per step of each piece of host work in the DDPM loop, timed alone."""
     schedule, noise = schedule_from_spec(250), OfficialNoise(0)
@@ -71,11 +59,11 @@ def host_pieces(batch: int, size: int, repeats: int = 200) -> dict:
     bar = tqdm(total=10**9, file=io.StringIO(), mininterval=0)
     with torch.inference_mode():
         return {
-            "timestep tensor": time_piece(lambda: table[7], repeats),
-            "noise draw (2n rows)": time_piece(lambda: noise(x), repeats),
-            "step math (gathers + ddpm_step)": time_piece(lambda: ddpm_step(schedule, 7, x, eps, var_values, x), repeats),
-            "NaN/inf watch": time_piece(lambda: watch.update(7, x), repeats),
-            "progress callback (tqdm)": time_piece(bar.update, repeats),
+            "timestep tensor": median_ms(lambda: table[7], repeats),
+            "noise draw (2n rows)": median_ms(lambda: noise(x), repeats),
+            "step math (gathers + ddpm_step)": median_ms(lambda: ddpm_step(schedule, 7, x, eps, var_values, x), repeats),
+            "NaN/inf watch": median_ms(lambda: watch.update(7, x), repeats),
+            "progress callback (tqdm)": median_ms(bar.update, repeats),
         }
 
 

@@ -18,7 +18,6 @@ Weights are random (seed 0): speed does not depend on their values. Not a test.
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 from benchmarks.backends import prepare  # noqa: E402
+from benchmarks.measure import median_ms  # noqa: E402
 from benchmarks.throughput import parse_ints  # noqa: E402
 from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
@@ -73,15 +73,6 @@ def one_machine_run(graph, num_samples: int, steps: int, batch: int, threads: in
     return {"setting": f"one machine, no Ray, {threads} thread(s)", "workers": 1, "threads": threads,
             "seconds": seconds, "images_per_s": num_samples / seconds, "computing_images_per_s": num_samples / seconds,
             "first_batch_s": None, "per_worker": {}}
-
-
-def median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def seeding_cost(graph, batch: int, threads: int, repeats: int = 50) -> dict:

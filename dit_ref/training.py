@@ -13,7 +13,6 @@ the EMA of a run with --steps K.
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -92,9 +92,20 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
         chunk = labels[start:start + batch_size]
         indices = range(first_index + start, first_index + start + len(chunk))
         noise = official if seeding == "official" else PerSampleNoise(seed, indices, denoiser.device)
-        with torch.inference_mode():
-            x, y = noise.draw_batch(chunk, provenance.latent_shape, provenance.num_classes)  # (n, C, L, L), (n,)
-            scale = torch.full((len(chunk),), cfg_scale, dtype=torch.float32, device=denoiser.device)
-            x = sampler(denoiser, x, y, scale, noise, on_step)
-            samples = x.float().cpu().numpy() if decoder is None else decoder(x)
-        yield Batch(start, y.cpu().numpy(), samples)
+        yield Batch(start, *sample_batch(denoiser, chunk, sampler, noise, [cfg_scale] * len(chunk), decoder, on_step))
+
+
+def sample_batch(denoiser, labels: list, sampler, noise, cfg_scales: list[float], decoder=None,
+                 on_step: Callable[[dict], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One denoiser batch: labels (None: drawn by noise), one cfg scale per sample -> (labels, samples).
+
+    The labels are checked and the batch fits the denoiser's range (generate() sees to both; so does a
+    service that stacks the samples of several requests, each with its own seed and scale).
+    """
+    provenance = denoiser.provenance
+    with torch.inference_mode():
+        x, y = noise.draw_batch(labels, provenance.latent_shape, provenance.num_classes)  # (n, C, L, L), (n,)
+        scale = torch.tensor(cfg_scales, dtype=torch.float32, device=denoiser.device)  # (n,)
+        x = sampler(denoiser, x, y, scale, noise, on_step)
+        samples = x.float().cpu().numpy() if decoder is None else decoder(x)
+    return y.cpu().numpy(), samples

@@ -66,9 +66,12 @@ class PerSampleNoise:
     leave the latents alike), then its initial latents, then one noise tensor per step.
     """
 
-    def __init__(self, seed: int, indices, device="cpu"):
+    def __init__(self, seed, indices, device="cpu"):
+        """seed: the run's, or one per index (a service's batch holds samples of several requests)."""
         self.device = torch.device(device)
-        self.generator = [torch.Generator(self.device).manual_seed(sample_seed(seed, int(i))) for i in indices]
+        seeds = [seed] * len(indices) if isinstance(seed, int) else list(seed)
+        self.generator = [torch.Generator(self.device).manual_seed(sample_seed(int(s), int(i)))
+                          for s, i in zip(seeds, indices, strict=True)]
 
     def labels(self, n: int, num_classes: int) -> torch.Tensor:
         """Each sample's random label, (n,) int64 (drawn whether or not the caller uses it)."""

@@ -200,16 +200,22 @@ def ddim_timesteps(steps: int) -> list[int]:
 SAMPLERS = {"ddpm": ddpm_sampler, "ddim": ddim_sampler}  # ours; any other name is a diffusers scheduler
 
 
+def default_steps(name: str) -> int:
+    """The steps a sampler takes when none are given: ddpm 250, ddim 50, a diffusers scheduler 20."""
+    key = name.strip().lower()
+    return DEFAULT_STEPS[key if key in SAMPLERS else "diffusers"]
+
+
 def sampler_from_name(name: str, steps: int | None = None) -> Sampler:
     """ddpm (250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler (20 steps)."""
     name = name.strip()
     key = name.lower()
     if steps is not None and steps < 1:
         raise DiTError(f"--steps must be at least 1, not {steps}")
+    steps = steps or default_steps(name)
     if key in SAMPLERS:
-        return SAMPLERS[key](steps or DEFAULT_STEPS[key])
+        return SAMPLERS[key](steps)
     # Imported here, not at the top: the adapter builds on the Sampler defined in this module.
     from runtime.diffusers_sampler import diffusers_sampler
 
-    scheduler = key if key in DIFFUSERS_SCHEDULERS else name
-    return diffusers_sampler(scheduler, steps or DEFAULT_STEPS["diffusers"])
+    return diffusers_sampler(key if key in DIFFUSERS_SCHEDULERS else name, steps)

@@ -7,6 +7,7 @@ probe say so in one line instead. Ray is imported only inside these functions.
 """
 
 import contextlib
+import importlib
 import logging
 import os
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from dit_ref.errors import DiTError
 
-INSTALL_HINT = "pip install 'ray[data]' (it comes with the dev extra: pip install -e '.[cpu,dev]')"
+INSTALL_HINTS = {part: f"pip install 'ray[{part}]' (it comes with the dev extra: pip install -e '.[cpu,dev]')"
+                 for part in ("data", "serve")}
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
 PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
 
@@ -35,13 +37,15 @@ class Pool:
         return "cuda" if self.gpus > 0 else "cpu"
 
 
-def import_ray():
-    """The ray module (with Ray Data); DiTError saying how to install it."""
+def import_ray(part: str = "data"):
+    """The ray module with the part this command uses (Ray Data for dit-run --ray, Ray Serve for dit-serve);
+    DiTError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        importlib.import_module(f"ray.{part}")
     except ImportError:
-        raise DiTError(f"--ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+        who, what = ("--ray", "Ray Data") if part == "data" else ("dit-serve", "Ray Serve")
+        raise DiTError(f"{who} needs {what}, which is not installed: {INSTALL_HINTS[part]}") from None
     return ray
 
 
@@ -76,7 +80,7 @@ def probe(address: str) -> None:
 
 
 @contextlib.contextmanager
-def connect(address: str | None, num_cpus: int):
+def connect(address: str | None, num_cpus: int, part: str = "data"):
     """Ray, connected: a new local instance (address None) declaring num_cpus logical CPUs, or the cluster
     at address. Disconnects (and stops a local instance) on leaving. A Ray that this process already
     started (a notebook, the tests) is used as it is and left running."""
@@ -84,7 +88,7 @@ def connect(address: str | None, num_cpus: int):
         os.environ.setdefault(LOOPBACK_ENV, "0")  # a private instance: nothing listens beyond 127.0.0.1
     if address is not None and address != "auto":
         probe(address)
-    ray = import_ray()
+    ray = import_ray(part)
     if ray.is_initialized():
         yield ray
         return
@@ -135,3 +139,13 @@ def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: fl
         raise DiTError(f"{workers} worker(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
                        f"lower --workers" + (" or --gpus-per-worker" if gpus else " or --threads"))
     return Pool(workers, threads, gpus)
+
+
+def failure_reason(error: Exception) -> str:
+    """The original error of a failure inside a Ray actor, as one line (Ray keeps it only in the traceback
+    text): a DiTError's message, else the last "SomethingError: ..." line before Ray's own."""
+    text = str(error)
+    found = re.search(r"DiTError: (.+)", text)
+    if found is None:
+        found = re.search(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception): .+)$", text.split("The above exception")[0], re.M)
+    return (found.group(1).strip() if found else type(error).__name__)[:300]

@@ -16,7 +16,6 @@ Ray is imported only inside these functions.
 import contextlib
 import logging
 import os
-import re
 import socket
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
 from runtime.generate import check_labels, generate
 from runtime.images import open_output, output_kind
-from runtime.ray_cluster import Pool, connect, node_resources, parse_address, plan_pool
+from runtime.ray_cluster import Pool, connect, failure_reason, node_resources, parse_address, plan_pool
 from runtime.samplers import sampler_from_name
 from runtime.shards import DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for
 from runtime.vae import HUB_VAES, load_decoder
@@ -177,13 +176,8 @@ def sample_layout(job: Job, manifest) -> tuple[tuple, type]:
 
 
 def worker_failure(error: Exception) -> DiTError:
-    """One line for a failure inside a worker (Ray keeps the original only in the traceback text)."""
-    text = str(error)
-    found = re.search(r"DiTError: (.+)", text)
-    if found is None:
-        found = re.search(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception): .+)$", text.split("The above exception")[0], re.M)
-    reason = found.group(1).strip() if found else type(error).__name__
-    return DiTError(f"a Ray worker failed: {reason[:300]}")
+    """One line for a failure inside a worker."""
+    return DiTError(f"a Ray worker failed: {failure_reason(error)}")
 
 
 def stream(ray, job: Job, pool: Pool, batches: list[range], collector: ShardCollector, summary: Summary,

@@ -10,12 +10,14 @@ decoder (VAE or pixels) before the denoiser, and the samples stream into an atom
 """
 
 import logging
+import re
 import sys
 
 import click
 from tqdm import tqdm
 
 from dit_ref import configs
+from dit_ref.class_names import class_names, resolve_label
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
@@ -29,18 +31,16 @@ DEMO_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's class_label
 RANDOM_BANNER = "RANDOM WEIGHTS: these images are noise from an untrained network, not DiT samples"
 
 
-def parse_classes(values, num_classes: int = configs.NUM_CLASSES) -> list[int] | None:
-    """--class values (repeats and comma lists) -> labels; DiTError unless each is in 0..num_classes-1."""
+def parse_classes(values, num_classes: int = configs.NUM_CLASSES, names: tuple[str, ...] | None = None) -> list[int] | None:
+    """--class values (repeats and comma lists of numbers or class names) -> labels; DiTError unless each
+    is in 0..num_classes-1 or a name in the model's class-name table (dit_ref.class_names)."""
     labels = []
     for value in values:
         for part in str(value).split(","):
             part = part.strip()
-            if not part:
-                continue
-            try:
-                labels.append(int(part))
-            except ValueError:
-                raise DiTError(f"--class {part!r} is not an integer; this model's classes are 0..{num_classes - 1}") from None
+            if part:
+                number = re.fullmatch(r"[+-]?\d+", part)
+                labels.append(int(part) if number else resolve_label(part, names, num_classes, "--class"))
     return check_labels(labels, num_classes, "--class") or None
 
 
@@ -59,17 +59,23 @@ def plan_labels(given: list[int] | None, num_samples: int | None, num_classes: i
 
 
 def model_facts(path, backend: str, model: str | None) -> dict | None:
-    """What is known before loading: {"num_classes", "decoder", "channels"} from the manifest or the
+    """What is known before loading: {"model", "num_classes", "decoder", "channels"} from the manifest or the
     config (None when neither a file nor --model is given; the loader then says what to pass)."""
     if path is not None:
         backend_for(path, backend)  # a file no backend runs is refused here, before its manifest is sought
         manifest = read_manifest(path)
-        return {"num_classes": manifest.num_classes, "decoder": manifest.decoder,
+        return {"model": manifest.model, "num_classes": manifest.num_classes, "decoder": manifest.decoder,
                 "channels": manifest.latent_channels}
     if model is not None:
         config = configs.get_config(model)
-        return {"num_classes": config.num_classes, "decoder": config.decoder, "channels": config.latent_channels}
+        return {"model": config.name, "num_classes": config.num_classes, "decoder": config.decoder,
+                "channels": config.latent_channels}
     return None
+
+
+def labels_from_cli(classes, facts: dict) -> list[int] | None:
+    """--class values for the model the facts describe (numbers, or names from its class-name table)."""
+    return parse_classes(classes, facts["num_classes"], class_names(facts["model"], facts["num_classes"]))
 
 
 def describe(denoiser, sampler, seed: int, cfg_scale: float, decoder) -> dict:
@@ -123,7 +129,7 @@ def run_on_ray_from_cli(path, classes, num_samples, seed, steps, sampler, cfg_sc
     facts = model_facts(path, backend, None)
     if read_manifest(path).random_weights:
         click.secho(f"warning: {RANDOM_BANNER}", fg="red", bold=True, err=True)
-    planned = plan_labels(parse_classes(classes, facts["num_classes"]), num_samples, facts["num_classes"])
+    planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
     sampler_from_name(sampler, steps)  # an unknown sampler fails here, not in every worker
     job = Job(path=path, labels=tuple(planned), sampler=sampler, steps=steps, seed=seed, cfg_scale=cfg_scale,
               vae=vae, backend=backend, cuda_graphs=cuda_graphs)
@@ -144,8 +150,8 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("engine_or_graph", required=False)
-@click.option("--class", "classes", multiple=True, help="Class label (ImageNet 0..999; fashion 0..9); repeat or "
-              "comma-separate. Default: sample.py's demo labels (fashion: every class), or random ones with --num-samples.")
+@click.option("--class", "classes", multiple=True, help="Class label or name (ImageNet 0..999, \"golden "
+              "retriever\"; fashion 0..9, \"sneaker\"); repeat or comma-separate. Default: sample.py's demo labels (fashion: every class), or random ones with --num-samples.")
 @click.option("--num-samples", type=int, help="Number of images (default: one per class).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds latents, labels and noise.")
 @click.option("--steps", type=int, help="Sampling steps (default per sampler).")
@@ -198,9 +204,9 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     if misplaced:
         raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
     seeding = seeding or "official"
-    facts = model_facts(engine_or_graph, backend, model) or {"num_classes": configs.NUM_CLASSES, "decoder": "vae",
-                                                    "channels": configs.LATENT_CHANNELS}
-    planned = plan_labels(parse_classes(classes, facts["num_classes"]), num_samples, facts["num_classes"])
+    facts = model_facts(engine_or_graph, backend, model) or {"model": "DiT-XL/2", "num_classes": configs.NUM_CLASSES,
+                                                             "decoder": "vae", "channels": configs.LATENT_CHANNELS}
+    planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
     chosen_sampler = sampler_from_name(sampler, steps)
     out = out or ("samples.npy" if vae == "none" else "sample.png")
     output_kind(out, latents=vae == "none")  # check --out before any slow work

@@ -5,6 +5,7 @@ when complete, so an error or Ctrl-C leaves no partial file. Use as a context ma
     with open_output(path, kind, total) as output: output.add(batch)
 """
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def grid_from_images(images: np.ndarray, columns: int = GRID_COLUMNS, padding: i
 def pil_image(image: np.ndarray) -> Image.Image:
     """uint8 (H, W, 3) -> an RGB image, (H, W, 1) -> a grayscale one."""
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def png_bytes(image: np.ndarray, metadata: dict | None = None) -> bytes:
+    """uint8 (H, W, 3 or 1) -> the bytes of a PNG file (what dit-run writes for one sample)."""
+    buffer = io.BytesIO()
+    pil_image(image).save(buffer, format="PNG", pnginfo=png_info(metadata))
+    return buffer.getvalue()
 
 
 def png_info(metadata: dict | None) -> PngImagePlugin.PngInfo | None:

@@ -78,3 +78,12 @@ def exported_graph(tmp_path_factory):
         )
 
     return export
+
+
+@pytest.fixture(scope="session")
+def fashion_graph(tmp_path_factory):
+    """The shipped Fashion-MNIST DiT (real weights, 28 px, 10 classes) as an FP32 graph, exported once."""
+    from export import export
+
+    return export("fashion", ckpt="auto", precision="fp32", out=tmp_path_factory.mktemp("fashion-fp32"),
+                  engine="skip", check=False).graph

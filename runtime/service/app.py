@@ -1,0 +1,265 @@
+"""dit-serve's Ray Serve application: a Frontend (the HTTP API, FastAPI behind Serve's proxy) and a pool of
+Generator replicas that each hold the denoiser and stack the images of concurrent requests into one batch.
+
+    HTTP -> Serve proxy -> Frontend: key, body size, request checks (runtime.service.api)
+                           -> one Generator.make call per image (Serve queues them, bounded)
+                        -> Generator (--replicas): @serve.batch gathers up to --max-batch images within
+                           --batch-wait-ms, groups them by (sampler, steps), runs each group as one
+                           denoiser batch with per-sample seeding, answers a PNG per image
+
+Each image carries its request's seed and its index in the request, so its generator is keyed by
+(seed, i) whatever it is batched with: image i is sample i of `dit-run --seeding per-sample`.
+Imported only by dit-serve and the tests: it imports Ray Serve and FastAPI at the top. Everything
+the deployments use is defined above them: Serve pickles a deployment's class when it is declared.
+"""
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hmac
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray.exceptions
+import torch
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import HTMLResponse, JSONResponse
+from ray import serve
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
+
+from dit_ref.contract import read_manifest
+from runtime.backends import backend_for, load_denoiser
+from runtime.generate import sample_batch
+from runtime.images import png_bytes
+from runtime.noise import PerSampleNoise
+from runtime.ray_cluster import failure_reason
+from runtime.samplers import sampler_from_name
+from runtime.service.api import Model, ServiceError, model_summary, parse_generate
+from runtime.service.settings import APP_NAME, Settings, key_digest
+from runtime.vae import load_decoder
+
+PAGE = Path(__file__).with_name("page.html")
+MAX_BODY_BYTES = 64 * 1024  # a request is a few hundred bytes of JSON; beyond this: 413
+RETRY_AFTER_S = 1  # what a 503 (queue full, replica restarting) tells the client to wait
+
+api = FastAPI(title="dit-serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@api.exception_handler(ServiceError)
+async def answer_service_error(request, error: ServiceError):
+    return JSONResponse({"error": error.message}, error.status, headers=error.headers)
+
+
+@api.exception_handler(HTTPException)
+async def answer_http_error(request, error: HTTPException):
+    """FastAPI's own 404 / 405 in our shape."""
+    return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}"}, error.status_code)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of one request."""
+
+    label: int
+    seed: int  # the request's
+    index: int  # the image's position in its request: its per-sample key is (seed, index)
+    sampler: str
+    steps: int
+    cfg_scale: float
+
+
+@dataclass(frozen=True)
+class Made:
+    """One finished image."""
+
+    png: bytes
+    label: int
+    batch_size: int  # the denoiser batch it was made in (images of any request)
+
+
+def compatible_groups(items: list[Item]) -> list[list[int]]:
+    """Positions of the items that can share a denoiser batch (same sampler and steps; cfg and seeds differ
+    freely: the graph takes one cfg scale per sample), in order of first appearance."""
+    groups = defaultdict(list)
+    for position, item in enumerate(items):
+        groups[(item.sampler, item.steps)].append(position)
+    return list(groups.values())
+
+
+@functools.lru_cache(maxsize=32)
+def sampler_for(name: str, steps: int):
+    """Samplers are stateless (each call starts a fresh run), so one per (name, steps) is reused."""
+    return sampler_from_name(name, steps)
+
+
+def failure(error: BaseException, queue_size: int) -> BaseException:
+    """What the client hears when making its images failed."""
+    retry = {"Retry-After": str(RETRY_AFTER_S)}
+    if isinstance(error, BackPressureError):
+        return ServiceError(503, f"the service is busy: {queue_size} images are already waiting; retry after "
+                                 f"{RETRY_AFTER_S} s", retry)
+    if isinstance(error, ray.exceptions.RayActorError):
+        return ServiceError(503, "a generator replica stopped while making this request (Serve restarts it); retry "
+                                 f"after {RETRY_AFTER_S} s", retry)
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+        return error  # the client went away, or the service is stopping
+    return ServiceError(500, f"generation failed: {failure_reason(error)}")
+
+
+async def read_body(request: HTTPRequest, limit: int) -> bytes:
+    """The body, read no further than limit bytes; ServiceError 413 beyond it."""
+    too_large = ServiceError(413, f"the body is over {limit} bytes; a generate request is a small JSON object")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def running_generators() -> int:
+    """Generator replicas Serve reports RUNNING (a blocking call to Serve's controller)."""
+    application = serve.status().applications.get(APP_NAME)
+    deployment = application.deployments.get("Generator") if application else None
+    return deployment.replica_states.get("RUNNING", 0) if deployment else 0
+
+
+@serve.deployment
+class Generator:
+    """A replica: the denoiser and decoder, loaded once; batches of images out."""
+
+    def __init__(self, settings: Settings):
+        torch.set_num_threads(settings.threads)
+        self.denoiser = load_denoiser(settings.path, settings.backend, device=settings.device,
+                                      threads=settings.threads, cuda_graphs=settings.cuda_graphs)
+        facts = self.denoiser.provenance
+        self.decoder = load_decoder(settings.vae, facts.decoder, facts.latent_channels, self.denoiser.device)
+        self.metadata = {"Software": "dit-serve", "model": f"{facts.model} {facts.image_size}px"}
+        if facts.random_weights:
+            self.metadata["Warning"] = "RANDOM WEIGHTS: noise from an untrained network, not DiT samples"
+        self.make.set_max_batch_size(settings.max_batch)
+        self.make.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # both set per service in __init__
+    async def make(self, items: list[Item]) -> list[Made]:
+        # In a thread, so the replica keeps taking (and queueing) requests while a batch runs.
+        return await asyncio.to_thread(self.make_now, items)
+
+    def make_now(self, items: list[Item]) -> list[Made]:
+        made = [None] * len(items)
+        for positions in compatible_groups(items):
+            for position, result in zip(positions, self.make_group([items[p] for p in positions])):
+                made[position] = result
+        return made
+
+    def make_group(self, group: list[Item]) -> list[Made]:
+        """One denoiser batch; padded with copies of its first image up to the graph's minimum batch."""
+        padded = group + [group[0]] * (self.denoiser.batch_range.min - len(group))
+        noise = PerSampleNoise([item.seed for item in padded], [item.index for item in padded], self.denoiser.device)
+        labels, images = sample_batch(self.denoiser, [item.label for item in padded],
+                                      sampler_for(group[0].sampler, group[0].steps), noise,
+                                      [item.cfg_scale for item in padded], self.decoder)
+        return [Made(png_bytes(image, self.metadata), int(label), len(group))
+                for image, label in zip(images[:len(group)], labels)]
+
+
+@serve.deployment
+@serve.ingress(api)
+class Frontend:
+    """The HTTP API: checks who asks and what, hands each image to the Generator pool, answers JSON."""
+
+    def __init__(self, generator, settings: Settings):
+        self.generator, self.settings = generator, settings
+        manifest = read_manifest(settings.path)
+        self.model = Model.from_manifest(manifest, settings.max_images)
+        self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
+        self.random_weights = manifest.random_weights
+        self.page_html = PAGE.read_text(encoding="utf-8")
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> str:
+        """The page: static, no data of its own, so a browser can load it without a key (its API calls
+        carry the key)."""
+        return self.page_html
+
+    @api.get("/v1/health")
+    async def health(self, request: HTTPRequest):
+        self.admit(request)
+        running = await asyncio.to_thread(running_generators)
+        body = {"status": "ok" if running else "unavailable",
+                "replicas": {"running": running, "wanted": self.settings.replicas}}
+        return JSONResponse(body, 200 if running else 503)
+
+    @api.get("/v1/model")
+    async def model_info(self, request: HTTPRequest) -> dict:
+        self.admit(request)
+        return self.summary
+
+    @api.get("/v1/classes")
+    async def classes(self, request: HTTPRequest) -> dict:
+        """Each class's number and name (names null for a model whose classes have none)."""
+        self.admit(request)
+        names = self.model.names or [None] * self.model.num_classes
+        return {"classes": [{"label": label, "name": name} for label, name in enumerate(names)]}
+
+    @api.post("/v1/generate")
+    async def generate(self, request: HTTPRequest) -> dict:
+        self.admit(request)
+        wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
+        items = [Item(label, wanted.seed, index, wanted.sampler, wanted.steps, wanted.cfg_scale)
+                 for index, label in enumerate(wanted.labels)]
+        made = await self.make_all(items)
+        return {"images": [base64.b64encode(image.png).decode("ascii") for image in made],
+                "labels": [image.label for image in made], "seed": wanted.seed, "sampler": wanted.sampler,
+                "steps": wanted.steps, "cfg_scale": wanted.cfg_scale, "model": self.model.name,
+                "image_size": self.summary["image_size"], "random_weights": self.random_weights,
+                "batch_sizes": [image.batch_size for image in made]}
+
+    async def make_all(self, items: list[Item]) -> list[Made]:
+        """Every item through the Generator pool; ServiceError 503 when its queue is full or a replica died."""
+        responses = []
+        try:
+            for item in items:  # a full queue may refuse the call itself, or its result
+                responses.append(self.generator.make.remote(item))
+            return list(await asyncio.gather(*responses))
+        except BaseException as error:
+            for response in responses:
+                with contextlib.suppress(Exception):  # cancelling a refused call raises its error again
+                    response.cancel()
+            raise failure(error, self.settings.queue_size) from None
+
+    def admit(self, request: HTTPRequest) -> None:
+        """ServiceError 401 unless the request carries the service's key (when it has one)."""
+        if self.settings.api_key_sha256 is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = key_digest(token.strip()) or ""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.settings.api_key_sha256):
+            raise ServiceError(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
+                               {"WWW-Authenticate": "Bearer"})
+
+
+def build_app(settings: Settings):
+    """The application dit-serve runs: Frontend over a bounded queue to settings.replicas Generators."""
+    generator = Generator.options(
+        num_replicas=settings.replicas,
+        max_ongoing_requests=2 * settings.max_batch,  # one batch running, the next one gathering
+        max_queued_requests=settings.queue_size,  # beyond it, BackPressureError -> our 503
+        ray_actor_options={"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica or 0},
+    ).bind(settings)
+    # Enough room for every request the queue can hold, plus health and model calls; beyond it the
+    # proxy itself answers 503 with Retry-After, so nothing queues without bound in front of us.
+    ongoing = settings.replicas * 2 * settings.max_batch + settings.queue_size + 8
+    return Frontend.options(
+        num_replicas=1, max_ongoing_requests=ongoing, max_queued_requests=settings.queue_size,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
+        ray_actor_options={"num_cpus": 0},
+    ).bind(generator, settings)

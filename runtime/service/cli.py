@@ -1,0 +1,221 @@
+"""dit-serve: DiT as an HTTP service on Ray Serve, requests batched into the engine.
+
+    dit-serve fashion-28-fp16.onnx                                # http://127.0.0.1:8000/ (the page), /v1/...
+    dit-serve DiT-XL-2-256-fp16.plan --replicas 2 --max-batch 16  # one replica per GPU
+    DIT_API_KEY=... dit-serve G.plan --host 0.0.0.0 --ray auto    # other machines reach it: a key is required
+
+Everything a service could be refused for is checked before Ray starts (options, the file and its
+manifest, the decoder, who can reach the port); then it starts a private local Ray instance (or
+joins --ray ADDRESS), runs the Serve application (runtime.service.app) and serves until Ctrl-C.
+"""
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from dit_ref.contract import read_manifest
+from dit_ref.errors import DiTError
+from runtime.backends import BACKEND_CHOICES, backend_for
+from runtime.backends.onnxruntime_backend import physical_cores
+from runtime.service.settings import API_KEY_ENV, APP_NAME, Settings, check_exposure, key_digest
+from runtime.vae import load_decoder
+
+START_SECONDS = 600  # how long replicas may take to start (model load, autoscaling) before we give up
+
+log = logging.getLogger("dit-serve")
+
+
+def prepare(path, max_batch, vae, backend, **options) -> Settings:
+    """Settings for the file, every check that needs no Ray done; DiTError for what cannot be served."""
+    if options["queue_size"] < options["max_images"]:
+        raise DiTError(f"--queue-size {options['queue_size']} is below --max-images {options['max_images']}: a request "
+                       f"that large could never be queued; raise --queue-size or lower --max-images")
+    if backend_for(path, backend) == "torch":
+        raise DiTError("dit-serve runs an engine (.plan) or graph (.onnx); export one with dit-export")
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise DiTError(f"{path} not found; pass an engine (.plan) or graph (.onnx) made by dit-export")
+    manifest = read_manifest(path)
+    max_batch = max_batch or manifest.batch.opt
+    manifest.batch.check(max_batch, remedy="choose --max-batch within it, or re-export with --batch MIN:OPT:MAX")
+    if vae == "none":
+        raise DiTError("--vae none: the service answers PNG images; choose a decoder (auto, ema, mse, a directory)")
+    load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
+    return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options)
+
+
+def check_port(host: str, port: int) -> None:
+    """DiTError if the address cannot be bound (in use, or not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            raise DiTError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
+
+
+def describe(settings: Settings, host: str, port: int) -> str:
+    manifest = read_manifest(settings.path)
+    replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
+    return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
+            f"to {settings.max_batch} images gathered for {settings.batch_wait_ms:g} ms, {settings.max_images} images "
+            f"per request, {settings.queue_size} waiting at most) on http://{host}:{port}/"
+            f"{'; requests need the API key' if settings.api_key_sha256 else ''} -- Ctrl-C stops")
+
+
+def start(settings: Settings, host: str, port: int, verbose: bool) -> None:
+    """Serve's proxy on host:port and the application, running; DiTError with the reason if it cannot start."""
+    from ray import serve
+
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's own "Started ...", "is ready" lines
+
+    from runtime.ray_cluster import failure_reason
+    from runtime.service.app import build_app
+
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    try:
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    except Exception as error:  # a replica's constructor failed (its own retries spent)
+        raise DiTError(f"the service did not start: {start_failure(serve, error)}") from None
+
+
+def start_failure(serve, error: Exception) -> str:
+    """Why the application did not start: serve.run says only "failed"; the deployments' status messages
+    hold the replicas' own errors."""
+    from runtime.ray_cluster import failure_reason
+
+    with contextlib.suppress(Exception):
+        application = serve.status().applications[APP_NAME]
+        for deployment in application.deployments.values():
+            if deployment.message:
+                return failure_reason(RuntimeError(deployment.message))
+    return failure_reason(error)
+
+
+def stop() -> None:
+    """Delete the application, its replicas finishing what they hold (a private instance then goes with
+    Ray; on a cluster, Serve stays for its other applications)."""
+    from ray import serve
+
+    serve.delete(APP_NAME)
+
+
+class Stop(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, systemd, a container stop): shut the service down cleanly."""
+
+
+def stop_on_signals() -> None:
+    """Both signals raise Stop, whatever the shell that started us did with them (a background job
+    of a non-interactive shell starts with SIGINT ignored)."""
+    def raise_stop(signum, frame):
+        raise Stop(signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_stop)
+
+
+def run_service(settings: Settings, host: str, port: int, address: str | None, verbose: bool = False) -> None:
+    """Connect (or start a private instance), place the replicas, serve until Ctrl-C, then clean up."""
+    from runtime.ray_cluster import connect, node_resources, parse_address, plan_pool
+
+    address = parse_address(address)
+    local = address is None
+    declared = max(physical_cores(), settings.replicas * settings.threads) + 1  # +1: the proxy and controller
+    with connect(address, declared, part="serve") as ray:
+        pool = plan_pool(node_resources(ray), settings.replicas, settings.gpus_per_replica, settings.threads)
+        settings = replace(settings, gpus_per_replica=pool.gpus, device=settings.device or pool.device)
+        if local and settings.replicas * settings.threads > physical_cores() and not pool.gpus:
+            log.warning(f"{settings.replicas} replicas x {settings.threads} thread(s) on {physical_cores()} cores: "
+                        f"they share the cores")
+        try:
+            stop_on_signals()
+            start(settings, host, port, verbose)
+            click.echo(describe(settings, host, port), err=True)
+            while True:
+                time.sleep(1)
+        except Stop as stopped:
+            click.echo(f"stopping: {stopped}", err=True)
+        finally:
+            with contextlib.suppress(Exception):  # nothing to delete when the start itself failed
+                stop()
+    click.echo("stopped", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("engine_or_graph")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any but loopback needs --api-key.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Generator replicas, each holding the denoiser (one per GPU where there are GPUs).")
+@click.option("--max-batch", type=click.IntRange(min=1), help="Images per denoiser batch, at most (default: the "
+              "manifest's opt batch; within its range). 1 turns batching off.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="How long a replica waits for more images before running a batch.")
+@click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images one request may ask for (more: 400).")
+@click.option("--queue-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images that may wait for a replica; beyond it requests get 503 with Retry-After.")
+@click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | "
+              "mse (hub) | PATH (local diffusers VAE) | random (offline demo).")
+@click.option("--backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "torch"]), default="auto",
+              show_default=True)
+@click.option("--device", help="The replicas' device: cpu, cuda (default: cuda for replicas with a GPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads (and Ray CPUs) per replica.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), help="GPUs per replica (default 1 where the "
+              "cluster has GPUs, else 0; fractions share a GPU).")
+@click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
+@click.option("--api-key", envvar=API_KEY_ENV, help=f"Every /v1 request must send Authorization: Bearer KEY "
+              f"(also from ${API_KEY_ENV}). Required with a --host other than loopback.")
+@click.option("--ray", "ray_address", metavar="ADDRESS", help="Join a Ray cluster (auto, HOST:PORT, "
+              "ray://HOST:PORT) instead of starting a private local instance.")
+@click.option("--verbose", is_flag=True, help="Show Ray's and Serve's own logs.")
+def serve(engine_or_graph, host, port, replicas, max_batch, batch_wait_ms, max_images, queue_size, vae, backend,
+          device, threads, gpus_per_replica, cuda_graphs, api_key, ray_address, verbose):
+    """Serve DiT images from ENGINE_OR_GRAPH (.plan or .onnx) over HTTP: POST /v1/generate, GET /v1/health,
+    GET /v1/model, GET /v1/classes, and a page at /."""
+    check_exposure(host, api_key)
+    settings = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
+                       gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
+                       batch_wait_ms=batch_wait_ms, max_images=max_images, queue_size=queue_size,
+                       api_key_sha256=key_digest(api_key))
+    check_port(host, port)
+    if read_manifest(settings.path).random_weights:
+        click.secho("warning: RANDOM WEIGHTS: the service's images are noise from an untrained network",
+                    fg="red", bold=True, err=True)
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")  # the replicas' logs go to Ray's files, not here
+    run_service(settings, host, port, ray_address, verbose)
+
+
+def main(argv=None) -> None:
+    """Console entry point: one line on stderr and exit 1 for what cannot be served, no traceback."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        code = serve.main(args=argv, prog_name="dit-serve", standalone_mode=False)
+    except DiTError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, Stop, click.exceptions.Abort):  # before the service started, or while stopping
+        click.echo("error: interrupted", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

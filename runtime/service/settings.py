@@ -1,0 +1,51 @@
+"""What one dit-serve service is: the graph or engine, how its replicas run, its limits and its key.
+
+Made by the CLI before Ray is imported, and pickled into every replica.
+"""
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from dit_ref.errors import DiTError
+
+APP_NAME = "dit"  # the Serve application's name
+API_KEY_ENV = "DIT_API_KEY"
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: str  # the engine or graph, absolute; the same path must hold it on every node
+    backend: str = "auto"
+    vae: str = "auto"  # decoder spec, as dit-run --vae (not none: the service answers images)
+    device: str | None = None  # the replicas' device (None: CUDA when available)
+    threads: int = 1  # CPUs reserved and threads used per Generator replica
+    gpus_per_replica: float | None = None  # None: 1 where the cluster has GPUs, else 0
+    cuda_graphs: bool = False
+    replicas: int = 1  # Generator replicas
+    max_batch: int = 8  # images per denoiser batch, at most
+    batch_wait_ms: float = 10.0  # how long a replica waits for more images before running a batch
+    max_images: int = 16  # per request
+    queue_size: int = 64  # images waiting for a Generator before requests get 503
+    api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process
+
+
+def key_digest(api_key: str | None) -> str | None:
+    return None if not api_key else hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: nobody else can reach the port."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """DiTError for a service reachable from other machines without a key."""
+    if not is_loopback(host) and not api_key:
+        raise DiTError(f"--host {host} lets other machines reach the service: pass --api-key KEY (or set "
+                       f"{API_KEY_ENV}) so that every request must carry it, or bind 127.0.0.1")

@@ -1,0 +1,110 @@
+"""dit-serve's limits: who gets in (API key), body size (413), a full queue (503 with Retry-After), and the
+refusals at start (one line, exit 1, before Ray starts). One small service with a key: 1 replica,
+batches of 2, 4 images per request, 4 images waiting at most. Every request and wait is bounded.
+"""
+
+import concurrent.futures
+import json
+import socket
+
+import pytest
+
+import runtime.service.cli as dit_serve_cli
+from service_helpers import Server
+
+pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
+
+KEY = "test-key-0123456789"
+AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(fashion_graph):
+    server = Server(fashion_graph, "--max-batch", "2", "--max-images", "4", "--queue-size", "4",
+                    env={"DIT_API_KEY": KEY})
+    yield server
+    server.stop()
+
+
+def dit_serve(argv, capsys) -> tuple[int, str]:
+    """dit-serve in-process, for refusals that come before Ray starts: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exited:
+        dit_serve_cli.main(argv)
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, path", [("GET", "/v1/health"), ("GET", "/v1/model"), ("GET", "/v1/classes"),
+                                          ("POST", "/v1/generate")])
+def test_without_the_key_every_api_request_gets_401(server, method, path):
+    body = json.dumps({"class_labels": [1], "steps": 1, "sampler": "ddim"}).encode() if method == "POST" else None
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # none, wrong, no scheme
+        status, answer_headers, answer = server.request(method, path, body, headers)
+        assert status == 401 and "API key" in answer["error"] and answer_headers["www-authenticate"] == "Bearer"
+    status, _, _ = server.request(method, path, body, AUTHORIZED)
+    assert status == 200
+
+
+@pytest.mark.slow
+def test_the_page_loads_without_the_key_and_asks_for_it(server):
+    status, _, page = server.request("GET", "/")
+    assert status == 200 and 'id="key-box"' in page
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_gets_413_and_the_service_keeps_serving(server):
+    body = json.dumps({"class_labels": [1], "padding": "x" * 70_000}).encode()
+    status, _, answer = server.request("POST", "/v1/generate", body, AUTHORIZED)
+    assert status == 413 and "over 65536 bytes" in answer["error"]
+    assert server.generate(AUTHORIZED, class_labels=[2], steps=1, sampler="ddim")[0] == 200
+
+
+@pytest.mark.slow
+def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(server):
+    def ask(k):  # 4 images each, slow enough to keep the replica busy while the others arrive
+        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 40}).encode()
+        return server.request("POST", "/v1/generate", body, AUTHORIZED)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    statuses = sorted(status for status, _, _ in answers)
+    print(f"6 concurrent requests of 4 images (room for 4 running + 4 waiting): {statuses}")
+    busy = [(headers, answer) for status, headers, answer in answers if status == 503]
+    assert busy and 200 in statuses
+    for headers, answer in busy:
+        assert headers.get("retry-after") == "1" and "busy" in answer["error"], (headers, answer)
+    assert server.generate(AUTHORIZED, class_labels=[5], steps=1, sampler="ddim")[0] == 200
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_service(server):
+    assert server.stop() == 0, server.output()
+    assert "stopped" in server.output()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--host", "0.0.0.0"], "pass --api-key KEY (or set DIT_API_KEY)"),
+    (["--queue-size", "2", "--max-images", "4"], "--queue-size 2 is below --max-images 4"),
+    (["--max-batch", "64"], "outside"),
+    (["--vae", "none"], "the service answers PNG images"),
+    (["--vae", "ema"], "--vae ema: this model makes pixels"),
+])
+def test_what_cannot_be_served_is_refused_in_one_line_before_ray_starts(fashion_graph, capsys, monkeypatch, args,
+                                                                        expected):
+    monkeypatch.delenv("DIT_API_KEY", raising=False)
+    code, err = dit_serve([str(fashion_graph), *args], capsys)
+    print(err.strip())
+    assert code == 1 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_or_foreign_file_and_a_busy_port_are_refused(fashion_graph, tmp_path, capsys):
+    code, err = dit_serve([str(tmp_path / "nothing.onnx")], capsys)
+    assert code == 1 and "not found" in err
+    (tmp_path / "weights.pt").write_bytes(b"x")
+    code, err = dit_serve([str(tmp_path / "weights.pt")], capsys)
+    assert code == 1 and "neither a TensorRT engine (.plan) nor an ONNX graph (.onnx)" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, err = dit_serve([str(fashion_graph), "--port", str(taken.getsockname()[1])], capsys)
+    assert code == 1 and "choose another --port" in err and len(err.strip().splitlines()) == 1

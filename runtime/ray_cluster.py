@@ -21,6 +21,7 @@ from dit_ref.errors import DiTError
 INSTALL_HINTS = {part: f"pip install 'ray[{part}]' (it comes with the dev extra: pip install -e '.[cpu,dev]')"
                  for part in ("data", "serve")}
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
+MAX_THREADS_PER_CPU = 2  # a private local instance: a pool's threads may share the CPUs up to this
 PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
 
 
@@ -114,20 +115,35 @@ def node_resources(ray) -> list[dict]:
             for node in ray.nodes() if node.get("Alive")]
 
 
+def local_cpus(workers: int | None, threads: int | None, noun: str = "worker") -> int:
+    """The logical CPUs a private local instance declares for a pool: this machine's CPUs, or the pool's
+    threads when more (they then share the CPUs), plus a spare one for Ray's own tasks. DiTError beyond
+    MAX_THREADS_PER_CPU threads per CPU: more only adds start-up time and memory."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = (workers or 0) * (threads or 1)
+    if wanted > MAX_THREADS_PER_CPU * cpus:
+        raise DiTError(f"{workers} {noun}(s) x {threads or 1} thread(s) do not fit: this machine has room for "
+                       f"{MAX_THREADS_PER_CPU * cpus} threads ({cpus} CPUs, {MAX_THREADS_PER_CPU} per CPU at most); "
+                       f"lower --{noun}s or --threads")
+    return max(cpus, wanted) + 1
+
+
 def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: float | None = None,
-              threads: int | None = None, local_cores: int | None = None) -> Pool:
+              threads: int | None = None, local_cores: int | None = None, noun: str = "worker") -> Pool:
     """The pool for these nodes; DiTError if the workers cannot all be placed (Ray would wait forever).
 
     Defaults: one worker per GPU when the cluster has GPUs; on CPUs, one single-threaded worker per
-    core of this machine (local_cores, for a local instance) or per CPU of the cluster.
+    core of this machine (local_cores, for a local instance) or per CPU of the cluster. noun names the
+    options in messages: "worker" (dit-run --ray: --workers, --gpus-per-worker) or "replica" (dit-serve).
     """
+    gpu_option = f"--gpus-per-{noun}"
     if gpus_per_worker is not None and gpus_per_worker < 0:
-        raise DiTError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker}")
+        raise DiTError(f"{gpu_option} must be 0 or more, not {gpus_per_worker}")
     total_gpus = sum(node["GPU"] for node in nodes)
     gpus = float(gpus_per_worker if gpus_per_worker is not None else (1 if total_gpus else 0))
     if gpus > 0 and total_gpus == 0:
-        raise DiTError(f"--gpus-per-worker {gpus:g}: the Ray cluster has no GPUs (Ray would wait for them forever); "
-                       f"use --gpus-per-worker 0 for CPU workers or join a cluster with GPUs")
+        raise DiTError(f"{gpu_option} {gpus:g}: the Ray cluster has no GPUs (Ray would wait for them forever); "
+                       f"use {gpu_option} 0 for CPU {noun}s or join a cluster with GPUs")
     if threads is None:
         threads = max(1, local_cores // workers) if (local_cores and workers and not gpus) else 1
     room = sum(min(int(node["CPU"] // threads), int(node["GPU"] // gpus) if gpus else 1 << 30) for node in nodes)
@@ -136,8 +152,8 @@ def plan_pool(nodes: list[dict], workers: int | None = None, gpus_per_worker: fl
     if workers < 1 or workers > room:
         need = f"{threads} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
         have = f"{len(nodes)} node(s), {sum(n['CPU'] for n in nodes):g} CPUs, {total_gpus:g} GPUs"
-        raise DiTError(f"{workers} worker(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
-                       f"lower --workers" + (" or --gpus-per-worker" if gpus else " or --threads"))
+        raise DiTError(f"{workers} {noun}(s) of {need} each do not fit: the Ray cluster ({have}) has room for {room}; "
+                       f"lower --{noun}s" + (f" or {gpu_option}" if gpus else " or --threads"))
     return Pool(workers, threads, gpus)
 
 

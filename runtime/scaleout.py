@@ -30,7 +30,7 @@ from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
 from runtime.generate import check_labels, generate
 from runtime.images import open_output, output_kind
-from runtime.ray_cluster import Pool, connect, failure_reason, node_resources, parse_address, plan_pool
+from runtime.ray_cluster import Pool, connect, failure_reason, local_cpus, node_resources, parse_address, plan_pool
 from runtime.samplers import sampler_from_name
 from runtime.shards import DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for
 from runtime.vae import HUB_VAES, load_decoder
@@ -266,9 +266,7 @@ def make_pending(job, folder, pending, summary, address, workers, gpus_per_worke
     from tqdm import tqdm
 
     address = parse_address(address)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    declared = max(cores, (workers or 0) * (threads or 1)) + 1  # a spare logical CPU for Ray Data's own tasks
-    with connect(address, declared) as ray:
+    with connect(address, local_cpus(workers, threads) if address is None else 0) as ray:
         from runtime.backends.onnxruntime_backend import physical_cores
 
         local = address is None

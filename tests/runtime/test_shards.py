@@ -2,6 +2,7 @@
 and the pure parts of runtime.scaleout (worker placement, addresses, error lines)."""
 
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from dit_ref.errors import DiTError
-from runtime.ray_cluster import import_ray, parse_address, plan_pool
+from runtime.ray_cluster import import_ray, local_cpus, parse_address, plan_pool
 from runtime.scaleout import Job, sample_layout, worker_failure
 from runtime.shards import ShardCollector, ShardFolder, ShardPlan, settings_hash, shard_name, shards_folder_for
 
@@ -158,3 +159,13 @@ def test_the_output_holds_adms_layout(vae, decoder, shape, dtype):
     manifest = SimpleNamespace(image_size=256, latent_size=256 if decoder == "pixels" else 32,
                                latent_channels=channels, decoder=decoder)
     assert sample_layout(Job("g.onnx", (), vae=vae), manifest) == (shape, dtype)
+
+
+def test_a_local_instance_declares_the_cpus_or_the_pools_threads_up_to_twice_the_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # a 2-CPU machine
+    assert local_cpus(None, None) == 3  # the CPUs and a spare one for Ray's own tasks
+    assert local_cpus(4, 1) == 5 and local_cpus(2, 2) == 5  # the pool's threads share the 2 CPUs
+    with pytest.raises(DiTError, match=r"99 worker\(s\) x 1 thread\(s\) do not fit: this machine has room for 4"):
+        local_cpus(99, 1)
+    with pytest.raises(DiTError, match=r"3 replica\(s\) x 2 thread\(s\) .* lower --replicas or --threads"):
+        local_cpus(3, 2, "replica")

@@ -2,7 +2,9 @@
 
 import http.client
 import os
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +16,7 @@ OFFICIAL_URL = "https://dl.fbaipublicfiles.com/DiT/models/{name}"
 RELEASED_MODEL = "DiT-XL/2"  # the only config with released weights (256 and 512)
 TIMEOUT_SECONDS = 15.0  # per connect / read; short so that an offline machine fails fast
 CHUNK_BYTES = 1 << 20
+HUB_PROBE_SECONDS = 3.0
 OFFLINE_HINT = (
     "offline? download it elsewhere and pass --ckpt PATH, or use --random-init SEED for a "
     "random-weight model"
@@ -81,12 +84,31 @@ def _copy_with_progress(response, out, url, name):
         raise DiTError(f"download of {url} stopped at {out.tell()} of {total} bytes; try again")
 
 
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be asked (then only its local cache is used), or None.
+
+    huggingface_hub retries an unreachable hub for about 25 s with a warning each time; a short
+    connection attempt first says so at once.
+    """
+    from huggingface_hub import constants  # its HF_HUB_OFFLINE and HF_ENDPOINT, as it reads them
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as error:
+        return f"the hub at {host} is unreachable ({error.strerror or type(error).__name__})"
+    return None
+
+
 def fetch_hub(repo_id: str) -> Path:
     """Local folder of a diffusers DiT repo's transformer (only its config and weights are fetched).
 
-    Uses the Hugging Face cache; honours HF_HUB_OFFLINE (cached files only).
+    Uses the Hugging Face cache; only the cache when the hub is unreachable or HF_HUB_OFFLINE is set.
     """
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    offline = hub_offline_reason()
     folder = _snapshot(repo_id, "safetensors", offline)
     if not _has_weights(folder):  # repos saved before safetensors only have the .bin
         folder = _snapshot(repo_id, "bin", offline)
@@ -101,7 +123,7 @@ def _has_weights(folder: Path) -> bool:
     return True
 
 
-def _snapshot(repo_id: str, extension: str, offline: bool) -> Path:
+def _snapshot(repo_id: str, extension: str, offline: str | None) -> Path:
     from huggingface_hub import errors, snapshot_download
 
     files = (  # one file, or shards with their index; never the .fp16 variants
@@ -115,10 +137,10 @@ def _snapshot(repo_id: str, extension: str, offline: bool) -> Path:
     hub_errors = (errors.HfHubHTTPError, errors.EntryNotFoundError, errors.HFValidationError, OSError)
     hub_errors += _httpx_errors()
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline is not None))
     except hub_errors as error:
         if offline:
-            reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
+            reason = f"{offline} and it is not in the Hugging Face cache"
         else:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             reason = reason.removeprefix("Got: ")  # the hub's "Got: ConnectError: ..." wrapping

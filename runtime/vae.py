@@ -100,15 +100,21 @@ def _from_pretrained(where, hub: bool):
     """AutoencoderKL.from_pretrained with one-line errors; a pipeline folder's vae/ is found too."""
     from diffusers import AutoencoderKL
 
+    from dit_ref.download import hub_offline_reason
+
     subfolder = None
     if not hub and not (Path(where) / "config.json").is_file() and (Path(where) / "vae" / "config.json").is_file():
         subfolder = "vae"
+    offline = hub_offline_reason() if hub else None  # then the Hugging Face cache only, without retries
     try:
         with warnings.catch_warnings():  # deprecation chatter from diffusers' hub calls
             warnings.simplefilter("ignore")
-            return AutoencoderKL.from_pretrained(str(where), subfolder=subfolder, low_cpu_mem_usage=False)
+            return AutoencoderKL.from_pretrained(str(where), subfolder=subfolder, low_cpu_mem_usage=False,
+                                                 local_files_only=offline is not None)
     except Exception as error:  # hub/network/file errors come in many types (OSError, HfHubHTTPError, ...)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if offline:
+            reason = f"{offline} and it is not in the Hugging Face cache"
         if hub:
             raise DiTError(f"cannot load the VAE {where} from the Hugging Face hub ({reason}); pass a local "
                            f"directory (--vae /path/to/sd-vae-ft-ema) or --vae none to write latents") from None

@@ -124,3 +124,20 @@ def test_unknown_vae_spec():
     with pytest.raises(DiTError, match="neither ema, mse, random, none nor a directory"):
         load_vae("no-such-vae-dir")
     assert load_vae("none") is None
+
+
+def test_an_unreachable_hub_is_said_at_once_not_after_its_retries(monkeypatch, tmp_path):
+    """huggingface_hub retries an unreachable hub for about 25 s, warning each time; we ask once, briefly."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    started = time.perf_counter()
+    with pytest.raises(DiTError, match=r"the hub at 127\.0\.0\.1 is unreachable .* not in the Hugging Face cache\); "
+                                       r"pass a local directory") as refused:
+        load_vae("mse")
+    print(f"{refused.value} ({time.perf_counter() - started:.1f} s)")

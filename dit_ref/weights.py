@@ -51,10 +51,13 @@ def load_dit(
     ckpt: str | None = None,
     random_init: int | None = None,
     numerics: str = "official",
+    num_classes: int | None = None,
 ) -> LoadedDiT:
     """Build the named DiT and fill it from ckpt (path, "auto", "hf:ID") or seeded random weights.
 
     image_size None: the config's first size (256 for the paper's models, 28 for fashion).
+    num_classes: the class count of a checkpoint that does not say (a bare state dict; a train.py
+    checkpoint's args say it, and otherwise the config's count is assumed), or of a random model.
     """
     config = configs.get_config(model)
     image_size = config.image_sizes[0] if image_size is None else image_size
@@ -63,9 +66,15 @@ def load_dit(
         raise DiTError(f"unknown numerics {numerics!r}; choose one of {', '.join(NUMERICS)}")
     if (ckpt is None) == (random_init is None):
         raise DiTError(f"pass exactly one of --ckpt ({CKPT_FORMS}) or --random-init SEED")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise DiTError(f"--num-classes must be a positive integer, not {num_classes!r}")
     if random_init is not None:
-        return _random_model(config, image_size, random_init, numerics)
+        shape = {} if num_classes is None else {"num_classes": num_classes}
+        return _random_model(configs.with_shape(config, **shape), image_size, random_init, numerics)
     state_dict, args, source, files = read_checkpoint(str(ckpt), config, image_size)
+    if num_classes is not None:
+        args = {**args, "num_classes": num_classes}
     check_config(state_dict, config, image_size, source)
     config = configs.with_shape(config, **checkpoint_shape(state_dict, config, args))
     dit = _uninitialised_model(config, image_size, numerics)
@@ -290,6 +299,9 @@ def check_config(state_dict, config: DiTConfig, image_size: int, source: str) ->
     )
 
 
+LABEL_TABLE = "y_embedder.embedding_table.weight"  # (num_classes + 1, D): the last row is the null class
+
+
 def load_state_dict_strict(model: DiT, state_dict: dict, source: str) -> None:
     """Copy every tensor; a missing, extra or wrongly shaped key is a DiTError naming it."""
     expected = model.state_dict()
@@ -303,9 +315,13 @@ def load_state_dict_strict(model: DiT, state_dict: dict, source: str) -> None:
         raise DiTError(f"{source} has {_keys(extra)} that {what} does not have; is it a DiT checkpoint?")
     if wrong:
         key, more = wrong[0], f" (and {len(wrong) - 1} more keys differ)" if len(wrong) > 1 else ""
+        hint = ""
+        if key == LABEL_TABLE and len(wrong) == 1 and state_dict[key].shape[0] > 1:
+            classes = state_dict[key].shape[0] - 1  # the table holds a row per class and the null class
+            hint = f"; if the model has {classes} classes (the checkpoint does not say), pass --num-classes {classes}"
         raise DiTError(
             f"{source}: {key!r} has shape {tuple(state_dict[key].shape)}, {what} expects "
-            f"{tuple(expected[key].shape)}{more}"
+            f"{tuple(expected[key].shape)}{more}{hint}"
         )
     model.load_state_dict(state_dict, strict=True)
 

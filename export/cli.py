@@ -85,10 +85,12 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check (large models).")
 @click.option("--list-models", is_flag=True, help="List the DiT configs with params and Gflops, then exit.")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a checkpoint that does not say "
+              "(a bare state dict; train.py checkpoints carry theirs). Default: the config's (1000).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
 def cli(ctx, model, image_size, ckpt, random_init, fp16, cfg_channels, batch_text, out, engine,
-        opt_level, timing_cache, no_check, list_models, verbose):
+        opt_level, timing_cache, no_check, list_models, num_classes, verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
     \b
@@ -109,7 +111,7 @@ def cli(ctx, model, image_size, ckpt, random_init, fp16, cfg_channels, batch_tex
     result = export(model, image_size, ckpt=ckpt, random_init=random_init, precision="fp16" if fp16 else "fp32",
                     cfg_channels=None if cfg_channels is None else int(cfg_channels),
                     batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
-                    opt_level=opt_level, timing_cache=timing_cache, stage=stage)
+                    opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)
     summary(result)
 
 

@@ -51,8 +51,11 @@ def engine_reason(engine: str) -> str | None:
     return reason
 
 
-def check_request(model: str, image_size: int | None, precision: str, cfg_channels: int | None) -> int:
-    """The image size to export at; DiTError for a bad option, before anything loads."""
+def check_request(model: str, image_size: int | None, precision: str, cfg_channels: int | None,
+                  ckpt=None) -> int:
+    """The image size to export at; DiTError for a bad option, before anything loads. cfg_channels is
+    checked against the config's latent channels only without a checkpoint: a checkpoint's own
+    channels (16 for a 16-channel VAE) are known once it is loaded, and checked then."""
     from export.onnx_export import PRECISIONS
 
     config = configs.get_config(model)
@@ -60,17 +63,20 @@ def check_request(model: str, image_size: int | None, precision: str, cfg_channe
     config.check_image_size(image_size)
     if precision not in PRECISIONS:
         raise DiTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if cfg_channels is not None:
+    if cfg_channels is not None and ckpt is None:
         config.check_cfg_channels(cfg_channels)
+    elif cfg_channels is not None and (isinstance(cfg_channels, bool) or not isinstance(cfg_channels, int)
+                                       or cfg_channels < 1):
+        raise DiTError(f"cfg_channels must be a positive integer, not {cfg_channels!r}")
     return image_size
 
 
-def load_stage(model: str, image_size: int, ckpt, random_init, stage):
+def load_stage(model: str, image_size: int, ckpt, random_init, stage, num_classes=None):
     """The model and its checkpoint record (dit_ref.weights.load_dit)."""
     from dit_ref.weights import load_dit
 
     with stage("load", f"{configs.get_config(model).name} at {image_size} px") as result:
-        loaded = load_dit(model, image_size, ckpt=ckpt, random_init=random_init)
+        loaded = load_dit(model, image_size, ckpt=ckpt, random_init=random_init, num_classes=num_classes)
         label = "RANDOM WEIGHTS" if loaded.random_weights else f"sha256 {loaded.sha256[:12]}..."
         result["done"] = f"{loaded.source} ({label})"
     return loaded.model, Checkpoint(loaded.source, loaded.sha256, loaded.random_weights)
@@ -112,19 +118,20 @@ def engine_stage(graph: Path, batch: BatchRange, opt_level: int, timing_cache, s
 def export(model: str, image_size: int | None = None, *, ckpt: str | None = None, random_init: int | None = None,
            precision: str = "fp16", cfg_channels: int | None = None, batch: BatchRange = DEFAULT_BATCH,
            out=".", engine: str = "auto", check: bool = True, opt_level: int = 3, timing_cache=None,
-           stage=silent_stage) -> ExportResult:
+           num_classes: int | None = None, stage=silent_stage) -> ExportResult:
     """Load a DiT (ckpt: path, "auto", "hf:ID"; or random_init=SEED), export its guided graph into
     out with its manifest, check it in ONNX Runtime, and build its TensorRT engine when possible.
 
     image_size None: the config's first size. cfg_channels None: the model's default (3 for the
-    paper's 4-channel latents, else all channels). engine: auto | required | skip.
+    paper's 4-channel latents, else all channels). engine: auto | required | skip. num_classes: the
+    class count of a checkpoint that does not carry it (a bare state dict; train.py's carry theirs).
     """
     from export.onnx_export import check_out_dir, export_onnx
 
-    image_size = check_request(model, image_size, precision, cfg_channels)
+    image_size = check_request(model, image_size, precision, cfg_channels, ckpt)
     check_out_dir(out)
     reason = engine_reason(engine)  # before any work: --engine required fails fast
-    dit, checkpoint = load_stage(model, image_size, ckpt, random_init, stage)
+    dit, checkpoint = load_stage(model, image_size, ckpt, random_init, stage, num_classes)
     cfg_channels = dit.config.default_cfg_channels if cfg_channels is None else dit.config.check_cfg_channels(cfg_channels)
     reference = reference_stage(dit, cfg_channels, stage) if check else None
     graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)

@@ -58,9 +58,10 @@ def plan_labels(given: list[int] | None, num_samples: int | None, num_classes: i
     return (given + [None] * num_samples)[:num_samples]
 
 
-def model_facts(path, backend: str, model: str | None) -> dict | None:
+def model_facts(path, backend: str, model: str | None, num_classes: int | None = None) -> dict | None:
     """What is known before loading: {"model", "num_classes", "decoder", "channels"} from the manifest or the
-    config (None when neither a file nor --model is given; the loader then says what to pass)."""
+    config (None when neither a file nor --model is given; the loader then says what to pass). A
+    checkpoint may hold another class count (train.py --num-classes): dit-run re-plans after loading."""
     if path is not None:
         backend_for(path, backend)  # a file no backend runs is refused here, before its manifest is sought
         manifest = read_manifest(path)
@@ -68,7 +69,7 @@ def model_facts(path, backend: str, model: str | None) -> dict | None:
                 "channels": manifest.latent_channels}
     if model is not None:
         config = configs.get_config(model)
-        return {"model": config.name, "num_classes": config.num_classes, "decoder": config.decoder,
+        return {"model": config.name, "num_classes": num_classes or config.num_classes, "decoder": config.decoder,
                 "channels": config.latent_channels}
     return None
 
@@ -167,6 +168,8 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--ckpt", help="torch backend: PATH | auto | hf:ORG/NAME.")
 @click.option("--random-init", type=int, help="torch backend: random weights with this seed (labelled as such).")
 @click.option("--model", help="torch backend: XL/2, S/2, fashion, ... (with a file: must match its manifest).")
+@click.option("--num-classes", type=click.IntRange(min=1), help="torch backend: the class count of a checkpoint "
+              "that does not say (a bare state dict; train.py checkpoints carry theirs).")
 @click.option("--image-size", type=int, help="torch backend: 256 or 512 (fashion: 28; with a file: must match its manifest).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="torch backend compute dtype.")
@@ -187,7 +190,7 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
               f"(default {DEFAULT_SHARD_SIZE}).")
 @click.option("--keep-shards", is_flag=True, help="--ray: keep <out>.shards/ after assembling the output.")
 def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
-        batch_size, backend, device, threads, ckpt, random_init, model, image_size, dtype, cuda_graphs,
+        batch_size, backend, device, threads, ckpt, random_init, model, num_classes, image_size, dtype, cuda_graphs,
         grid_columns, seeding, ray_address, workers, gpus_per_worker, shard_size, keep_shards):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
     check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
@@ -195,6 +198,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
                    "--keep-shards": keep_shards or None}
     if ray_address is not None:
         not_for_ray = [name for name, value in (("--ckpt", ckpt), ("--random-init", random_init), ("--model", model),
+                       ("--num-classes", num_classes),
                        ("--image-size", image_size), ("--device", device), ("--cfg-channels", cfg_channels))
                        if value is not None]
         return run_on_ray_from_cli(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out,
@@ -204,8 +208,8 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     if misplaced:
         raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
     seeding = seeding or "official"
-    facts = model_facts(engine_or_graph, backend, model) or {"model": "DiT-XL/2", "num_classes": configs.NUM_CLASSES,
-                                                             "decoder": "vae", "channels": configs.LATENT_CHANNELS}
+    facts = model_facts(engine_or_graph, backend, model, num_classes) or {
+        "model": "DiT-XL/2", "num_classes": configs.NUM_CLASSES, "decoder": "vae", "channels": configs.LATENT_CHANNELS}
     planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
     chosen_sampler = sampler_from_name(sampler, steps)
     out = out or ("samples.npy" if vae == "none" else "sample.png")
@@ -214,8 +218,12 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     denoiser = load_denoiser(engine_or_graph, backend, model=model, image_size=image_size,
                              cfg_channels=None if cfg_channels is None else int(cfg_channels),
                              batch_size=batch_size, device=device, threads=threads, cuda_graphs=cuda_graphs,
-                             dtype=None if dtype == "float32" else dtype, ckpt=ckpt, random_init=random_init)
+                             dtype=None if dtype == "float32" else dtype, ckpt=ckpt, random_init=random_init,
+                             num_classes=num_classes)
     with denoiser:
+        if denoiser.provenance.num_classes != facts["num_classes"]:  # a checkpoint's own count (train.py args)
+            facts = {**facts, "num_classes": denoiser.provenance.num_classes}
+            planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
         if decoder is not None:
             decoder.to(denoiser.device)
         info = describe(denoiser, chosen_sampler, seed, cfg_scale, decoder)

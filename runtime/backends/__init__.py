@@ -32,7 +32,8 @@ BACKENDS = {backend.name: backend for backend in (
     Backend("onnxruntime", (".onnx",), "runtime.backends.onnxruntime_backend", ("device", "threads"),
             "ONNX Runtime on the exported graph, CPU or CUDA"),
     Backend("torch", (), "runtime.backends.torch_backend",
-            ("device", "threads", "dtype", "ckpt", "random_init", "compile"), "PyTorch reference (dit_ref), eager or compiled"),
+            ("device", "threads", "dtype", "ckpt", "random_init", "compile", "num_classes"),
+            "PyTorch reference (dit_ref), eager or compiled"),
 )}
 BACKEND_CHOICES = ("auto", *BACKENDS)
 

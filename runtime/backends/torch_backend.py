@@ -60,7 +60,7 @@ class TorchDenoiser(Denoiser):
 
 
 def load(path, manifest, request, device=None, threads=None, dtype="float32", ckpt=None, random_init=None,
-         compile=False) -> TorchDenoiser:
+         compile=False, num_classes=None) -> TorchDenoiser:
     """A TorchDenoiser from dit_ref.weights.load_dit (a checkpoint, "auto", "hf:ID", or random init)."""
     from dit_ref.weights import load_dit
 
@@ -69,6 +69,6 @@ def load(path, manifest, request, device=None, threads=None, dtype="float32", ck
     if request.model is None:
         raise DiTError("the torch backend needs --model (e.g. XL/2, or fashion) and, for the paper's models, "
                        "--image-size (256 or 512)")
-    loaded = load_dit(request.model, request.image_size, ckpt=ckpt, random_init=random_init)
+    loaded = load_dit(request.model, request.image_size, ckpt=ckpt, random_init=random_init, num_classes=num_classes)
     return TorchDenoiser(loaded.model, device, dtype, request.cfg_channels, loaded.source, loaded.random_weights,
                          compile)

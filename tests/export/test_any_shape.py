@@ -100,3 +100,44 @@ def test_guiding_more_channels_than_the_latents_is_refused(tmp_path):
     with pytest.raises(DiTError, match=r"cfg_channels must be 1..1 \(the model's latent channels\), not 2"):
         export_onnx(tiny(1, 10, True), tmp_path, "fp32", cfg_channels=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def saved_state_dict(tmp_path, name: str, **shape) -> str:
+    """A bare state dict (as the released .pt files) of a random DiT-S/8 with another shape."""
+    config = configs.with_shape(configs.get_config("S/8"), **shape)
+    path = tmp_path / f"{name}.pt"
+    torch.save(randomize_weights_(DiT(config, 256), seed=1).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, options", [
+    ({"latent_channels": 16}, ["--cfg-channels", "16"]),  # more guided channels than the named config has
+    ({"learn_sigma": False}, []),
+])
+def test_a_checkpoint_file_tells_its_channels_and_learned_sigma(tmp_path, capsys, shape, options):
+    checkpoint = saved_state_dict(tmp_path, "other-shape", **shape)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--model", "S/8", "--ckpt", checkpoint, "--out", str(tmp_path / "out"), "--engine", "skip",
+                  "--no-check", *options])
+    assert exited.value.code == 0, capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "out" / "DiT-S-8-256-fp32.onnx")
+    expected = {"latent_channels": 4, "learn_sigma": True, **shape}
+    assert (manifest.latent_channels, manifest.learn_sigma) == (expected["latent_channels"], expected["learn_sigma"])
+    assert manifest.cfg_channels == (16 if shape.get("latent_channels") == 16 else 3)
+    assert manifest.output_names == (("eps", "var_values") if expected["learn_sigma"] else ("eps",))
+
+
+@pytest.mark.slow
+def test_a_bare_state_dict_of_10_classes_says_to_pass_num_classes(tmp_path, capsys):
+    checkpoint = saved_state_dict(tmp_path, "ema-only", num_classes=10)  # no train.py args: the count is unknown
+    argv = ["--model", "S/8", "--ckpt", checkpoint, "--out", str(tmp_path / "out"), "--engine", "skip", "--no-check"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    print(err.strip())
+    assert exited.value.code == 1 and "has shape (11, 384)" in err and "pass --num-classes 10" in err
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--num-classes", "10"])
+    assert exited.value.code == 0
+    assert read_manifest(tmp_path / "out" / "DiT-S-8-256-fp32.onnx").num_classes == 10

@@ -88,3 +88,26 @@ def test_denoiser_is_a_context_manager(graphs):
     with load_denoiser(graphs["fp32"], threads=1) as denoiser:
         assert denoiser.latent_shape == (4, 32, 32) and denoiser.provenance.num_classes == 1000
     assert denoiser.session is None  # closed
+
+
+def test_the_torch_backend_takes_a_train_py_checkpoints_class_count(tmp_path, capsys):
+    """train.py --num-classes 10: its args say 10, so dit-run's default labels are each class once."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from dit_ref import DiT, configs, randomize_weights_
+
+    model = randomize_weights_(DiT(configs.with_shape(configs.get_config("S/8"), num_classes=10), 256), seed=2)
+    args = argparse.Namespace(model="DiT-S/8", image_size=256, num_classes=10)
+    checkpoint = tmp_path / "0001000.pt"
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": {}, "args": args}, checkpoint)
+    out = tmp_path / "latents.npy"
+    argv = ["--backend", "torch", "--model", "S/8", "--ckpt", str(checkpoint), "--steps", "1", "--vae", "none",
+            "--threads", "1", "--out", str(out)]
+    code, err, _ = dit_run(argv, capsys)
+    assert code == 0, err
+    assert np.load(out).shape == (10, 4, 32, 32)  # classes 0..9, once each
+    code, err, _ = dit_run([*argv, "--class", "500"], capsys)
+    assert code == 1 and "--class 500 is out of range: this model's classes are 0..9" in err

@@ -118,3 +118,22 @@ def test_corrupt_or_foreign_checkpoint(tmp_path, capsys, kind):
                             "text": b"hello, not weights\n"}[kind])
     err = fails_cleanly(capsys, tmp_path / "out", "--model", "S/8", "--ckpt", str(checkpoint))
     assert "ckpt.pt" in err and ("corrupt" in err or "not a DiT checkpoint" in err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_real_dit_export_prints_its_stage_lines_only(tmp_path, verbose):
+    """In a shell, not in-process: the libraries' logs go to the real stderr there (pytest captures them)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "export.cli", "--model", "S/8", "--random-init", "0", "--fp16", "--engine",
+               "skip", "--out", str(tmp_path), *(["--verbose"] if verbose else [])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    lines = (done.stdout + done.stderr).splitlines()
+    print(f"dit-export{' --verbose' if verbose else ''}: {len(lines)} lines")
+    assert done.returncode == 0, done.stderr
+    if verbose:
+        assert len(lines) > 25  # the exporter's and optimizer's own logs
+    else:
+        assert len(lines) <= 25 and done.stderr == "", done.stderr

@@ -100,7 +100,10 @@ def make_denoiser(name: str, model: str, image_size: int, artifact: str | None):
     from runtime.backends import load_denoiser
 
     setting = SETTINGS[name]
-    if artifact is not None:  # ONNX Runtime picks CUDA when it has the provider, else CPU (named in the record)
-        return load_denoiser(artifact, setting.backend, **setting.options)
+    if artifact is not None:
+        options = dict(setting.options)
+        if setting.backend == "onnxruntime" and device().type == "cuda":
+            options["device"] = "cuda"  # on a GPU machine: CUDA, or the one-line reason it cannot (never CPU quietly)
+        return load_denoiser(artifact, setting.backend, **options)
     return load_denoiser(None, "torch", device=device(), model=model, image_size=image_size, random_init=0,
                          **setting.options)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import backends, measure, throughput
 from dit_ref import DiTError
@@ -53,3 +54,15 @@ def test_runs_and_lists_skipped_backends(tmp_path):
                 "images_per_s", "peak_mem_mb", "ratio_vs_torch", "device"):
         assert key in measured[0]
     assert "skipped tensorrt:" in done.stdout
+
+
+def test_on_a_gpu_machine_onnxruntime_settings_ask_for_cuda(monkeypatch):
+    """gpu-check's onnxruntime-fp16 figure must come from CUDA or fail saying why, never quietly from the CPU."""
+    import runtime.backends
+
+    calls = []
+    monkeypatch.setattr(backends, "device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(runtime.backends, "load_denoiser", lambda path, backend, **options: calls.append(options))
+    backends.make_denoiser("onnxruntime-fp16", "S/2", 256, "g.onnx")
+    backends.make_denoiser("tensorrt", "S/2", 256, "g.plan")
+    assert calls == [{"device": "cuda"}, {}]

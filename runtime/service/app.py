@@ -101,8 +101,8 @@ def failure(error: BaseException, queue_size: int) -> BaseException:
     """What the client hears when making its images failed."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
     if isinstance(error, BackPressureError):
-        return ServiceError(503, f"the service is busy: {queue_size} images are already waiting; retry after "
-                                 f"{RETRY_AFTER_S} s", retry)
+        return ServiceError(503, f"the service is busy: every replica holds {queue_size} waiting images; retry "
+                                 f"after {RETRY_AFTER_S} s", retry)
     if isinstance(error, ray.exceptions.RayActorError):
         return ServiceError(503, "a generator replica stopped while making this request (Serve restarts it); retry "
                                  f"after {RETRY_AFTER_S} s", retry)
@@ -248,16 +248,22 @@ class Frontend:
 
 
 def build_app(settings: Settings):
-    """The application dit-serve runs: Frontend over a bounded queue to settings.replicas Generators."""
+    """The application dit-serve runs: Frontend over settings.replicas Generators, every queue bounded.
+
+    A Generator replica takes up to 2 x max_batch + queue_size images at once: the batch it runs, the
+    one it gathers and queue_size waiting in its own batch queue, which a batch drains as soon as it
+    is free. Only a request that finds every replica full waits in Serve's router (which polls with
+    a back-off of up to 0.5 s, so it is kept to one request's images); beyond that, 503.
+    """
     generator = Generator.options(
         num_replicas=settings.replicas,
-        max_ongoing_requests=2 * settings.max_batch,  # one batch running, the next one gathering
-        max_queued_requests=settings.queue_size,  # beyond it, BackPressureError -> our 503
+        max_ongoing_requests=2 * settings.max_batch + settings.queue_size,
+        max_queued_requests=settings.max_images,  # beyond it, BackPressureError -> our 503
         ray_actor_options={"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica or 0},
     ).bind(settings)
-    # Enough room for every request the queue can hold, plus health and model calls; beyond it the
-    # proxy itself answers 503 with Retry-After, so nothing queues without bound in front of us.
-    ongoing = settings.replicas * 2 * settings.max_batch + settings.queue_size + 8
+    # Room for every request the replicas can hold, plus health and model calls; beyond it the proxy
+    # itself answers 503 with Retry-After, so nothing queues without bound in front of us.
+    ongoing = settings.replicas * (2 * settings.max_batch + settings.queue_size) + settings.max_images + 8
     return Frontend.options(
         num_replicas=1, max_ongoing_requests=ongoing, max_queued_requests=settings.queue_size,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),

@@ -35,9 +35,6 @@ log = logging.getLogger("dit-serve")
 
 def prepare(path, max_batch, vae, backend, **options) -> Settings:
     """Settings for the file, every check that needs no Ray done; DiTError for what cannot be served."""
-    if options["queue_size"] < options["max_images"]:
-        raise DiTError(f"--queue-size {options['queue_size']} is below --max-images {options['max_images']}: a request "
-                       f"that large could never be queued; raise --queue-size or lower --max-images")
     if backend_for(path, backend) == "torch":
         raise DiTError("dit-serve runs an engine (.plan) or graph (.onnx); export one with dit-export")
     path = Path(path).expanduser().resolve()
@@ -45,9 +42,13 @@ def prepare(path, max_batch, vae, backend, **options) -> Settings:
         raise DiTError(f"{path} not found; pass an engine (.plan) or graph (.onnx) made by dit-export")
     manifest = read_manifest(path)
     max_batch = max_batch or manifest.batch.opt
-    manifest.batch.check(max_batch, remedy="choose --max-batch within it, or re-export with --batch MIN:OPT:MAX")
+    if max_batch not in manifest.batch:
+        raise DiTError(f"--max-batch {max_batch} is outside {path.name}'s batch range {manifest.batch.min}.."
+                       f"{manifest.batch.max}; choose one within it, or re-export with --batch MIN:OPT:MAX")
     if vae == "none":
         raise DiTError("--vae none: the service answers PNG images; choose a decoder (auto, ema, mse, a directory)")
+    if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):
+        raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options)
 
@@ -68,7 +69,7 @@ def describe(settings: Settings, host: str, port: int) -> str:
     replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
     return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
             f"to {settings.max_batch} images gathered for {settings.batch_wait_ms:g} ms, {settings.max_images} images "
-            f"per request, {settings.queue_size} waiting at most) on http://{host}:{port}/"
+            f"per request, {settings.queue_size} waiting per replica at most) on http://{host}:{port}/"
             f"{'; requests need the API key' if settings.api_key_sha256 else ''} -- Ctrl-C stops")
 
 
@@ -76,12 +77,10 @@ def start(settings: Settings, host: str, port: int, verbose: bool) -> None:
     """Serve's proxy on host:port and the application, running; DiTError with the reason if it cannot start."""
     from ray import serve
 
-    if not verbose:
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's own "Started ...", "is ready" lines
-
-    from runtime.ray_cluster import failure_reason
     from runtime.service.app import build_app
 
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's own "Started ...", "is ready" lines
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
     try:
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
@@ -126,13 +125,14 @@ def stop_on_signals() -> None:
 
 def run_service(settings: Settings, host: str, port: int, address: str | None, verbose: bool = False) -> None:
     """Connect (or start a private instance), place the replicas, serve until Ctrl-C, then clean up."""
-    from runtime.ray_cluster import connect, node_resources, parse_address, plan_pool
+    from runtime.ray_cluster import connect, local_cpus, node_resources, parse_address, plan_pool
 
     address = parse_address(address)
     local = address is None
-    declared = max(physical_cores(), settings.replicas * settings.threads) + 1  # +1: the proxy and controller
+    declared = local_cpus(settings.replicas, settings.threads, "replica") if local else 0
     with connect(address, declared, part="serve") as ray:
-        pool = plan_pool(node_resources(ray), settings.replicas, settings.gpus_per_replica, settings.threads)
+        pool = plan_pool(node_resources(ray), settings.replicas, settings.gpus_per_replica, settings.threads,
+                         noun="replica")
         settings = replace(settings, gpus_per_replica=pool.gpus, device=settings.device or pool.device)
         if local and settings.replicas * settings.threads > physical_cores() and not pool.gpus:
             log.warning(f"{settings.replicas} replicas x {settings.threads} thread(s) on {physical_cores()} cores: "
@@ -165,7 +165,8 @@ def run_service(settings: Settings, host: str, port: int, address: str | None, v
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images one request may ask for (more: 400).")
 @click.option("--queue-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images that may wait for a replica; beyond it requests get 503 with Retry-After.")
+              help="Images each replica holds waiting (beside the batch it runs and the one it gathers); beyond "
+              "that requests get 503 with Retry-After.")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | "
               "mse (hub) | PATH (local diffusers VAE) | random (offline demo).")
 @click.option("--backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "torch"]), default="auto",

@@ -26,7 +26,7 @@ class Settings:
     max_batch: int = 8  # images per denoiser batch, at most
     batch_wait_ms: float = 10.0  # how long a replica waits for more images before running a batch
     max_images: int = 16  # per request
-    queue_size: int = 64  # images waiting for a Generator before requests get 503
+    queue_size: int = 64  # images a Generator replica holds waiting; when every replica is full: 503
     api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process
 
 

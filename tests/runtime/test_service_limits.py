@@ -1,15 +1,19 @@
 """dit-serve's limits: who gets in (API key), body size (413), a full queue (503 with Retry-After), and the
 refusals at start (one line, exit 1, before Ray starts). One small service with a key: 1 replica,
-batches of 2, 4 images per request, 4 images waiting at most. Every request and wait is bounded.
+batches of 2, 4 images per request, 4 images waiting in the replica (so it holds 2 + 2 + 4 images,
+and Serve's router one more request's 4). Every request and wait is bounded.
 """
 
 import concurrent.futures
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 
 import runtime.service.cli as dit_serve_cli
+from benchmarks.serving import free_port
 from service_helpers import Server
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
@@ -68,7 +72,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(serv
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, range(6)))
     statuses = sorted(status for status, _, _ in answers)
-    print(f"6 concurrent requests of 4 images (room for 4 running + 4 waiting): {statuses}")
+    print(f"6 concurrent requests of 4 images (room for 12): {statuses}")
     busy = [(headers, answer) for status, headers, answer in answers if status == 503]
     assert busy and 200 in statuses
     for headers, answer in busy:
@@ -84,10 +88,10 @@ def test_ctrl_c_stops_the_service(server):
 
 @pytest.mark.parametrize("args, expected", [
     (["--host", "0.0.0.0"], "pass --api-key KEY (or set DIT_API_KEY)"),
-    (["--queue-size", "2", "--max-images", "4"], "--queue-size 2 is below --max-images 4"),
     (["--max-batch", "64"], "outside"),
     (["--vae", "none"], "the service answers PNG images"),
     (["--vae", "ema"], "--vae ema: this model makes pixels"),
+    (["--ray", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
 ])
 def test_what_cannot_be_served_is_refused_in_one_line_before_ray_starts(fashion_graph, capsys, monkeypatch, args,
                                                                         expected):
@@ -108,3 +112,23 @@ def test_a_missing_or_foreign_file_and_a_busy_port_are_refused(fashion_graph, tm
         taken.listen()
         code, err = dit_serve([str(fashion_graph), "--port", str(taken.getsockname()[1])], capsys)
     assert code == 1 and "choose another --port" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_replicas_that_cannot_be_placed_are_refused_at_start(fashion_graph):
+    """Ray would wait for a GPU that no node has without end; dit-serve says so and exits."""
+    command = [sys.executable, "-m", "runtime.service.cli", str(fashion_graph), "--gpus-per-replica", "1",
+               "--port", str(free_port())]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    print(done.stderr.strip())
+    assert done.returncode == 1 and "the Ray cluster has no GPUs" in done.stderr
+
+
+def test_help_names_every_option(capsys):
+    with pytest.raises(SystemExit) as exited:
+        dit_serve_cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert exited.value.code == 0
+    for option in ("--host", "--port", "--replicas", "--max-batch", "--batch-wait-ms", "--vae", "--ray", "--api-key",
+                   "--max-images", "--queue-size"):
+        assert option in text

@@ -21,7 +21,7 @@ from dit_ref.class_names import class_names, resolve_label
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
-from runtime.generate import SEEDINGS, check_labels, check_options, generate
+from runtime.generate import SEEDINGS, check_labels, check_options, check_seeding, generate
 from runtime.images import open_output, output_kind
 from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
 from runtime.shards import DEFAULT_SHARD_SIZE
@@ -120,6 +120,7 @@ def run_on_ray_from_cli(path, classes, num_samples, seed, steps, sampler, cfg_sc
     from runtime.scaleout import Job, run_on_ray
 
     parse_address(address)  # `--ray G.onnx` took the graph for an address: say so first
+    check_seeding("per-sample", seed)
     if seeding == "official":
         raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it); "
                        "drop --seeding official, or drop --ray for sample.py's order")
@@ -208,6 +209,7 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
     if misplaced:
         raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
     seeding = seeding or "official"
+    check_seeding(seeding, seed)
     facts = model_facts(engine_or_graph, backend, model, num_classes) or {
         "model": "DiT-XL/2", "num_classes": configs.NUM_CLASSES, "decoder": "vae", "channels": configs.LATENT_CHANNELS}
     planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])

@@ -57,6 +57,15 @@ def check_options(batch_size: int | None = None, threads: int | None = None, ste
         raise DiTError(f"--cfg-scale must be a finite number, not {cfg_scale}")
 
 
+def check_seeding(seeding: str, seed: int) -> None:
+    """DiTError for an unknown seeding, or a seed per-sample seeding cannot key (numpy's SeedSequence
+    takes non-negative integers)."""
+    if seeding not in SEEDINGS:
+        raise DiTError(f"unknown seeding {seeding!r}; choose one of {', '.join(SEEDINGS)}")
+    if seeding == "per-sample" and seed < 0:
+        raise DiTError(f"--seed must be 0 or more with per-sample seeding, not {seed}")
+
+
 def choose_batch_size(requested: int | None, num_samples: int, denoiser) -> int:
     """--batch-size, or as many samples as the denoiser's batch range allows; both the full and the
     last batch are checked against the range."""
@@ -84,8 +93,7 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
         decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device)
     labels = check_labels(labels, provenance.num_classes)
     check_options(batch_size=batch_size, cfg_scale=cfg_scale, num_samples=len(labels))
-    if seeding not in SEEDINGS:
-        raise DiTError(f"unknown seeding {seeding!r}; choose one of {', '.join(SEEDINGS)}")
+    check_seeding(seeding, seed)
     batch_size = choose_batch_size(batch_size, len(labels), denoiser)
     official = OfficialNoise(seed, denoiser.device)
     for start in range(0, len(labels), batch_size):

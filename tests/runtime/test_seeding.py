@@ -32,13 +32,18 @@ def test_other_batch_sizes_give_the_same_samples_within_tolerance(reference, sam
     assert np.array_equal(labels_two, labels_three) and error < BATCH_SIZE_TOLERANCE
 
 
-def test_official_seeding_depends_on_the_batch_and_per_sample_does_not():
+def test_a_given_label_leaves_the_latents_as_a_drawn_one_would():
     # A drawn label is the same whether it was given or drawn: the latents do not move with it.
     from runtime.noise import PerSampleNoise
 
     given = PerSampleNoise(4, [7]).draw_batch([2], (4, 8, 8), 1000)
     drawn = PerSampleNoise(4, [7]).draw_batch([None], (4, 8, 8), 1000)
     assert np.array_equal(given[0].numpy(), drawn[0].numpy()) and given[1].item() == 2
+
+
+def test_a_negative_seed_is_refused_for_per_sample_seeding(reference):
+    with pytest.raises(DiTError, match="--seed must be 0 or more with per-sample seeding, not -1"):
+        next(generate(reference, [1], sampler_from_name("ddim", 1), seed=-1, seeding="per-sample"))
 
 
 def test_unknown_seeding_is_refused(reference):

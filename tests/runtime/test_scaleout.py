@@ -195,3 +195,15 @@ def test_a_shards_folder_that_is_not_ours_is_refused(ray_instance, tiny_graph, c
                          str(tmp_path / "samples.npy"), "--ray"], capsys)
     assert code == 1 and "not a dit-run shards folder" in err
     assert (tmp_path / "samples.npy.shards" / "holiday.jpg").exists()
+
+
+def test_dit_run_per_sample_on_one_machine_writes_what_dit_run_ray_writes(ray_instance, tiny_graph, capsys, tmp_path):
+    common = [str(tiny_graph), "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED), "--sampler", "ddim",
+              "--steps", str(STEPS), "--batch-size", str(BATCH_SIZE), "--vae", "none", "--threads", "1"]
+    code, err = dit_run([*common, "--seeding", "per-sample", "--out", str(tmp_path / "one.npy")], capsys)
+    assert code == 0, err
+    code, err = dit_run([*common, "--ray", "--workers", "2", "--shard-size", str(SHARD_SIZE),
+                         "--out", str(tmp_path / "ray.npy")], capsys)
+    assert code == 0, err
+    one, ray_made = np.load(tmp_path / "one.npy"), np.load(tmp_path / "ray.npy")
+    assert one.shape == (NUM_SAMPLES, 4, 32, 32) and np.array_equal(one, ray_made)

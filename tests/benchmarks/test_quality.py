@@ -16,6 +16,7 @@ LABELS = balanced_labels(10)
 FP16_POINTS = 0.03  # the limit: the FP16 graph within 3 points of the FP32 reference
 GUIDANCE_POINTS = 0.10  # cfg 4 must beat cfg 1 by at least this (measured +0.29)
 FEW_STEP_POINTS = 0.10  # DPM++ 20 steps at most this far below DDPM 100 steps (measured 0.05)
+REFERENCE_FLOOR = 0.80  # the FP32 reference itself, DDIM 25 at cfg 4 (measured 0.91): the model still draws
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def scores(denoiser, sampler="ddim", steps=25, cfg_scale=4.0) -> dict:
 def test_fp16_graph_draws_as_well_as_the_fp32_reference(fp16, reference):
     ours, theirs = scores(fp16), scores(reference)
     assert abs(ours["class_accuracy"] - theirs["class_accuracy"]) <= FP16_POINTS
+    assert theirs["class_accuracy"] >= REFERENCE_FLOOR  # both could be equally bad: the reference must draw
 
 
 def test_guidance_makes_the_requested_class(fp16):

@@ -40,7 +40,7 @@ from runtime.noise import PerSampleNoise
 from runtime.ray_cluster import failure_reason
 from runtime.samplers import sampler_from_name
 from runtime.service.api import Model, ServiceError, model_summary, parse_generate
-from runtime.service.settings import APP_NAME, Settings, key_digest
+from runtime.service.settings import Settings, key_digest
 from runtime.vae import load_decoder
 
 PAGE = Path(__file__).with_name("page.html")
@@ -125,9 +125,9 @@ async def read_body(request: HTTPRequest, limit: int) -> bytes:
     return bytes(body)
 
 
-def running_generators() -> int:
+def running_generators(app_name: str) -> int:
     """Generator replicas Serve reports RUNNING (a blocking call to Serve's controller)."""
-    application = serve.status().applications.get(APP_NAME)
+    application = serve.status().applications.get(app_name)
     deployment = application.deployments.get("Generator") if application else None
     return deployment.replica_states.get("RUNNING", 0) if deployment else 0
 
@@ -193,7 +193,7 @@ class Frontend:
     @api.get("/v1/health")
     async def health(self, request: HTTPRequest):
         self.admit(request)
-        running = await asyncio.to_thread(running_generators)
+        running = await asyncio.to_thread(running_generators, self.settings.app_name)
         body = {"status": "ok" if running else "unavailable",
                 "replicas": {"running": running, "wanted": self.settings.replicas}}
         return JSONResponse(body, 200 if running else 503)

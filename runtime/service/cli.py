@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for
 from runtime.backends.onnxruntime_backend import physical_cores
-from runtime.service.settings import API_KEY_ENV, APP_NAME, Settings, check_exposure, key_digest
+from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
 from runtime.vae import load_decoder
 
 START_SECONDS = 600  # how long replicas may take to start (model load, autoscaling) before we give up
@@ -67,9 +68,10 @@ def check_port(host: str, port: int) -> None:
 def describe(settings: Settings, host: str, port: int) -> str:
     manifest = read_manifest(settings.path)
     replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
+    url_host = f"[{host.strip('[]')}]" if ":" in host else host  # an IPv6 address
     return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
             f"to {settings.max_batch} images gathered for {settings.batch_wait_ms:g} ms, {settings.max_images} images "
-            f"per request, {settings.queue_size} waiting per replica at most) on http://{host}:{port}/"
+            f"per request, {settings.queue_size} waiting per replica at most) on http://{url_host}:{port}/"
             f"{'; requests need the API key' if settings.api_key_sha256 else ''} -- Ctrl-C stops")
 
 
@@ -82,31 +84,65 @@ def start(settings: Settings, host: str, port: int, verbose: bool) -> None:
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's own "Started ...", "is ready" lines
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
-    try:
-        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    except Exception as error:  # a replica's constructor failed (its own retries spent)
-        raise DiTError(f"the service did not start: {start_failure(serve, error)}") from None
+    check_proxy(serve, host, port)
+    run_bounded(lambda: serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False),
+                settings, serve)
 
 
-def start_failure(serve, error: Exception) -> str:
+def check_proxy(serve, host: str, port: int) -> None:
+    """DiTError when Serve already ran on the cluster with other HTTP options: serve.start then keeps its
+    own (and only logs it), so the service would listen where nobody asked, with no key checked there."""
+    from ray.serve.context import _get_global_client  # the one place Serve tells its live HTTP options
+
+    with contextlib.suppress(ImportError, AttributeError):
+        live = _get_global_client().http_config
+        if (live.host, live.port) != (host, port):
+            raise DiTError(f"Serve already runs on this Ray cluster with its proxy on {live.host}:{live.port}, not "
+                           f"{host}:{port}, and keeps it while it runs: pass --host {live.host} --port {live.port}, "
+                           f"or stop Serve there first (serve shutdown)")
+
+
+def run_bounded(deploy, settings: Settings, serve) -> None:
+    """deploy() (serve.run, which waits for the replicas without end) within START_SECONDS; DiTError with
+    the replicas' own reason when they fail, or with the likely one when they never start."""
+    outcome = {}
+
+    def deploy_and_keep_the_outcome():
+        try:
+            deploy()
+            outcome["done"] = True
+        except Exception as error:  # a replica's constructor failed (its own retries spent)
+            outcome["error"] = error
+
+    worker = threading.Thread(target=deploy_and_keep_the_outcome, daemon=True)
+    worker.start()
+    worker.join(START_SECONDS)
+    if "error" in outcome:
+        raise DiTError(f"the service did not start: {start_failure(serve, outcome['error'], settings)}")
+    if "done" not in outcome:
+        raise DiTError(f"the {settings.replicas} replica(s) did not start within {START_SECONDS} s: the Ray cluster "
+                       f"lacks free resources for them (other jobs may hold them); lower --replicas or free them")
+
+
+def start_failure(serve, error: Exception, settings: Settings) -> str:
     """Why the application did not start: serve.run says only "failed"; the deployments' status messages
     hold the replicas' own errors."""
     from runtime.ray_cluster import failure_reason
 
     with contextlib.suppress(Exception):
-        application = serve.status().applications[APP_NAME]
+        application = serve.status().applications[settings.app_name]
         for deployment in application.deployments.values():
             if deployment.message:
                 return failure_reason(RuntimeError(deployment.message))
     return failure_reason(error)
 
 
-def stop() -> None:
+def stop(settings: Settings) -> None:
     """Delete the application, its replicas finishing what they hold (a private instance then goes with
     Ray; on a cluster, Serve stays for its other applications)."""
     from ray import serve
 
-    serve.delete(APP_NAME)
+    serve.delete(settings.app_name)
 
 
 class Stop(BaseException):
@@ -133,7 +169,8 @@ def run_service(settings: Settings, host: str, port: int, address: str | None, v
     with connect(address, declared, part="serve") as ray:
         pool = plan_pool(node_resources(ray), settings.replicas, settings.gpus_per_replica, settings.threads,
                          noun="replica")
-        settings = replace(settings, gpus_per_replica=pool.gpus, device=settings.device or pool.device)
+        settings = replace(settings, gpus_per_replica=pool.gpus, device=settings.device or pool.device,
+                           app_name=app_name(local))
         if local and settings.replicas * settings.threads > physical_cores() and not pool.gpus:
             log.warning(f"{settings.replicas} replicas x {settings.threads} thread(s) on {physical_cores()} cores: "
                         f"they share the cores")
@@ -147,7 +184,7 @@ def run_service(settings: Settings, host: str, port: int, address: str | None, v
             click.echo(f"stopping: {stopped}", err=True)
         finally:
             with contextlib.suppress(Exception):  # nothing to delete when the start itself failed
-                stop()
+                stop(settings)
     click.echo("stopped", err=True)
 
 

@@ -5,11 +5,12 @@ Made by the CLI before Ray is imported, and pickled into every replica.
 
 import hashlib
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 
 from dit_ref.errors import DiTError
 
-APP_NAME = "dit"  # the Serve application's name
 API_KEY_ENV = "DIT_API_KEY"
 
 
@@ -28,6 +29,13 @@ class Settings:
     max_images: int = 16  # per request
     queue_size: int = 64  # images a Generator replica holds waiting; when every replica is full: 503
     api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process
+    app_name: str = "dit"  # the Serve application's name (see app_name())
+
+
+def app_name(local: bool) -> str:
+    """"dit" in a private instance; on a shared cluster one of this process's own, so that another
+    dit-serve neither replaces it nor deletes it when stopping."""
+    return "dit" if local else f"dit-{socket.gethostname()}-{os.getpid()}"
 
 
 def key_digest(api_key: str | None) -> str | None:

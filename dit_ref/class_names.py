@@ -74,7 +74,8 @@ def label_from_name(name: str, names: tuple[str, ...], what: str = "class") -> i
     if found is None:
         close = difflib.get_close_matches(name.strip().lower(), index, n=3, cutoff=0.6)
         hint = ", ".join(f"{match!r} ({index[match][0]})" for match in close) or "none near it"
-        raise DiTError(f"{what} {name!r} is not a class name of this model; closest: {hint}")
+        raise DiTError(f"{what} {name!r} is not a class name of this model (its classes are 0..{len(names) - 1} "
+                       f"or their names); closest: {hint}")
     if len(found) > 1:
         choices = ", ".join(f"{label} ({short_name(names, label)})" for label in found)
         raise DiTError(f"{what} {name!r} names {len(found)} classes: {choices}; pass the number instead")
@@ -86,6 +87,8 @@ def resolve_label(value, names: tuple[str, ...] | None, num_classes: int, what: 
     (Numbers are range-checked by the caller, with the rest of the run's options.)"""
     if not isinstance(value, str):
         return value
+    if value.strip().isdigit():  # "207": a number written as text, as dit-run --class reads it
+        return int(value)
     if names is None:
         raise DiTError(f"{what} {value!r}: this model's classes have no names; pass numbers 0..{num_classes - 1}")
     return label_from_name(value, names, what)

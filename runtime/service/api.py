@@ -6,6 +6,7 @@ POST /v1/generate takes {"class_labels": [207, "golden retriever"], "seed": 0, "
 options do. Image i of a request with seed S is sample i of `dit-run --seeding per-sample --seed S`.
 """
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def parse_generate(body: bytes, model: Model) -> Request:
     """A POST /v1/generate body -> Request; ServiceError 400 with the one line that says what is wrong."""
     try:
         fields = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, nesting too deep, an integer too long
         raise bad_request(f"the body is not valid JSON ({error}); send an object such as "
                           '{"class_labels": [1, 2], "seed": 0}') from None
     if not isinstance(fields, dict):
@@ -115,7 +116,19 @@ def parse_sampler(name, steps) -> tuple[str, int]:
         if not 1 <= steps <= MAX_STEPS:
             raise DiTError(f"steps must be 1..{MAX_STEPS} (the training schedule has {MAX_STEPS} timesteps), not {steps}")
     steps = default_steps(name) if steps is None else steps
-    return sampler_from_name(name, steps).name, steps  # DiTError naming the choices for an unknown one
+    return checked_sampler(name.strip(), steps), steps
+
+
+@functools.lru_cache(maxsize=64)
+def checked_sampler(name: str, steps: int) -> str:
+    """The sampler's own name, once it was built (cached: a diffusers scheduler takes a while to make).
+    DiTError naming the choices for an unknown one, and for a scheduler that refuses these steps."""
+    try:
+        return sampler_from_name(name, steps).name
+    except DiTError:
+        raise
+    except Exception as error:  # a diffusers scheduler's own refusal (ValueError, ...) of these steps
+        raise DiTError(f"sampler {name!r} cannot take {steps} steps ({str(error).splitlines()[0][:200]})") from None
 
 
 def parse_cfg_scale(value) -> float:
@@ -131,9 +144,11 @@ def sampler_names() -> list[str]:
 
 def model_summary(manifest: Manifest, backend: str, settings) -> dict:
     """GET /v1/model: what the service runs and what a request may ask."""
+    named = class_names(manifest.model, manifest.num_classes) is not None
     return {"model": manifest.model, "image_size": manifest.image_size, "precision": manifest.precision,
-            "num_classes": manifest.num_classes, "class_names": class_names(manifest.model, manifest.num_classes)
-            is not None, "decoder": manifest.decoder, "batch": manifest.batch.to_dict(), "backend": backend,
+            "num_classes": manifest.num_classes, "class_names": named, "decoder": manifest.decoder,
+            "batch": manifest.batch.to_dict(), "backend": backend,
             "random_weights": manifest.random_weights, "checkpoint": manifest.checkpoint.source,
             "max_batch": settings.max_batch, "max_images": settings.max_images, "replicas": settings.replicas,
-            "samplers": sampler_names(), "defaults": DEFAULTS}
+            "samplers": sampler_names(), "default_steps": {name: default_steps(name) for name in sampler_names()},
+            "defaults": DEFAULTS}

@@ -75,10 +75,13 @@ class Server:
         status, _, answer = self.request("POST", "/v1/generate", json.dumps(fields).encode(), headers)
         return status, answer
 
-    def stop(self) -> int:
-        """Ctrl-C to the whole process group; the exit code."""
+    def stop(self, signum: int = signal.SIGINT, group: bool = True) -> int:
+        """Ctrl-C to the whole process group (as a terminal sends it), or signum to dit-serve alone; the exit code."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
+            if group:
+                os.killpg(self.process.pid, signum)
+            else:
+                os.kill(self.process.pid, signum)
             try:
                 self.process.wait(STOP_SECONDS)
             except subprocess.TimeoutExpired:

@@ -6,15 +6,18 @@ and Serve's router one more request's 4). Every request and wait is bounded.
 
 import concurrent.futures
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 import runtime.service.cli as dit_serve_cli
 from benchmarks.serving import free_port
-from service_helpers import Server
+from service_helpers import Server, replica_pids
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
 
@@ -76,21 +79,45 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(serv
     busy = [(headers, answer) for status, headers, answer in answers if status == 503]
     assert busy and 200 in statuses
     for headers, answer in busy:
-        assert headers.get("retry-after") == "1" and "busy" in answer["error"], (headers, answer)
+        assert headers.get("retry-after") == "1" and "busy" in str(answer), (headers, answer)
     assert server.generate(AUTHORIZED, class_labels=[5], steps=1, sampler="ddim")[0] == 200
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_service(server):
-    assert server.stop() == 0, server.output()
-    assert "stopped" in server.output()
+def test_requests_held_by_a_replica_that_dies_get_503_and_the_restarted_one_serves(server):
+    """The service's only replica is killed while it makes a request's images."""
+    [pid] = replica_pids("Generator", server)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        body = json.dumps({"class_labels": [1, 2, 3, 4], "sampler": "ddpm", "steps": 1000}).encode()
+        held = pool.submit(server.request, "POST", "/v1/generate", body, AUTHORIZED)
+        time.sleep(1.5)  # the request is in the replica now (1000 steps take several seconds here)
+        os.kill(pid, signal.SIGKILL)
+        status, headers, answer = held.result()
+    print(f"the request held by the killed replica: {status} {answer}")
+    assert status == 503 and headers.get("retry-after") == "1" and "replica stopped" in answer["error"]
+    deadline, now = time.monotonic() + 90, []
+    while time.monotonic() < deadline:  # until a new replica runs (health may count the dead one a moment)
+        now = replica_pids("Generator", server)
+        if now not in ([], [pid]) and server.request("GET", "/v1/health", headers=AUTHORIZED)[0] == 200:
+            break
+        time.sleep(1)
+    assert now not in ([], [pid]), f"no new replica after {pid}"
+    assert server.generate(AUTHORIZED, class_labels=[5], steps=1, sampler="ddim")[0] == 200
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_service(server):
+    """SIGTERM to dit-serve alone (a kill, systemd, a container stop), not Ctrl-C to its group."""
+    assert server.stop(signal.SIGTERM, group=False) == 0, server.output()
+    assert "stopping: SIGTERM" in server.output() and "stopped" in server.output()
+    assert replica_pids("Generator", server) == []
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--host", "0.0.0.0"], "pass --api-key KEY (or set DIT_API_KEY)"),
     (["--max-batch", "64"], "outside"),
     (["--vae", "none"], "the service answers PNG images"),
-    (["--vae", "ema"], "--vae ema: this model makes pixels"),
+    (["--vae", "ema"], "--vae ema: fashion makes pixels, not latents; drop --vae"),
     (["--ray", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
 ])
 def test_what_cannot_be_served_is_refused_in_one_line_before_ray_starts(fashion_graph, capsys, monkeypatch, args,

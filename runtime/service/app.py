@@ -252,20 +252,23 @@ def build_app(settings: Settings):
 
     A Generator replica takes up to 2 x max_batch + queue_size images at once: the batch it runs, the
     one it gathers and queue_size waiting in its own batch queue, which a batch drains as soon as it
-    is free. Only a request that finds every replica full waits in Serve's router (which polls with
-    a back-off of up to 0.5 s, so it is kept to one request's images); beyond that, 503.
+    is free. Serve's router holds the images not yet handed to a replica: in a burst, until it has
+    placed them; when every replica is full, until one has room (it polls with a back-off of up to
+    0.5 s, which is why the replicas hold the queue). It holds at most as many as the replicas wait
+    for together plus one request's; beyond that, 503.
     """
+    router_queue = settings.replicas * settings.queue_size + settings.max_images
     generator = Generator.options(
         num_replicas=settings.replicas,
         max_ongoing_requests=2 * settings.max_batch + settings.queue_size,
-        max_queued_requests=settings.max_images,  # beyond it, BackPressureError -> our 503
+        max_queued_requests=router_queue,  # beyond it, BackPressureError -> our 503
         ray_actor_options={"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica or 0},
     ).bind(settings)
     # Room for every request the replicas can hold, plus health and model calls; beyond it the proxy
     # itself answers 503 with Retry-After, so nothing queues without bound in front of us.
-    ongoing = settings.replicas * (2 * settings.max_batch + settings.queue_size) + settings.max_images + 8
+    ongoing = settings.replicas * (2 * settings.max_batch + settings.queue_size) + router_queue + 8
     return Frontend.options(
-        num_replicas=1, max_ongoing_requests=ongoing, max_queued_requests=settings.queue_size,
+        num_replicas=1, max_ongoing_requests=ongoing, max_queued_requests=ongoing,  # a burst is placed one by one
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
         ray_actor_options={"num_cpus": 0},
     ).bind(generator, settings)

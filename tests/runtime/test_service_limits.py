@@ -1,7 +1,7 @@
 """dit-serve's limits: who gets in (API key), body size (413), a full queue (503 with Retry-After), and the
 refusals at start (one line, exit 1, before Ray starts). One small service with a key: 1 replica,
 batches of 2, 4 images per request, 4 images waiting in the replica (so it holds 2 + 2 + 4 images,
-and Serve's router one more request's 4). Every request and wait is bounded.
+and Serve's router 4 + 4 more). Every request and wait is bounded.
 """
 
 import concurrent.futures
@@ -68,14 +68,14 @@ def test_a_body_over_the_limit_gets_413_and_the_service_keeps_serving(server):
 
 @pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(server):
-    def ask(k):  # 4 images each, slow enough to keep the replica busy while the others arrive
-        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 40}).encode()
+    def ask(k):  # 4 images each, slow enough to keep the replica busy while the others arrive: 24 > 16
+        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 200}).encode()
         return server.request("POST", "/v1/generate", body, AUTHORIZED)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, range(6)))
     statuses = sorted(status for status, _, _ in answers)
-    print(f"6 concurrent requests of 4 images (room for 12): {statuses}")
+    print(f"6 concurrent requests of 4 images (room for 16): {statuses}")
     busy = [(headers, answer) for status, headers, answer in answers if status == 503]
     assert busy and 200 in statuses
     for headers, answer in busy:

@@ -243,21 +243,27 @@ def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, 
                err=True)
 
 
-def main(argv=None) -> None:
-    """Console entry point: one line on stderr and exit 1 for user errors and Ctrl-C, no traceback."""
+def run_command(command, argv, prog_name: str, interrupted: str = "interrupted", interrupts: tuple = ()) -> None:
+    """A click command as a console entry point (dit-run, dit-serve): one line on stderr and exit 1 for
+    user errors and interrupts (Ctrl-C, and the command's own `interrupts`), no traceback."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")  # e.g. CUDA graph fallback
     try:
-        code = run.main(args=argv, prog_name="dit-run", standalone_mode=False)
+        code = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except DiTError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("error: interrupted; no output was written", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort, *interrupts):
+        click.echo(f"error: {interrupted}", err=True)
         sys.exit(1)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def main(argv=None) -> None:
+    """dit-run's console entry point."""
+    run_command(run, argv, "dit-run", "interrupted; no output was written")
 
 
 if __name__ == "__main__":

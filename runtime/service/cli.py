@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -22,10 +21,11 @@ from pathlib import Path
 
 import click
 
-from dit_ref.contract import read_manifest
+from dit_ref.contract import Manifest, read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for
 from runtime.backends.onnxruntime_backend import physical_cores
+from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
 from runtime.vae import load_decoder
 
@@ -34,8 +34,9 @@ START_SECONDS = 600  # how long replicas may take to start (model load, autoscal
 log = logging.getLogger("dit-serve")
 
 
-def prepare(path, max_batch, vae, backend, **options) -> Settings:
-    """Settings for the file, every check that needs no Ray done; DiTError for what cannot be served."""
+def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifest]:
+    """Settings for the file and its manifest, every check that needs no Ray done; DiTError for what cannot
+    be served."""
     if backend_for(path, backend) == "torch":
         raise DiTError("dit-serve runs an engine (.plan) or graph (.onnx); export one with dit-export")
     path = Path(path).expanduser().resolve()
@@ -51,7 +52,7 @@ def prepare(path, max_batch, vae, backend, **options) -> Settings:
     if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
-    return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options)
+    return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
 
 
 def check_port(host: str, port: int) -> None:
@@ -65,8 +66,7 @@ def check_port(host: str, port: int) -> None:
             raise DiTError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
 
 
-def describe(settings: Settings, host: str, port: int) -> str:
-    manifest = read_manifest(settings.path)
+def describe(settings: Settings, manifest: Manifest, host: str, port: int) -> str:
     replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
     url_host = f"[{host.strip('[]')}]" if ":" in host else host  # an IPv6 address
     return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
@@ -159,7 +159,8 @@ def stop_on_signals() -> None:
         signal.signal(signum, raise_stop)
 
 
-def run_service(settings: Settings, host: str, port: int, address: str | None, verbose: bool = False) -> None:
+def run_service(settings: Settings, manifest: Manifest, host: str, port: int, address: str | None,
+                verbose: bool = False) -> None:
     """Connect (or start a private instance), place the replicas, serve until Ctrl-C, then clean up."""
     from runtime.ray_cluster import connect, local_cpus, node_resources, parse_address, plan_pool
 
@@ -177,7 +178,7 @@ def run_service(settings: Settings, host: str, port: int, address: str | None, v
         try:
             stop_on_signals()
             start(settings, host, port, verbose)
-            click.echo(describe(settings, host, port), err=True)
+            click.echo(describe(settings, manifest, host, port), err=True)
             while True:
                 time.sleep(1)
         except Stop as stopped:
@@ -224,35 +225,23 @@ def serve(engine_or_graph, host, port, replicas, max_batch, batch_wait_ms, max_i
     """Serve DiT images from ENGINE_OR_GRAPH (.plan or .onnx) over HTTP: POST /v1/generate, GET /v1/health,
     GET /v1/model, GET /v1/classes, and a page at /."""
     check_exposure(host, api_key)
-    settings = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
-                       gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
-                       batch_wait_ms=batch_wait_ms, max_images=max_images, queue_size=queue_size,
-                       api_key_sha256=key_digest(api_key))
+    settings, manifest = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
+                                 gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
+                                 batch_wait_ms=batch_wait_ms, max_images=max_images, queue_size=queue_size,
+                                 api_key_sha256=key_digest(api_key))
     check_port(host, port)
-    if read_manifest(settings.path).random_weights:
+    if manifest.random_weights:
         click.secho("warning: RANDOM WEIGHTS: the service's images are noise from an untrained network",
                     fg="red", bold=True, err=True)
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")  # the replicas' logs go to Ray's files, not here
-    run_service(settings, host, port, ray_address, verbose)
+    run_service(settings, manifest, host, port, ray_address, verbose)
 
 
 def main(argv=None) -> None:
-    """Console entry point: one line on stderr and exit 1 for what cannot be served, no traceback."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    try:
-        code = serve.main(args=argv, prog_name="dit-serve", standalone_mode=False)
-    except DiTError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(1)
-    except (KeyboardInterrupt, Stop, click.exceptions.Abort):  # before the service started, or while stopping
-        click.echo("error: interrupted", err=True)
-        sys.exit(1)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    """dit-serve's console entry point: one line on stderr and exit 1 for what cannot be served."""
+    run_command(serve, argv, "dit-serve", interrupts=(Stop,))  # Stop: a signal before start or while stopping
 
 
 if __name__ == "__main__":

@@ -68,14 +68,14 @@ def test_a_body_over_the_limit_gets_413_and_the_service_keeps_serving(server):
 
 @pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(server):
-    def ask(k):  # 4 images each, slow enough to keep the replica busy while the others arrive: 24 > 16
-        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 200}).encode()
+    def ask(k):  # 4 images each, 1000 steps: each takes seconds, far longer than the requests take to arrive
+        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 1000}).encode()
         return server.request("POST", "/v1/generate", body, AUTHORIZED)
 
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(ask, range(6)))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
     statuses = sorted(status for status, _, _ in answers)
-    print(f"6 concurrent requests of 4 images (room for 16): {statuses}")
+    print(f"8 concurrent requests of 4 images (room for 16 at most): {statuses}")
     busy = [(headers, answer) for status, headers, answer in answers if status == 503]
     assert busy and 200 in statuses
     for headers, answer in busy:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dit_ref.errors import DiTError
+from runtime.backends import load_denoiser
 from runtime.noise import OfficialNoise, PerSampleNoise
 from runtime.vae import load_decoder
 
@@ -33,6 +34,14 @@ class Batch:
     start: int  # index of the first sample in the run
     labels: np.ndarray  # (n,) int64, the drawn ones filled in
     samples: np.ndarray  # uint8 images (n, H, W, channels), or float32 latents (n, C, L, L) without a decoder
+
+
+def load_with_decoder(path, backend: str, vae: str, **options):
+    """(denoiser, decoder) for an engine or graph: what a Ray Data worker or a Serve replica loads once.
+    options are the backend's (device, threads, cuda_graphs); vae is a decoder spec, as dit-run --vae."""
+    denoiser = load_denoiser(path, backend, **options)
+    facts = denoiser.provenance
+    return denoiser, load_decoder(vae, facts.decoder, facts.latent_channels, denoiser.device)
 
 
 def check_labels(labels, num_classes: int, what: str = "class") -> list[int | None]:

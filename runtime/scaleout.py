@@ -27,8 +27,8 @@ import torch
 
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
-from runtime.backends import backend_for, load_denoiser
-from runtime.generate import check_labels, generate
+from runtime.backends import backend_for
+from runtime.generate import check_labels, generate, load_with_decoder
 from runtime.images import open_output, output_kind
 from runtime.ray_cluster import Pool, connect, failure_reason, local_cpus, node_resources, parse_address, plan_pool
 from runtime.samplers import sampler_from_name
@@ -93,10 +93,8 @@ class DenoiserWorker:
 
         torch.set_num_threads(threads)
         self.job = job
-        self.denoiser = load_denoiser(job.path, job.backend, device=device, threads=threads,
-                                      cuda_graphs=job.cuda_graphs)
-        facts = self.denoiser.provenance
-        self.decoder = load_decoder(job.vae, facts.decoder, facts.latent_channels, self.denoiser.device)
+        self.denoiser, self.decoder = load_with_decoder(job.path, job.backend, job.vae, device=device,
+                                                        threads=threads, cuda_graphs=job.cuda_graphs)
         self.sampler = sampler_from_name(job.sampler, job.steps)
         self.name = f"{socket.gethostname()}/{ray.get_runtime_context().get_actor_id()[:8]}"
 

@@ -33,15 +33,14 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
 from dit_ref.contract import read_manifest
-from runtime.backends import backend_for, load_denoiser
-from runtime.generate import sample_batch
+from runtime.backends import backend_for
+from runtime.generate import load_with_decoder, sample_batch
 from runtime.images import png_bytes
 from runtime.noise import PerSampleNoise
 from runtime.ray_cluster import failure_reason
 from runtime.samplers import sampler_from_name
 from runtime.service.api import Model, ServiceError, model_summary, parse_generate
 from runtime.service.settings import Settings, key_digest
-from runtime.vae import load_decoder
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY_BYTES = 64 * 1024  # a request is a few hundred bytes of JSON; beyond this: 413
@@ -138,10 +137,10 @@ class Generator:
 
     def __init__(self, settings: Settings):
         torch.set_num_threads(settings.threads)
-        self.denoiser = load_denoiser(settings.path, settings.backend, device=settings.device,
-                                      threads=settings.threads, cuda_graphs=settings.cuda_graphs)
+        self.denoiser, self.decoder = load_with_decoder(settings.path, settings.backend, settings.vae,
+                                                        device=settings.device, threads=settings.threads,
+                                                        cuda_graphs=settings.cuda_graphs)
         facts = self.denoiser.provenance
-        self.decoder = load_decoder(settings.vae, facts.decoder, facts.latent_channels, self.denoiser.device)
         self.metadata = {"Software": "dit-serve", "model": f"{facts.model} {facts.image_size}px"}
         if facts.random_weights:
             self.metadata["Warning"] = "RANDOM WEIGHTS: noise from an untrained network, not DiT samples"

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dit_ref.contract import BatchRange
+from dit_ref.machine.cpu import cpu_has
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,10 @@ def skip_reason(name: str) -> str | None:
     if name == "torch-compile" and importlib.util.find_spec("triton") is None and on_gpu:
         return "torch.compile needs triton on a GPU"
     if name == "tensorrt":
-        from dit_ref.tensorrt_common import engine_unavailable_reason
+        from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
 
         return engine_unavailable_reason()
     return None
-
-
-def cpu_has(*flags: str) -> bool:
-    """True if /proc/cpuinfo lists any of the flags (False where there is no /proc/cpuinfo)."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return any(flag in words for flag in flags)
 
 
 def graph_dir(work_dir: Path, model: str, image_size: int) -> Path:

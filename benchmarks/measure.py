@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import backends
 from dit_ref import configs
+from dit_ref.machine.cpu import cpu_summary
 
 # Dense FP16 tensor-core peaks in TFLOP/s (without sparsity), from NVIDIA's datasheets:
 # A100 (SXM4 and PCIe) 312; L4 121 (242 with sparsity); H100 SXM5 989, H100 PCIe 756,
@@ -85,7 +86,7 @@ def time_sampling_run(denoiser, sampler, batch: int, callback=None) -> float:
 
 def time_full_run(denoiser, batch: int, steps: int) -> tuple[float, float]:
     """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps."""
-    from runtime.samplers import sampler_from_name
+    from runtime.sampling import sampler_from_name
 
     timed = TimedDenoiser(denoiser)
     total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch)
@@ -123,7 +124,7 @@ def measure(spec: dict) -> dict:
     full_run, in_denoiser = time_full_run(denoiser, batch, spec["steps"])
     median = statistics.median(times)
     overhead = 1000 * (full_run - in_denoiser) / spec["steps"]  # the sampling loop's own host work
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_summary()}, {torch.get_num_threads()} threads"
     record = {
         "device": device.type, "device_name": name, "torch": torch.__version__, "steps": spec["steps"],
         "denoiser": denoiser.name, "ms_per_step_median": median,
@@ -138,16 +139,6 @@ def measure(spec: dict) -> dict:
         peak = gpu_peak_tflops(name)
         record["percent_of_peak"] = 100 * record["tflops"] / peak if peak else None
     return record
-
-
-def cpu_name() -> str:
-    """The processor's model name and how many cores this process may use."""
-    try:
-        text = open("/proc/cpuinfo").read()
-        model = re.search(r"model name\s*:\s*(.*)", text).group(1).strip()
-    except (OSError, AttributeError):
-        model = "CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

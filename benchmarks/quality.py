@@ -92,7 +92,7 @@ def denoiser_for(setting: Setting, graph_paths: dict, threads: int | None):
 
 
 def run(settings: list[Setting], per_class: int, seed: int, work_dir: Path, threads: int | None) -> list[dict]:
-    from runtime.samplers import sampler_from_name
+    from runtime.sampling import sampler_from_name
 
     graph_paths = graphs(work_dir)
     labels = balanced_labels(per_class)

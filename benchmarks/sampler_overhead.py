@@ -27,8 +27,8 @@ from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.diffusion import ddpm_step, schedule_from_spec  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from runtime.backends import load_denoiser  # noqa: E402
-from runtime.noise import OfficialNoise  # noqa: E402
-from runtime.samplers import FiniteWatch, sampler_from_name  # noqa: E402
+from runtime.sampling.noise import OfficialNoise  # noqa: E402
+from runtime.sampling import FiniteWatch, sampler_from_name  # noqa: E402
 
 BATCH_RANGE = BatchRange(1, 8, 32)
 

@@ -35,21 +35,23 @@ from benchmarks.throughput import parse_ints  # noqa: E402
 from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from runtime.backends import load_denoiser  # noqa: E402
-from runtime.backends.onnxruntime_backend import physical_cores  # noqa: E402
+from dit_ref.machine.cpu import physical_cores  # noqa: E402
 from runtime.generate import generate  # noqa: E402
-from runtime.noise import OfficialNoise, PerSampleNoise  # noqa: E402
-from runtime.samplers import sampler_from_name  # noqa: E402
-from runtime.scaleout import Job, run_on_ray  # noqa: E402
+from runtime.sampling.noise import OfficialNoise, PerSampleNoise  # noqa: E402
+from runtime.sampling import sampler_from_name  # noqa: E402
+from runtime.plan import make_plan  # noqa: E402
+from runtime.scaleout.job import Job, RayOptions, run_on_ray  # noqa: E402
 
 BATCH_RANGE = BatchRange(1, 8, 32)
 
 
 def ray_run(graph, num_samples: int, steps: int, batch: int, workers: int, threads: int) -> dict:
     """One dit-run --ray on a fresh local instance: images/s overall and while computing."""
-    job = Job(path=str(graph), labels=(None,) * num_samples, sampler="ddim", steps=steps, vae="none")
+    plan = make_plan(num_samples=num_samples, sampler="ddim", steps=steps, seeding="per-sample", batch_size=batch,
+                     decoder="none")
     with tempfile.TemporaryDirectory() as out_dir:
-        summary = run_on_ray(job, Path(out_dir) / "samples.npy", workers=workers, threads=threads,
-                             batch_size=batch, progress=False)
+        summary = run_on_ray(Job(path=str(graph), plan=plan), Path(out_dir) / "samples.npy",
+                             RayOptions(workers=workers, threads=threads), progress=False)
     return {"setting": f"ray, {workers} worker(s) x {threads} thread(s)", "workers": workers, "threads": threads,
             "seconds": summary.seconds, "images_per_s": summary.images / summary.seconds,
             "computing_images_per_s": summary.busy_rate, "first_batch_s": summary.first_seconds,

@@ -85,7 +85,7 @@ def machine() -> dict:
 
     import ray
 
-    from runtime.backends.onnxruntime_backend import physical_cores
+    from dit_ref.machine.cpu import physical_cores
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""

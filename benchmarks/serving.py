@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-START_SECONDS = 150  # a private Ray instance, Serve and the replicas on a busy 2-core machine
+SERVICE_START_SECONDS = 150  # a private Ray instance, Serve and the replicas on a busy 2-core machine
 STOP_SECONDS = 60
 REQUEST_SECONDS = 120
 
@@ -46,7 +46,7 @@ class Server:
         return Path(self.log.name).read_text()
 
     def wait_until_serving(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
+        deadline = time.monotonic() + SERVICE_START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dit-serve exited with {self.process.returncode}:\n{self.output()}")
@@ -54,7 +54,7 @@ class Server:
                 return
             time.sleep(0.5)
         self.kill()
-        raise RuntimeError(f"dit-serve did not start within {START_SECONDS} s:\n{self.output()}")
+        raise RuntimeError(f"dit-serve did not start within {SERVICE_START_SECONDS} s:\n{self.output()}")
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 timeout: float = REQUEST_SECONDS) -> tuple[int, dict, object]:

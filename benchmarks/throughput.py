@@ -25,7 +25,7 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from benchmarks import backends, measure  # noqa: E402
+from benchmarks import backends  # noqa: E402
 from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 

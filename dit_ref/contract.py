@@ -4,7 +4,7 @@ export writes graphs, engines and manifests by it; runtime reads them by it; nei
 other. Everything here is plain Python and torch dtypes: reading a manifest imports no onnx and no
 TensorRT.
 
-The guided graph (DESIGN.md):
+The guided graph (docs/manifest.md):
     inputs   x (B, C, L, L) float32   latents (or pixels) at step t; C = the model's latent channels
              t (B,) int64             original timestep 0..999
              y (B,) int64             class label 0..num_classes-1
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dit_ref.configs import VAE_DOWNSAMPLE
 from dit_ref.errors import DiTError
 from dit_ref.files import write_text_atomic
 
@@ -99,7 +100,12 @@ DEFAULT_BATCH = BatchRange()
 
 # --- the manifest ------------------------------------------------------------------------------------
 
-FORMAT = "dit-deploy-manifest/2"  # the schema version; README.md "The manifest" lists the fields
+FORMAT = "dit-deploy-manifest/2"  # the schema version; docs/manifest.md lists the fields
+DECODERS = ("vae", "pixels")  # latents for the SD VAE (8x upsampling), or samples that are images
+
+
+# The one label of a random-weight model, wherever it appears (dit-run, dit-export, dit-serve and its page).
+RANDOM_WEIGHTS = "RANDOM WEIGHTS: noise from an untrained network, not DiT samples"
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,21 @@ class Manifest:
                 values[name] = int(values[name])
         except (TypeError, ValueError) as error:
             raise DiTError(f"{where} has a malformed field ({error}); {remedy}") from None
-        return cls(**values)
+        manifest = cls(**values)
+        manifest.check_consistent(where)
+        return manifest
+
+    def check_consistent(self, where: str = "manifest") -> None:
+        """DiTError unless the manifest agrees with itself: its image size is what its latent size makes
+        through its decoder (the SD VAE upsamples 8x; pixel models make images of their input's size)."""
+        if self.decoder not in DECODERS:
+            raise DiTError(f"{where} names decoder {self.decoder!r}, not one of {', '.join(DECODERS)}; "
+                           f"re-export the graph with dit-export")
+        made = self.latent_size * (VAE_DOWNSAMPLE if self.decoder == "vae" else 1)
+        if made != self.image_size:
+            raise DiTError(f"{where} claims {self.image_size} px images, but its {self.latent_size} x "
+                           f"{self.latent_size} latents make {made} px through its decoder ({self.decoder}): it "
+                           f"was edited or belongs to another graph; re-export the graph with dit-export")
 
 
 def manifest_path_for(path) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dit_ref import configs
-from dit_ref.contract import DEFAULT_BATCH, BatchRange
+from dit_ref.contract import DEFAULT_BATCH, RANDOM_WEIGHTS, BatchRange
 from dit_ref.errors import DiTError
 from export.pipeline import export
 
@@ -53,8 +53,7 @@ def summary(result) -> None:
     click.echo(f"wrote {result.engine or result.graph} ({result.manifest.precision}) and "
                f"{result.graph.with_suffix('.json').name}")
     if result.manifest.random_weights:
-        click.echo(f"RANDOM WEIGHTS ({result.manifest.checkpoint.source}): the graph computes noise, not images; "
-                   "use --ckpt for real weights")
+        click.echo(f"{RANDOM_WEIGHTS} ({result.manifest.checkpoint.source}); use --ckpt for real weights")
 
 
 def set_verbosity(verbose: bool) -> None:

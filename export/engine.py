@@ -16,7 +16,7 @@ from pathlib import Path
 from dit_ref.contract import INPUT_NAMES, BatchRange, EngineRecord, io_shapes, read_manifest, write_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
-from dit_ref.tensorrt_common import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
+from dit_ref.machine.tensorrt_stack import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
     NOT_INSTALLED, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release, trt_logger,
 )
 

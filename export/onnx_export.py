@@ -36,7 +36,7 @@ def graph_file_name(model: DiT, precision: str) -> str:
     return f"{model.config.file_stem}-{model.image_size}-{precision}.onnx"
 
 
-def check_options(model: DiT, precision: str, cfg_channels: int, opset: int) -> None:
+def check_export_options(model: DiT, precision: str, cfg_channels: int, opset: int) -> None:
     if precision not in PRECISIONS:
         raise DiTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model.config.check_cfg_channels(cfg_channels)
@@ -61,7 +61,7 @@ def export_module(model: DiT, precision: str, copy_model: bool = True) -> DiT:
 def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 18,
                 copy_model: bool = True):
     """Trace the guided forward to an in-memory torch.onnx.ONNXProgram with a dynamic batch."""
-    check_options(model, precision, cfg_channels, opset)
+    check_export_options(model, precision, cfg_channels, opset)
     outputs = contract.output_names(model.config.learn_sigma)
     module = GuidedDiT(export_module(model, precision, copy_model), cfg_channels).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -219,7 +219,7 @@ def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels
     """
     stage = stage or _silent_stage
     cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
-    check_options(model, precision, cfg_channels, opset)
+    check_export_options(model, precision, cfg_channels, opset)
     check_out_dir(out_dir)
     manifest = graph_manifest(model, precision, cfg_channels, batch, opset, checkpoint)
     name = graph_file_name(model, precision)

@@ -32,7 +32,7 @@ def onnxruntime_session(graph_path):
     CPU kernels (XL/2 FP16: 4.3 GB peak and 7 s to load, against 3.3 GB and 2 s), and a check
     should run the graph as written.
     """
-    from dit_ref.onnxruntime_common import import_onnxruntime
+    from dit_ref.machine.onnxruntime_stack import import_onnxruntime
 
     onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()

@@ -12,7 +12,7 @@ imports export/ or onnx.
 
 from runtime.backends import BACKENDS, load_denoiser
 from runtime.generate import Batch, generate
-from runtime.samplers import sampler_from_name
+from runtime.sampling import sampler_from_name
 from runtime.vae import load_decoder
 
 __all__ = ["BACKENDS", "Batch", "generate", "load_decoder", "load_denoiser", "sampler_from_name"]

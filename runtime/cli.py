@@ -5,90 +5,69 @@
     dit-run --backend torch --ckpt auto --model XL/2 --image-size 256 --seed 0
     dit-run fashion-28-fp16.onnx --num-samples 50000 --out samples.npz --ray       # Ray Data, resumable
 
-A thin front end over runtime.generate.generate(): options are checked before anything loads, the
-decoder (VAE or pixels) before the denoiser, and the samples stream into an atomically written file.
+A thin front end: the flags become one request plan (runtime.plan), checked with the model's facts
+before anything loads; then the decoder (VAE or pixels) loads before the denoiser, on its device, and
+generate_plan() streams the samples into an atomically written file.
 """
 
 import logging
-import re
 import sys
 
 import click
-from tqdm import tqdm
 
-from dit_ref import configs
-from dit_ref.class_names import class_names, resolve_label
-from dit_ref.contract import read_manifest
+from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from dit_ref.errors import DiTError
-from runtime.backends import BACKEND_CHOICES, backend_for, load_denoiser
-from runtime.generate import SEEDINGS, check_labels, check_options, check_seeding, generate
+from runtime.backends import BACKEND_CHOICES, NOTHING_TO_RUN, backend_for, device_for, load_denoiser
+from runtime.backends.torch_backend import NEEDS_MODEL, TORCH_BATCH
+from runtime.generate import write_samples
 from runtime.images import open_output, output_kind
-from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
-from runtime.shards import DEFAULT_SHARD_SIZE
+from runtime.plan import SEEDINGS, ModelFacts, Plan, make_plan, split_classes
+from runtime.sampling import DIFFUSERS_SCHEDULERS
+from runtime.scaleout.shards import DEFAULT_SHARD_SIZE
 from runtime.vae import load_decoder
 
-DEMO_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's class_labels
-RANDOM_BANNER = "RANDOM WEIGHTS: these images are noise from an untrained network, not DiT samples"
+RAY_FLAGS = ("workers", "gpus_per_worker", "shard_size", "keep_shards")  # only with --ray
+NOT_FOR_RAY = ("ckpt", "random_init", "model", "num_classes", "image_size", "device", "cfg_channels")
 
 
-def parse_classes(values, num_classes: int = configs.NUM_CLASSES, names: tuple[str, ...] | None = None) -> list[int] | None:
-    """--class values (repeats and comma lists of numbers or class names) -> labels; DiTError unless each
-    is in 0..num_classes-1 or a name in the model's class-name table (dit_ref.class_names)."""
-    labels = []
-    for value in values:
-        for part in str(value).split(","):
-            part = part.strip()
-            if part:
-                number = re.fullmatch(r"[+-]?\d+", part)
-                labels.append(int(part) if number else resolve_label(part, names, num_classes, "--class"))
-    return check_labels(labels, num_classes, "--class") or None
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def plan_labels(given: list[int] | None, num_samples: int | None, num_classes: int) -> list[int | None]:
-    """One entry per sample: a given label, or None for a random (seeded) one.
-
-    No --class and no --num-samples: sample.py's demo labels (ImageNet models; other models: each
-    class once). No --class with --num-samples: all random, as sample_ddp.py draws them. More
-    samples than --class labels: the rest random.
-    """
-    if given is None:
-        demo = list(DEMO_LABELS) if num_classes == configs.NUM_CLASSES else list(range(num_classes))
-        return demo if num_samples is None else [None] * num_samples
-    num_samples = len(given) if num_samples is None else num_samples
-    return (given + [None] * num_samples)[:num_samples]
-
-
-def model_facts(path, backend: str, model: str | None, num_classes: int | None = None) -> dict | None:
-    """What is known before loading: {"model", "num_classes", "decoder", "channels"} from the manifest or the
-    config (None when neither a file nor --model is given; the loader then says what to pass). A
-    checkpoint may hold another class count (train.py --num-classes): dit-run re-plans after loading."""
+def model_facts(path, flags: dict) -> ModelFacts:
+    """What is known before loading, from the manifest or the config; DiTError when neither a file nor
+    --model says. A checkpoint may hold another class count (train.py --num-classes): dit-run checks the
+    plan again once it is loaded."""
+    backend_for(path, flags["backend"])  # a file no backend runs is refused here, before its manifest is sought
     if path is not None:
-        backend_for(path, backend)  # a file no backend runs is refused here, before its manifest is sought
-        manifest = read_manifest(path)
-        return {"model": manifest.model, "num_classes": manifest.num_classes, "decoder": manifest.decoder,
-                "channels": manifest.latent_channels}
-    if model is not None:
-        config = configs.get_config(model)
-        return {"model": config.name, "num_classes": num_classes or config.num_classes, "decoder": config.decoder,
-                "channels": config.latent_channels}
-    return None
+        return ModelFacts.from_manifest(read_manifest(path))
+    if flags["ckpt"] is None and flags["random_init"] is None:
+        raise DiTError(NOTHING_TO_RUN)
+    if flags["model"] is None:
+        raise DiTError(NEEDS_MODEL)
+    return ModelFacts.from_config(flags["model"], TORCH_BATCH, flags["num_classes"])
 
 
-def labels_from_cli(classes, facts: dict) -> list[int] | None:
-    """--class values for the model the facts describe (numbers, or names from its class-name table)."""
-    return parse_classes(classes, facts["num_classes"], class_names(facts["model"], facts["num_classes"]))
+def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan, Plan]:
+    """(the plan as asked, the plan checked against facts) from dit-run's flags."""
+    if flags["threads"] is not None and flags["threads"] < 1:
+        raise DiTError(f"--threads must be at least 1, not {flags['threads']}")
+    classes = split_classes(flags["classes"]) or None
+    asked = make_plan(classes, flags["num_samples"], flags["sampler"], flags["steps"], flags["cfg_scale"],
+                      flags["seed"], seeding, flags["batch_size"], flags["vae"])
+    return asked, asked.check(facts)
 
 
-def describe(denoiser, sampler, seed: int, cfg_scale: float, decoder) -> dict:
+def provenance_info(denoiser, plan: Plan, decoder) -> dict:
     """Provenance written into PNG text chunks and printed at the end."""
     facts = denoiser.provenance
     info = {"Software": "dit-run", "model": f"{facts.model} {facts.image_size}px",
             "weights": facts.source, "backend": denoiser.name,
-            "sampler": f"{sampler.name} ({sampler.num_calls} denoiser calls)", "seed": seed,
-            "cfg_scale": cfg_scale, "vae": decoder.source if decoder else "none"}
+            "sampler": f"{plan.sampler.name} ({plan.sampler.num_calls} denoiser calls)", "seed": plan.seed,
+            "cfg_scale": plan.cfg_scale, "vae": decoder.source if decoder else "none"}
     warnings = []
     if facts.random_weights:
-        warnings.append(RANDOM_BANNER)
+        warnings.append(RANDOM_WEIGHTS)
     if decoder is not None and decoder.random_weights:
         warnings.append("RANDOM VAE: the decoder has random weights (offline demo)")
     if warnings:
@@ -96,53 +75,67 @@ def describe(denoiser, sampler, seed: int, cfg_scale: float, decoder) -> dict:
     return info
 
 
-def sample_all(denoiser, sampler, planned, batch_size, seed, cfg_scale, decoder, output, seeding="official") -> None:
-    """generate() into output, with progress bars over images and steps."""
-    images_bar = tqdm(total=len(planned), desc="images", unit="img", disable=None)
-    steps_bar = tqdm(total=sampler.num_calls, desc="steps", unit="step", leave=False, disable=None)
+def run_on_ray_from_cli(path, flags: dict) -> None:
+    """dit-run --ray: the same plan, made on Ray Data into resumable shards (runtime.scaleout)."""
+    from runtime.scaleout.cluster import parse_address
+    from runtime.scaleout.job import Job, RayOptions, run_on_ray
 
-    def on_step(info):
-        if info["i"] == 0:
-            steps_bar.reset()
-        steps_bar.update()
-
-    with images_bar, steps_bar:
-        for batch in generate(denoiser, planned, sampler, seed=seed, cfg_scale=cfg_scale, batch_size=batch_size,
-                              decoder=decoder, on_step=on_step, seeding=seeding):
-            output.add(batch.samples)
-            images_bar.update(len(batch.samples))
-
-
-def run_on_ray_from_cli(path, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out, batch_size, backend,
-                        threads, cuda_graphs, seeding, address, ray_options, not_for_ray) -> None:
-    """dit-run --ray: the same labels and options, made on Ray Data into resumable shards (runtime.scaleout)."""
-    from runtime.ray_cluster import parse_address
-    from runtime.scaleout import Job, run_on_ray
-
-    parse_address(address)  # `--ray G.onnx` took the graph for an address: say so first
-    check_seeding("per-sample", seed)
-    if seeding == "official":
+    parse_address(flags["ray_address"])  # `--ray G.onnx` took the graph for an address: say so first
+    if flags["seeding"] == "official":
         raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it); "
                        "drop --seeding official, or drop --ray for sample.py's order")
+    not_for_ray = [flag(name) for name in NOT_FOR_RAY if flags[name] is not None]
     if path is None or not_for_ray:
         what = not_for_ray[0] if not_for_ray else "a checkpoint"
         raise DiTError(f"--ray runs an engine (.plan) or graph (.onnx) file on every worker, not {what}; export one "
                        f"with dit-export (workers are placed with --workers and --gpus-per-worker)")
-    facts = model_facts(path, backend, None)
-    if read_manifest(path).random_weights:
-        click.secho(f"warning: {RANDOM_BANNER}", fg="red", bold=True, err=True)
-    planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
-    sampler_from_name(sampler, steps)  # an unknown sampler fails here, not in every worker
-    job = Job(path=path, labels=tuple(planned), sampler=sampler, steps=steps, seed=seed, cfg_scale=cfg_scale,
-              vae=vae, backend=backend, cuda_graphs=cuda_graphs)
-    out = out or ("samples.npy" if vae == "none" else "samples.npz")
-    summary = run_on_ray(job, out, address=address, workers=ray_options["--workers"],
-                         gpus_per_worker=ray_options["--gpus-per-worker"], threads=threads, batch_size=batch_size,
-                         shard_size=ray_options["--shard-size"] or DEFAULT_SHARD_SIZE,
-                         keep_shards=bool(ray_options["--keep-shards"]))
-    what = "latents" if vae == "none" else "images"
+    manifest = read_manifest(path)
+    _, plan = plan_from_flags(flags, ModelFacts.from_manifest(manifest), "per-sample")
+    if manifest.random_weights:
+        click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
+    job = Job(path=path, plan=plan, backend=flags["backend"], cuda_graphs=flags["cuda_graphs"])
+    out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "samples.npz")
+    options = RayOptions(flags["ray_address"], flags["workers"], flags["gpus_per_worker"], flags["threads"],
+                         flags["shard_size"] or DEFAULT_SHARD_SIZE, flags["keep_shards"])
+    summary = run_on_ray(job, out, options)
+    what = "latents" if plan.decoder == "none" else "images"
     click.echo(f"{summary.describe()}", err=True)
-    click.echo(f"wrote {len(planned)} {what} to {out} (per-sample seeding, seed {seed}, {sampler}, cfg {cfg_scale})",
+    click.echo(f"wrote {len(plan.labels)} {what} to {out} (per-sample seeding, seed {plan.seed}, "
+               f"{plan.sampler.name}, cfg {plan.cfg_scale:g})", err=True)
+
+
+def run_here(path, flags: dict) -> None:
+    """dit-run on this machine: check the plan, load the decoder then the denoiser, write the samples."""
+    misplaced = [flag(name) for name in RAY_FLAGS if flags[name] not in (None, False)]
+    if misplaced:
+        raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
+    facts = model_facts(path, flags)
+    asked, plan = plan_from_flags(flags, facts, flags["seeding"] or "official")
+    out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "sample.png")
+    output_kind(out, latents=plan.decoder == "none")  # check --out before any slow work
+    device = device_for(path, flags["backend"], flags["device"])
+    decoder = load_decoder(plan.decoder, facts.decoder, facts.latent_channels, device)  # first: fail fast offline
+    cfg_channels = flags["cfg_channels"]
+    denoiser = load_denoiser(path, flags["backend"], model=flags["model"], image_size=flags["image_size"],
+                             cfg_channels=None if cfg_channels is None else int(cfg_channels), device=device,
+                             threads=flags["threads"], cuda_graphs=flags["cuda_graphs"],
+                             dtype=None if flags["dtype"] == "float32" else flags["dtype"], ckpt=flags["ckpt"],
+                             random_init=flags["random_init"], num_classes=flags["num_classes"])
+    with denoiser:
+        if denoiser.provenance.num_classes != facts.num_classes:  # a checkpoint's own count (train.py args)
+            plan = asked.check(ModelFacts.of(denoiser))
+        info = provenance_info(denoiser, plan, decoder)
+        if "Warning" in info:
+            click.secho(f"warning: {info['Warning']}", fg="red", bold=True, err=True)
+        provenance = denoiser.provenance
+        image_px = None if decoder is None else provenance.image_size
+        with open_output(out, len(plan.labels), image_px, provenance.latent_size, info,
+                         channels=decoder.channels if decoder else 3, latent_channels=provenance.latent_channels,
+                         columns=flags["grid_columns"]) as output:
+            write_samples(denoiser, plan, decoder, output)
+    what = "latents" if decoder is None else "images"
+    click.echo(f"wrote {len(plan.labels)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
+               f"cfg {plan.cfg_scale:g}, seed {plan.seed}){' [' + info['Warning'] + ']' if 'Warning' in info else ''}",
                err=True)
 
 
@@ -190,57 +183,11 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--shard-size", type=click.IntRange(min=1), help=f"--ray: samples per resumable shard "
               f"(default {DEFAULT_SHARD_SIZE}).")
 @click.option("--keep-shards", is_flag=True, help="--ray: keep <out>.shards/ after assembling the output.")
-def run(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, cfg_channels, vae, out,
-        batch_size, backend, device, threads, ckpt, random_init, model, num_classes, image_size, dtype, cuda_graphs,
-        grid_columns, seeding, ray_address, workers, gpus_per_worker, shard_size, keep_shards):
+def run(engine_or_graph, **flags):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
-    check_options(batch_size=batch_size, threads=threads, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples)
-    ray_options = {"--workers": workers, "--gpus-per-worker": gpus_per_worker, "--shard-size": shard_size,
-                   "--keep-shards": keep_shards or None}
-    if ray_address is not None:
-        not_for_ray = [name for name, value in (("--ckpt", ckpt), ("--random-init", random_init), ("--model", model),
-                       ("--num-classes", num_classes),
-                       ("--image-size", image_size), ("--device", device), ("--cfg-channels", cfg_channels))
-                       if value is not None]
-        return run_on_ray_from_cli(engine_or_graph, classes, num_samples, seed, steps, sampler, cfg_scale, vae, out,
-                                   batch_size, backend, threads, cuda_graphs, seeding, ray_address, ray_options,
-                                   not_for_ray)
-    misplaced = [name for name, value in ray_options.items() if value is not None]
-    if misplaced:
-        raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
-    seeding = seeding or "official"
-    check_seeding(seeding, seed)
-    facts = model_facts(engine_or_graph, backend, model, num_classes) or {
-        "model": "DiT-XL/2", "num_classes": configs.NUM_CLASSES, "decoder": "vae", "channels": configs.LATENT_CHANNELS}
-    planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
-    chosen_sampler = sampler_from_name(sampler, steps)
-    out = out or ("samples.npy" if vae == "none" else "sample.png")
-    output_kind(out, latents=vae == "none")  # check --out before any slow work
-    decoder = load_decoder(vae, facts["decoder"], facts["channels"], "cpu")  # before the denoiser: fail fast offline
-    denoiser = load_denoiser(engine_or_graph, backend, model=model, image_size=image_size,
-                             cfg_channels=None if cfg_channels is None else int(cfg_channels),
-                             batch_size=batch_size, device=device, threads=threads, cuda_graphs=cuda_graphs,
-                             dtype=None if dtype == "float32" else dtype, ckpt=ckpt, random_init=random_init,
-                             num_classes=num_classes)
-    with denoiser:
-        if denoiser.provenance.num_classes != facts["num_classes"]:  # a checkpoint's own count (train.py args)
-            facts = {**facts, "num_classes": denoiser.provenance.num_classes}
-            planned = plan_labels(labels_from_cli(classes, facts), num_samples, facts["num_classes"])
-        if decoder is not None:
-            decoder.to(denoiser.device)
-        info = describe(denoiser, chosen_sampler, seed, cfg_scale, decoder)
-        if "Warning" in info:
-            click.secho(f"warning: {info['Warning']}", fg="red", bold=True, err=True)
-        provenance = denoiser.provenance
-        image_px = None if decoder is None else provenance.image_size
-        with open_output(out, len(planned), image_px, provenance.latent_size, info,
-                         channels=decoder.channels if decoder else 3, latent_channels=provenance.latent_channels,
-                         columns=grid_columns) as output:
-            sample_all(denoiser, chosen_sampler, planned, batch_size, seed, cfg_scale, decoder, output, seeding)
-    what = "latents" if decoder is None else "images"
-    click.echo(f"wrote {len(planned)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
-               f"cfg {cfg_scale}, seed {seed}){' [' + info['Warning'] + ']' if 'Warning' in info else ''}",
-               err=True)
+    if flags["ray_address"] is not None:
+        return run_on_ray_from_cli(engine_or_graph, flags)
+    return run_here(engine_or_graph, flags)
 
 
 def run_command(command, argv, prog_name: str, interrupted: str = "interrupted", interrupts: tuple = ()) -> None:

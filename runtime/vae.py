@@ -55,19 +55,41 @@ class PixelDecoder:
         return pixels_from_images(x)
 
 
+def check_decoder_spec(spec: str, decoder: str) -> str:
+    """What decodes the samples of a model whose manifest says decoder "vae" or "pixels", without loading
+    anything: "none", "pixels", a hub id, "random" or a directory's absolute path; DiTError for a --vae this
+    model cannot use (the one place --vae's grammar is checked)."""
+    if spec == "none":
+        return "none"
+    if decoder == "pixels":
+        if spec not in ("auto", "pixels"):
+            raise DiTError(f"--vae {spec}: this model makes pixels, not latents; drop --vae (or --vae none for "
+                           "the raw samples as .npy)")
+        return "pixels"
+    if spec == "pixels":
+        raise DiTError("--vae pixels is for pixel-space models; this model makes latents: use ema, mse, a "
+                       "directory, random or none")
+    if spec in ("auto", *HUB_VAES):
+        return HUB_VAES["mse" if spec == "auto" else spec]
+    if spec == "random":
+        return "random"
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory; "
+                       f"pass a local diffusers VAE directory or one of those")
+    return str(path.resolve())
+
+
 def load_decoder(spec: str, decoder: str, channels: int, device="cpu"):
     """The decoder for a model whose manifest says decoder "vae" or "pixels"; None for --vae none.
 
     spec: auto (mse for VAE models, pixels for pixel-space ones), ema | mse | PATH | random | none.
     """
-    if decoder == "pixels":
-        if spec not in ("auto", "pixels", "none"):
-            raise DiTError(f"--vae {spec}: this model makes pixels, not latents; drop --vae (or --vae none for "
-                           "the raw samples as .npy)")
-        return None if spec == "none" else PixelDecoder(channels)
-    if spec == "pixels":
-        raise DiTError("--vae pixels is for pixel-space models; this model makes latents: use ema, mse, a "
-                       "directory, random or none")
+    identity = check_decoder_spec(spec, decoder)
+    if identity == "none":
+        return None
+    if identity == "pixels":
+        return PixelDecoder(channels)
     return load_vae("mse" if spec == "auto" else spec, device)
 
 
@@ -75,15 +97,13 @@ def load_vae(spec: str, device="cpu") -> Vae | None:
     """ema | mse (hub), a local diffusers directory, random (random weights, offline demo), or none."""
     if spec == "none":
         return None
+    check_decoder_spec(spec, "vae")
     if spec == "random":
         model, source, random_weights = random_vae(), "random weights (sd-vae config, seed 0)", True
     elif spec in HUB_VAES:
         model, source, random_weights = _from_pretrained(HUB_VAES[spec], hub=True), HUB_VAES[spec], False
-    elif Path(spec).expanduser().is_dir():
-        model, source, random_weights = _from_pretrained(Path(spec).expanduser(), hub=False), spec, False
     else:
-        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory; "
-                       f"pass a local diffusers VAE directory or one of those")
+        model, source, random_weights = _from_pretrained(Path(spec).expanduser(), hub=False), spec, False
     return Vae(model.to(device).float().eval().requires_grad_(False), source, random_weights)
 
 

@@ -99,6 +99,6 @@ index_args=()
 quiet_pip -e ".[$EXTRAS]" ${index_args[@]+"${index_args[@]}"} || fail "installing .[$EXTRAS] failed (above)${flavour:+; TensorRT's libraries come from NVIDIA's package index (NVIDIA_INDEX_URL=$NVIDIA_INDEX_URL): this machine must reach it, or NVIDIA_INDEX_URL must name a mirror of it}"
 
 if [ -n "$flavour" ]; then
-    run "$PYTHON" -m runtime.gpu_stack check "$flavour" \
+    run "$PYTHON" -m dit_ref.machine.gpu_stack check "$flavour" \
         || fail "the $flavour stack does not work here (reasons above); nvidia-smi shows the driver and GPU"
 fi

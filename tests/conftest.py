@@ -21,14 +21,14 @@ _MISSING = pytest.StashKey[str]()
 def missing(marker: str) -> str | None:
     """Why this machine cannot run tests with the marker (one line), or None; computed once."""
     if marker == "gpu":
-        from runtime.gpu_stack import cuda_unavailable_reason
+        from dit_ref.machine.gpu_stack import cuda_unavailable_reason
 
         return cuda_unavailable_reason()
     if marker == "trt":
-        from dit_ref.tensorrt_common import tensorrt_unavailable_reason
+        from dit_ref.machine.tensorrt_stack import tensorrt_unavailable_reason
 
         return tensorrt_unavailable_reason()
-    from runtime.gpu_stack import onnxruntime_cuda_unavailable_reason
+    from dit_ref.machine.gpu_stack import onnxruntime_cuda_unavailable_reason
 
     return onnxruntime_cuda_unavailable_reason()
 

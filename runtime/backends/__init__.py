@@ -1,7 +1,8 @@
 """The registry of denoiser backends: TensorRT (.plan), ONNX Runtime (.onnx), PyTorch (a checkpoint).
 
-A backend is one module with a `load(path, manifest, request, **options)` function returning a
-runtime.denoiser.Denoiser, plus one line in BACKENDS naming its suffixes and its own options.
+A backend is one module with a `load(path, manifest, expected, **options)` function returning a
+runtime.denoiser.Denoiser and a `default_device()`, plus one line in BACKENDS naming its suffixes and
+its own options.
 Heavy dependencies (tensorrt, onnxruntime) are imported only when their backend is chosen, and a
 file's backend never imports export/ or onnx.
 """
@@ -9,6 +10,8 @@ file's backend never imports export/ or onnx.
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from dit_ref import configs
 from dit_ref.contract import Manifest, read_manifest
@@ -21,8 +24,8 @@ class Backend:
 
     name: str  # the name used by dit-run --backend, the benchmarks and the API
     suffixes: tuple[str, ...]  # files it runs; () for the PyTorch reference, which runs a checkpoint
-    module: str  # imported when chosen; defines load(path, manifest, request, **options)
-    options: tuple[str, ...]  # keyword options its load() takes beyond the request
+    module: str  # imported when chosen; defines load(path, manifest, expected, **options) and default_device()
+    options: tuple[str, ...]  # keyword options its load() takes beyond what is expected of the model
     description: str
 
 
@@ -38,14 +41,17 @@ BACKENDS = {backend.name: backend for backend in (
 BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
+NOTHING_TO_RUN = ("nothing to run: pass an engine (.plan) or graph (.onnx) made by dit-export, or "
+                  "--ckpt PATH|auto|hf:ID (or --random-init SEED) with --model")
+
+
 @dataclass(frozen=True)
-class Request:
+class Expected:
     """What the caller expects of the model; None: whatever the file (or the torch defaults) says."""
 
     model: str | None = None
     image_size: int | None = None
     cfg_channels: int | None = None
-    batch_size: int | None = None
 
 
 def backend_for(path, backend: str = "auto") -> str:
@@ -68,24 +74,22 @@ def backend_for(path, backend: str = "auto") -> str:
     return found
 
 
-def check_request(manifest: Manifest, path, request: Request) -> None:
-    """DiTError saying why, if the graph or engine described by manifest cannot serve the request."""
+def check_expected(manifest: Manifest, path, expected: Expected) -> None:
+    """DiTError saying why, if the graph or engine described by manifest is not what the caller expects."""
     name = Path(path).name
-    if request.model is not None and configs.get_config(request.model).name != manifest.model:
-        raise DiTError(f"{name} holds {manifest.model}, not {configs.get_config(request.model).name}; "
+    if expected.model is not None and configs.get_config(expected.model).name != manifest.model:
+        raise DiTError(f"{name} holds {manifest.model}, not {configs.get_config(expected.model).name}; "
                        f"export that model or drop --model")
-    if request.image_size is not None and int(request.image_size) != manifest.image_size:
-        size = request.image_size
+    if expected.image_size is not None and int(expected.image_size) != manifest.image_size:
+        size = expected.image_size
         raise DiTError(f"{name} was exported for {manifest.image_size} px images, not {size}; "
                        f"export a graph for {size} (dit-export --image-size {size}) or drop --image-size")
-    if request.cfg_channels is not None and int(request.cfg_channels) != manifest.cfg_channels:
+    if expected.cfg_channels is not None and int(expected.cfg_channels) != manifest.cfg_channels:
         raise DiTError(f"{name} guides {manifest.cfg_channels} channels (baked into the graph), not "
-                       f"{request.cfg_channels}; re-export with --cfg-channels {request.cfg_channels} or drop --cfg-channels")
-    if request.batch_size is not None:
-        manifest.batch.check(int(request.batch_size), remedy=f"re-export {name} with --batch MIN:OPT:MAX")
+                       f"{expected.cfg_channels}; re-export with --cfg-channels {expected.cfg_channels} or drop --cfg-channels")
 
 
-def check_options(backend: Backend, options: dict, path) -> dict:
+def backend_options(backend: Backend, options: dict, path) -> dict:
     """The options that were given (not None or False); DiTError naming one this backend does not take."""
     given = {key: value for key, value in options.items() if value is not None and value is not False}
     foreign = [key for key in given if key not in backend.options]
@@ -98,27 +102,32 @@ def check_options(backend: Backend, options: dict, path) -> dict:
     return given
 
 
-def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=None, cfg_channels=None,
-                  batch_size=None, **options):
+def device_for(path, backend: str = "auto", device=None) -> torch.device:
+    """The device a denoiser for this file (or checkpoint) will run on: `device`, or its backend's default."""
+    if device is not None:
+        return torch.device(device)
+    return importlib.import_module(BACKENDS[backend_for(path, backend)].module).default_device()
+
+
+def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=None, cfg_channels=None, **options):
     """A Denoiser for an engine or graph file, or for a checkpoint with the torch backend.
 
     For files, the model, image size, cfg_channels and batch range come from the manifest beside
-    them; model / image_size / cfg_channels / batch_size given here must agree with it. options are
+    them; model / image_size / cfg_channels given here must agree with it. options are
     the chosen backend's own (see BACKENDS): device, threads (ONNX Runtime's intra-op threads; torch's
     for the host work everywhere), cuda_graphs, dtype, ckpt, random_init, compile. None and False
     count as not given.
     """
     chosen = BACKENDS[backend_for(path, backend)]
-    request = Request(model, image_size, cfg_channels, batch_size)
+    expected = Expected(model, image_size, cfg_channels)
     if path is None and options.get("ckpt") is None and options.get("random_init") is None:
-        raise DiTError("nothing to run: pass an engine (.plan) or graph (.onnx) made by dit-export, or "
-                       "--ckpt PATH|auto|hf:ID (or --random-init SEED) with --model")
-    given = check_options(chosen, options, path)
+        raise DiTError(NOTHING_TO_RUN)
+    given = backend_options(chosen, options, path)
     manifest = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise DiTError(f"{path} not found; pass an engine (.plan) or graph (.onnx) made by dit-export")
         manifest = read_manifest(path)
-        check_request(manifest, path, request)
-    return importlib.import_module(chosen.module).load(path, manifest, request, **given)
+        check_expected(manifest, path, expected)
+    return importlib.import_module(chosen.module).load(path, manifest, expected, **given)

@@ -2,16 +2,12 @@
 
 On CPU, inputs go in as numpy views of the torch tensors and outputs come back as torch views of
 numpy arrays (no copies). On a GPU, I/O binding hands ONNX Runtime the torch CUDA tensors' device
-pointers, so nothing crosses to the host inside the sampling loop (written, not run on a GPU here).
+pointers, so nothing crosses to the host inside the sampling loop (this CUDA path is tested with the
+onnxruntime_cuda marker and has not run on a GPU of ours yet; the CPU path runs in every test).
 A CUDA session loads the CUDA libraries of the onnxruntime-gpu wheels first, and is refused when
 ONNX Runtime fell back to CPU (it does so without an error when its CUDA provider cannot load).
 """
 
-import ctypes
-import functools
-import logging
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +15,12 @@ import torch
 
 from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
-from dit_ref.onnxruntime_common import import_onnxruntime
-from dit_ref.tensorrt_common import GPU_SET_UP
+from dit_ref.machine.cpu import physical_cores
+from dit_ref.machine.onnxruntime_stack import cuda_provider_load_error, import_onnxruntime, preload_cuda_libraries
+from dit_ref.machine.tensorrt_stack import GPU_SET_UP
 from runtime.denoiser import Denoiser, Provenance
 
-log = logging.getLogger(__name__)
-
 CUDA_PROVIDER = "CUDAExecutionProvider"
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads share a core's FP units)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))  # no topology (not Linux): count logical CPUs
-    return max(1, len(cores))
 
 
 def create_session(graph_path: Path, device: torch.device, threads: int | None = None):
@@ -62,45 +44,6 @@ def create_session(graph_path: Path, device: torch.device, threads: int | None =
     if device.type == "cuda":
         check_first_provider(session, Path(graph_path).name)
     return session
-
-
-@functools.cache
-def preload_cuda_libraries(ort) -> None:
-    """Load the CUDA and cuDNN libraries that onnxruntime-gpu's [cuda,cudnn] wheels installed, once.
-
-    onnxruntime.preload_dlls() (1.21+; cuda=True, cudnn=True, msvc=True, directory=None: torch's
-    compatible libraries, then the nvidia wheels, then the default search paths) is ONNX Runtime's
-    documented way to find them; older releases rely on the system's libraries. A no-op for the CPU
-    package. It prints what it could not load; it raises only for a bad directory.
-    """
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:
-        return
-    try:
-        preload()
-    except Exception as error:
-        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", error)
-
-
-def cuda_provider_load_error(ort) -> str | None:
-    """Why ONNX Runtime's CUDA provider library does not load here, in the dynamic loader's words, or None.
-
-    Loads it as ONNX Runtime does (its shared-provider library first, globally), so the missing
-    dependency is named (for example libcurand.so.10, which recent torch wheels no longer bring).
-    """
-    names = {"Linux": ("libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"),
-             "Windows": ("onnxruntime_providers_shared.dll", "onnxruntime_providers_cuda.dll")}.get(platform.system())
-    if names is None:
-        return None
-    capi = Path(ort.__file__).parent / "capi"
-    for name in names:
-        if not (capi / name).is_file():
-            return f"{name} is not in {capi} (is onnxruntime the CPU package?)"
-        try:
-            ctypes.CDLL(str(capi / name), mode=ctypes.RTLD_GLOBAL)
-        except OSError as error:
-            return str(error).strip().splitlines()[0] if str(error).strip() else f"{name} does not load"
-    return None
 
 
 def check_first_provider(session, graph_name: str) -> None:
@@ -153,7 +96,6 @@ class OnnxRuntimeDenoiser(Denoiser):
         self.session = None
 
     def __call__(self, x, t, y, cfg_scale):
-        self.batch_range.check(len(x), remedy=f"re-export {self.graph_path.name} with --batch MIN:OPT:MAX")
         # On this device, in the contract's dtypes: a caller's int32 labels or CPU latents still work.
         x, t, y, cfg_scale = (value.to(self.device, IO_DTYPES[name]).contiguous()
                               for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale)))
@@ -167,7 +109,7 @@ class OnnxRuntimeDenoiser(Denoiser):
         return _eps_and_var([torch.from_numpy(output) for output in outputs])
 
     def _run_cuda(self, x, t, y, cfg_scale):
-        """I/O binding on torch CUDA tensors (written, not run on a GPU here)."""
+        """I/O binding on torch CUDA tensors (not run on a GPU of ours yet)."""
         inputs = [x, t, y, cfg_scale]  # contiguous, on self.device, in the contract's dtypes
         outputs = [torch.empty_like(x) for _ in self.output_names]  # (B, C, L, L) float32 each
         binding = self.session.io_binding()
@@ -203,5 +145,5 @@ def check_graph_io(session, graph_path: Path, manifest: Manifest) -> None:
     check_io_shapes(manifest, shapes, graph_path)
 
 
-def load(path, manifest, request, device=None, threads=None) -> OnnxRuntimeDenoiser:
+def load(path, manifest, expected, device=None, threads=None) -> OnnxRuntimeDenoiser:
     return OnnxRuntimeDenoiser(path, manifest, device, threads)

@@ -16,7 +16,7 @@ from dit_ref.contract import (
     INPUT_NAMES, IO_DTYPES, BatchRange, Manifest, check_io_shapes, output_names, read_manifest,
 )
 from dit_ref.errors import DiTError
-from dit_ref.tensorrt_common import (
+from dit_ref.machine.tensorrt_stack import (
     GPU_SET_UP, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
 )
 from runtime.denoiser import Denoiser, Provenance
@@ -292,7 +292,12 @@ class TensorRTDenoiser(Denoiser):
         return graph
 
 
-def load(path, manifest, request, device=None, threads=None, cuda_graphs=False) -> TensorRTDenoiser:
+def default_device() -> torch.device:
+    """TensorRT runs on the current CUDA device."""
+    return torch.device("cuda")
+
+
+def load(path, manifest, expected, device=None, threads=None, cuda_graphs=False) -> TensorRTDenoiser:
     """The TensorRT denoiser; DiTError pointing to the graph when TensorRT cannot run here."""
     remedy = (f"set up the GPU stack on a CUDA machine ({GPU_SET_UP}), or run the graph "
               f"instead: dit-run {graph_name(manifest, path)}")

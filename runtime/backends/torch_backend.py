@@ -8,6 +8,8 @@ from dit_ref.errors import DiTError
 from dit_ref.model import DiT
 from runtime.denoiser import Denoiser, Provenance
 
+NEEDS_MODEL = ("the torch backend needs --model (e.g. XL/2, or fashion) and, for the paper's models, "
+               "--image-size (256 or 512)")
 TORCH_BATCH = BatchRange(1, 32, 32)  # one call's images; dit-run's default batch is the max
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,7 +36,7 @@ class TorchDenoiser(Denoiser):
                  source: str = "", random_weights: bool = False, compile: bool = False):
         cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
         model.config.check_cfg_channels(cfg_channels)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DiTError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
         self.dtype = dtype_from_name(dtype)
@@ -59,16 +61,20 @@ class TorchDenoiser(Denoiser):
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 
-def load(path, manifest, request, device=None, threads=None, dtype="float32", ckpt=None, random_init=None,
+def default_device() -> torch.device:
+    """cuda when torch sees a GPU, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load(path, manifest, expected, device=None, threads=None, dtype="float32", ckpt=None, random_init=None,
          compile=False, num_classes=None) -> TorchDenoiser:
     """A TorchDenoiser from dit_ref.weights.load_dit (a checkpoint, "auto", "hf:ID", or random init)."""
     from dit_ref.weights import load_dit
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if request.model is None:
-        raise DiTError("the torch backend needs --model (e.g. XL/2, or fashion) and, for the paper's models, "
-                       "--image-size (256 or 512)")
-    loaded = load_dit(request.model, request.image_size, ckpt=ckpt, random_init=random_init, num_classes=num_classes)
-    return TorchDenoiser(loaded.model, device, dtype, request.cfg_channels, loaded.source, loaded.random_weights,
+    if expected.model is None:
+        raise DiTError(NEEDS_MODEL)
+    loaded = load_dit(expected.model, expected.image_size, ckpt=ckpt, random_init=random_init, num_classes=num_classes)
+    return TorchDenoiser(loaded.model, device, dtype, expected.cfg_channels, loaded.source, loaded.random_weights,
                          compile)

@@ -1,25 +1,27 @@
-"""dit-serve's HTTP API without the server: request bodies checked into a Request, the model's summary,
-and the errors as (status, one line). Pure functions, so the same checks are tested without Ray.
+"""dit-serve's HTTP API without the server: request bodies checked into a request plan, the model's
+summary, and the errors as (status, one line). Pure functions, so the same checks are tested without Ray.
 
 POST /v1/generate takes {"class_labels": [207, "golden retriever"], "seed": 0, "steps": 50,
 "sampler": "ddim", "cfg_scale": 4.0}; only class_labels is required, the rest default as dit-run's
-options do. Image i of a request with seed S is sample i of `dit-run --seeding per-sample --seed S`.
+options do. A request becomes a runtime.plan.Plan, checked by the same code as dit-run's flags (the
+decoder is the service's, dit-serve --vae). Image i of a request with seed S is sample i of
+`dit-run --seeding per-sample --seed S`.
 """
 
-import functools
 import json
-import math
 from dataclasses import dataclass
 
-from dit_ref.class_names import class_names, resolve_label
-from dit_ref.contract import Manifest
+from dit_ref.class_names import class_names
+from dit_ref.contract import RANDOM_WEIGHTS, BatchRange, Manifest
 from dit_ref.errors import DiTError
-from runtime.generate import MAX_STEPS, check_labels
-from runtime.samplers import DIFFUSERS_SCHEDULERS, SAMPLERS, default_steps, sampler_from_name
+from runtime.plan import ModelFacts, Plan, make_plan
+from runtime.sampling import default_steps, sampler_names
 
-MAX_SEED = 2**63 - 1  # per-sample seeding keys numpy's SeedSequence with (seed, index): non-negative
 DEFAULTS = {"seed": 0, "sampler": "ddpm", "steps": None, "cfg_scale": 4.0}  # dit-run's (steps: the sampler's)
 FIELDS = ("class_labels", *DEFAULTS)
+# How a request's fields are named in its 400s (runtime.plan words each fault once, for every front end).
+HTTP_NAMES = {"class": "class_labels entry", "num_samples": "class_labels", "steps": "steps", "cfg_scale": "cfg_scale",
+              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler"}
 
 
 class ServiceError(Exception):
@@ -28,17 +30,6 @@ class ServiceError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One checked generation request: image i gets labels[i] and per-sample seed key (seed, i)."""
-
-    labels: tuple[int, ...]
-    seed: int
-    sampler: str
-    steps: int  # as asked, or the sampler's default (a diffusers scheduler may call the denoiser more often)
-    cfg_scale: float
 
 
 @dataclass(frozen=True)
@@ -54,13 +45,21 @@ class Model:
     def from_manifest(cls, manifest: Manifest, max_images: int) -> "Model":
         return cls(manifest.model, manifest.num_classes, class_names(manifest.model, manifest.num_classes), max_images)
 
+    @property
+    def facts(self) -> ModelFacts:
+        """What a request's plan is checked against: its classes; a replica pads a request to the graph's
+        minimum batch and splits it into batches of --max-batch, so any count up to max_images fits; the
+        decoder is the service's (checked when it starts), so the plan asks for none of its own."""
+        return ModelFacts(self.name, self.num_classes, None, None, BatchRange(1, 1, self.max_images))
+
 
 def bad_request(message: str) -> ServiceError:
     return ServiceError(400, message)
 
 
-def parse_generate(body: bytes, model: Model) -> Request:
-    """A POST /v1/generate body -> Request; ServiceError 400 with the one line that says what is wrong."""
+def parse_generate(body: bytes, model: Model) -> Plan:
+    """A POST /v1/generate body -> its checked Plan (per-sample seeding); ServiceError 400 with the one line
+    that says what is wrong."""
     try:
         fields = json.loads(body)
     except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, nesting too deep, an integer too long
@@ -73,14 +72,15 @@ def parse_generate(body: bytes, model: Model) -> Request:
         raise bad_request(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
     fields = {**DEFAULTS, **fields}
     try:
-        labels = parse_labels(fields.get("class_labels"), model)
-        sampler, steps = parse_sampler(fields["sampler"], fields["steps"])
-        return Request(labels, parse_seed(fields["seed"]), sampler, steps, parse_cfg_scale(fields["cfg_scale"]))
+        labels = check_label_list(fields.get("class_labels"), model)
+        plan = make_plan(labels, sampler=fields["sampler"], steps=fields["steps"], cfg_scale=fields["cfg_scale"],
+                         seed=fields["seed"], seeding="per-sample", decoder="none", names=HTTP_NAMES)
+        return plan.check(model.facts)
     except DiTError as error:
         raise bad_request(str(error)) from None
 
 
-def parse_labels(values, model: Model) -> tuple[int, ...]:
+def check_label_list(values, model: Model) -> list:
     """class_labels: a non-empty list of numbers and class names, at most model.max_images of them."""
     if not isinstance(values, list) or not values:
         raise DiTError("class_labels must be a non-empty list of class numbers or names, e.g. [207, \"otter\"]")
@@ -90,56 +90,7 @@ def parse_labels(values, model: Model) -> tuple[int, ...]:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise DiTError(f"class_labels entry {json.dumps(value)} is neither a class number nor a name")
-    labels = [resolve_label(value, model.names, model.num_classes, "class_labels entry") for value in values]
-    return tuple(check_labels(labels, model.num_classes, "class_labels entry"))
-
-
-def integer(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DiTError(f"{name} must be an integer, not {json.dumps(value)}")
-    return value
-
-
-def parse_seed(value) -> int:
-    seed = integer(value, "seed")
-    if not 0 <= seed <= MAX_SEED:
-        raise DiTError(f"seed must be 0..{MAX_SEED}, not {seed}")
-    return seed
-
-
-def parse_sampler(name, steps) -> tuple[str, int]:
-    """(sampler name, steps) of a request, checked by building the sampler; steps None: the sampler's default."""
-    if not isinstance(name, str):
-        raise DiTError(f"sampler must be a name ({', '.join(sampler_names())}), not {json.dumps(name)}")
-    if steps is not None:
-        steps = integer(steps, "steps")
-        if not 1 <= steps <= MAX_STEPS:
-            raise DiTError(f"steps must be 1..{MAX_STEPS} (the training schedule has {MAX_STEPS} timesteps), not {steps}")
-    steps = default_steps(name) if steps is None else steps
-    return checked_sampler(name.strip(), steps), steps
-
-
-@functools.lru_cache(maxsize=64)
-def checked_sampler(name: str, steps: int) -> str:
-    """The sampler's own name, once it was built (cached: a diffusers scheduler takes a while to make).
-    DiTError naming the choices for an unknown one, and for a scheduler that refuses these steps."""
-    try:
-        return sampler_from_name(name, steps).name
-    except DiTError:
-        raise
-    except Exception as error:  # a diffusers scheduler's own refusal (ValueError, ...) of these steps
-        raise DiTError(f"sampler {name!r} cannot take {steps} steps ({str(error).splitlines()[0][:200]})") from None
-
-
-def parse_cfg_scale(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DiTError(f"cfg_scale must be a finite number, not {json.dumps(value)}")
-    return float(value)
-
-
-def sampler_names() -> list[str]:
-    """The short names a request may use (any diffusers scheduler class name works too)."""
-    return [*SAMPLERS, *DIFFUSERS_SCHEDULERS]
+    return values
 
 
 def model_summary(manifest: Manifest, backend: str, settings) -> dict:
@@ -149,6 +100,7 @@ def model_summary(manifest: Manifest, backend: str, settings) -> dict:
             "num_classes": manifest.num_classes, "class_names": named, "decoder": manifest.decoder,
             "batch": manifest.batch.to_dict(), "backend": backend,
             "random_weights": manifest.random_weights, "checkpoint": manifest.checkpoint.source,
+            "warning": RANDOM_WEIGHTS if manifest.random_weights else None,
             "max_batch": settings.max_batch, "max_images": settings.max_images, "replicas": settings.replicas,
             "samplers": sampler_names(), "default_steps": {name: default_steps(name) for name in sampler_names()},
             "defaults": DEFAULTS}

@@ -16,7 +16,6 @@ the deployments use is defined above them: Serve pickles a deployment's class wh
 import asyncio
 import base64
 import contextlib
-import functools
 import hmac
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,13 +31,13 @@ from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
-from dit_ref.contract import read_manifest
+from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from runtime.backends import backend_for
 from runtime.generate import load_with_decoder, sample_batch
 from runtime.images import png_bytes
-from runtime.noise import PerSampleNoise
-from runtime.ray_cluster import failure_reason
-from runtime.samplers import sampler_from_name
+from runtime.sampling.noise import PerSampleNoise
+from runtime.scaleout.cluster import failure_reason
+from runtime.sampling import sampler_from_name
 from runtime.service.api import Model, ServiceError, model_summary, parse_generate
 from runtime.service.settings import Settings, key_digest
 
@@ -90,12 +89,6 @@ def compatible_groups(items: list[Item]) -> list[list[int]]:
     return list(groups.values())
 
 
-@functools.lru_cache(maxsize=32)
-def sampler_for(name: str, steps: int):
-    """Samplers are stateless (each call starts a fresh run), so one per (name, steps) is reused."""
-    return sampler_from_name(name, steps)
-
-
 def failure(error: BaseException, queue_size: int) -> BaseException:
     """What the client hears when making its images failed."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
@@ -143,7 +136,7 @@ class Generator:
         facts = self.denoiser.provenance
         self.metadata = {"Software": "dit-serve", "model": f"{facts.model} {facts.image_size}px"}
         if facts.random_weights:
-            self.metadata["Warning"] = "RANDOM WEIGHTS: noise from an untrained network, not DiT samples"
+            self.metadata["Warning"] = RANDOM_WEIGHTS
         self.make.set_max_batch_size(settings.max_batch)
         self.make.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
 
@@ -164,7 +157,7 @@ class Generator:
         padded = group + [group[0]] * (self.denoiser.batch_range.min - len(group))
         noise = PerSampleNoise([item.seed for item in padded], [item.index for item in padded], self.denoiser.device)
         labels, images = sample_batch(self.denoiser, [item.label for item in padded],
-                                      sampler_for(group[0].sampler, group[0].steps), noise,
+                                      sampler_from_name(group[0].sampler, group[0].steps), noise,
                                       [item.cfg_scale for item in padded], self.decoder)
         return [Made(png_bytes(image, self.metadata), int(label), len(group))
                 for image, label in zip(images[:len(group)], labels)]
@@ -213,12 +206,13 @@ class Frontend:
     async def generate(self, request: HTTPRequest) -> dict:
         self.admit(request)
         wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
-        items = [Item(label, wanted.seed, index, wanted.sampler, wanted.steps, wanted.cfg_scale)
+        sampler = wanted.sampler
+        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale)
                  for index, label in enumerate(wanted.labels)]
         made = await self.make_all(items)
         return {"images": [base64.b64encode(image.png).decode("ascii") for image in made],
-                "labels": [image.label for image in made], "seed": wanted.seed, "sampler": wanted.sampler,
-                "steps": wanted.steps, "cfg_scale": wanted.cfg_scale, "model": self.model.name,
+                "labels": [image.label for image in made], "seed": wanted.seed, "sampler": sampler.name,
+                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale, "model": self.model.name,
                 "image_size": self.summary["image_size"], "random_weights": self.random_weights,
                 "batch_sizes": [image.batch_size for image in made]}
 

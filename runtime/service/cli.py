@@ -21,15 +21,14 @@ from pathlib import Path
 
 import click
 
-from dit_ref.contract import Manifest, read_manifest
+from dit_ref.contract import RANDOM_WEIGHTS, Manifest, read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, backend_for
-from runtime.backends.onnxruntime_backend import physical_cores
+from dit_ref.machine.cpu import physical_cores
+from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
 from runtime.vae import load_decoder
-
-START_SECONDS = 600  # how long replicas may take to start (model load, autoscaling) before we give up
 
 log = logging.getLogger("dit-serve")
 
@@ -49,7 +48,7 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
                        f"{manifest.batch.max}; choose one within it, or re-export with --batch MIN:OPT:MAX")
     if vae == "none":
         raise DiTError("--vae none: the service answers PNG images; choose a decoder (auto, ema, mse, a directory)")
-    if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):
+    if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):  # (the service has no --vae none to offer)
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
@@ -66,7 +65,7 @@ def check_port(host: str, port: int) -> None:
             raise DiTError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
 
 
-def describe(settings: Settings, manifest: Manifest, host: str, port: int) -> str:
+def serving_line(settings: Settings, manifest: Manifest, host: str, port: int) -> str:
     replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
     url_host = f"[{host.strip('[]')}]" if ":" in host else host  # an IPv6 address
     return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
@@ -127,7 +126,7 @@ def run_bounded(deploy, settings: Settings, serve) -> None:
 def start_failure(serve, error: Exception, settings: Settings) -> str:
     """Why the application did not start: serve.run says only "failed"; the deployments' status messages
     hold the replicas' own errors."""
-    from runtime.ray_cluster import failure_reason
+    from runtime.scaleout.cluster import failure_reason
 
     with contextlib.suppress(Exception):
         application = serve.status().applications[settings.app_name]
@@ -162,7 +161,7 @@ def stop_on_signals() -> None:
 def run_service(settings: Settings, manifest: Manifest, host: str, port: int, address: str | None,
                 verbose: bool = False) -> None:
     """Connect (or start a private instance), place the replicas, serve until Ctrl-C, then clean up."""
-    from runtime.ray_cluster import connect, local_cpus, node_resources, parse_address, plan_pool
+    from runtime.scaleout.cluster import connect, local_cpus, node_resources, parse_address, plan_pool
 
     address = parse_address(address)
     local = address is None
@@ -178,7 +177,7 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
         try:
             stop_on_signals()
             start(settings, host, port, verbose)
-            click.echo(describe(settings, manifest, host, port), err=True)
+            click.echo(serving_line(settings, manifest, host, port), err=True)
             while True:
                 time.sleep(1)
         except Stop as stopped:
@@ -231,8 +230,7 @@ def serve(engine_or_graph, host, port, replicas, max_batch, batch_wait_ms, max_i
                                  api_key_sha256=key_digest(api_key))
     check_port(host, port)
     if manifest.random_weights:
-        click.secho("warning: RANDOM WEIGHTS: the service's images are noise from an untrained network",
-                    fg="red", bold=True, err=True)
+        click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")  # the replicas' logs go to Ray's files, not here

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.quality import balanced_labels, sample_and_score
 from runtime.backends import load_denoiser
-from runtime.samplers import sampler_from_name
+from runtime.sampling import sampler_from_name
 
 LABELS = balanced_labels(10)
 # Measured 2026-11-25 on CPU (shipped weights, 100 samples): FP16 graph 0.91 = FP32 reference 0.91 (DDIM 25,

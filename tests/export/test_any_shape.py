@@ -15,7 +15,7 @@ from export.onnx_export import export_onnx
 from runtime.backends import load_denoiser
 from runtime.backends.torch_backend import TorchDenoiser
 from runtime.generate import generate
-from runtime.samplers import sampler_from_name
+from runtime.sampling import sampler_from_name
 from testing_utils import max_rel_error
 
 FP32_LIMIT = 1e-4  # the FP32 graph's limit everywhere (dit-export's check, the runtime tests)

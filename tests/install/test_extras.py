@@ -125,7 +125,7 @@ def test_each_flavour_pins_packages_of_its_cuda(flavour, cuda):
 
 
 def test_the_flavours_are_the_gpu_stack_checks():
-    from runtime.gpu_stack import FLAVOURS as STACK
+    from dit_ref.machine.gpu_stack import FLAVOURS as STACK
 
     assert {name: flavour.cuda_major for name, flavour in STACK.items()} == FLAVOURS
     for name, flavour in STACK.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.gpu_stack import cuda_unavailable_reason
+from dit_ref.machine.gpu_stack import cuda_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -45,7 +45,7 @@ def test_a_flavour_installs_its_torch_and_tensorrt_from_nvidia_and_checks_the_st
     assert spec.contains(cuda_torch) and not spec.contains(other_torch)
     assert f"+ pip install -e .[dev,{flavour}] --extra-index-url https://pypi.nvidia.com" in done.stdout
     assert "cpu" not in done.stdout.replace("nonexistent", "")
-    assert done.stdout.rstrip().endswith(f"-m runtime.gpu_stack check {flavour}")
+    assert done.stdout.rstrip().endswith(f"-m dit_ref.machine.gpu_stack check {flavour}")
 
 
 def test_the_nvidia_index_can_be_left_to_pip_configuration():

@@ -77,6 +77,25 @@ def test_manifest_that_lies_about_the_size_is_refused(graphs, tmp_path):
     assert "(B, 4, 32, 32)" in message and "(B, 4, 64, 64)" in message and "is the truth" in message
 
 
+def test_manifest_that_contradicts_itself_is_refused_before_loading(graphs, tmp_path, capsys):
+    # Only image_size edited: the latent size still matches the graph, but 32 x 32 latents make 256 px.
+    link = graph_copy(graphs["fp32"], tmp_path, image_size=512)
+    code, err, seconds = dit_run([str(link), "--class", "1", "--vae", "none", "--out", str(tmp_path / "x.npy")],
+                                 capsys)
+    print(err)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "claims 512 px images" in lines[0] and "make 256 px" in lines[0]
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_the_torch_backend_without_a_model_fails_before_anything_loads(capsys, tmp_path):
+    code, err, seconds = dit_run(["--backend", "torch", "--ckpt", "auto", "--out", str(tmp_path / "s.png")], capsys)
+    print(err, f"{seconds:.2f} s")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "needs --model" in lines[0] and seconds < 5
+    assert "vae" not in err.lower() and list(tmp_path.iterdir()) == []
+
+
 def test_a_backend_option_of_another_backend_is_refused(graphs):
     with pytest.raises(DiTError, match="--cuda-graphs is for the tensorrt backend"):
         load_denoiser(graphs["fp32"], cuda_graphs=True)

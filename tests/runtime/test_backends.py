@@ -9,11 +9,14 @@ import torch
 from onnx import TensorProto, helper
 from runtime_helpers import graph_copy
 
+from dit_ref.contract import read_manifest
 from dit_ref.diffusion import schedule_from_spec
 from dit_ref.errors import DiTError
 from runtime.backends import backend_for, load_denoiser
-from runtime.noise import OfficialNoise
-from runtime.samplers import sample_ddpm
+from runtime.generate import generate
+from runtime.sampling import sampler_from_name
+from runtime.sampling.noise import OfficialNoise
+from runtime.sampling.official import sample_ddpm
 from testing_utils import max_rel_error
 
 L = 32
@@ -93,7 +96,7 @@ def test_graph_for_512_refuses_a_256_request(graphs, tmp_path):
 
 @pytest.mark.parametrize("request_args, words", [
     ({"model": "XL/2"}, "holds DiT-S/8, not DiT-XL/2"), ({"cfg_channels": 4}, "guides 3 channels"),
-    ({"batch_size": 9}, "outside the range 1..8"), ({"ckpt": "x.pt"}, "for the torch backend"),
+    ({"ckpt": "x.pt"}, "for the torch backend"),
 ])
 def test_manifest_mismatches_are_refused(graphs, tmp_path, request_args, words):
     link = graph_copy(graphs["fp32"], tmp_path, batch={"min": 1, "opt": 4, "max": 8})
@@ -102,10 +105,18 @@ def test_manifest_mismatches_are_refused(graphs, tmp_path, request_args, words):
     print(caught.value)
 
 
-def test_batch_outside_range_at_call_time(graphs, tmp_path):
-    denoiser = load_denoiser(graph_copy(graphs["fp32"], tmp_path, batch={"min": 2, "opt": 2, "max": 3}), threads=1)
+def test_a_batch_outside_the_range_is_refused_by_the_plan(graphs, tmp_path):
+    # The one batch-range check: the request plan's, against the manifest (before loading) or the denoiser.
+    from runtime.plan import ModelFacts, make_plan
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    link = graph_copy(graphs["fp32"], tmp_path / "a", batch={"min": 1, "opt": 4, "max": 8})
+    with pytest.raises(DiTError, match="outside the range 1..8"):
+        make_plan([1] * 9, batch_size=9).check(ModelFacts.from_manifest(read_manifest(link)))
+    denoiser = load_denoiser(graph_copy(graphs["fp32"], tmp_path / "b", batch={"min": 2, "opt": 2, "max": 3}),
+                             threads=1)
     with pytest.raises(DiTError, match=r"batch of 4 is outside the range 2..3"):
-        denoiser(*guided_inputs(4))
+        next(generate(denoiser, [1] * 4, sampler_from_name("ddim", 1), batch_size=4))
 
 
 @pytest.mark.parametrize("content", [b"not a graph at all", "truncated"])
@@ -180,24 +191,23 @@ def test_onnxruntime_cuda_io_binding(graphs, reference, record_property):
 def test_engine_batch_range_is_the_manifests_one_range(graphs):
     # One batch range per manifest: an engine rebuilt with --batch 1:2:4 rewrites it (export.engine).
     from dit_ref.contract import BatchRange, read_manifest
-    from runtime.backends import Request, check_request
+    from runtime.plan import ModelFacts, make_plan
 
     manifest = read_manifest(graphs["fp16"])
-    check_request(manifest, "DiT-S-8-256-fp16.onnx", Request(batch_size=8))  # the graph's range takes 8
+    plan = make_plan([1] * 8, batch_size=8)
+    plan.check(ModelFacts.from_manifest(manifest))  # the graph's range takes 8
     rebuilt = manifest.replace(batch=BatchRange(1, 2, 4))
     with pytest.raises(DiTError, match=r"batch of 8 is outside the range 1..4"):
-        check_request(rebuilt, "DiT-S-8-256-fp16.plan", Request(batch_size=8))  # the rebuilt engine's does not
+        plan.check(ModelFacts.from_manifest(rebuilt))  # the rebuilt engine's does not
 
 
 def test_dit_run_batches_fit_an_engine_rebuilt_with_a_smaller_range():
-    from types import SimpleNamespace
-
     from dit_ref.contract import BatchRange
-    from runtime.generate import choose_batch_size
+    from runtime.plan import make_plan
 
-    engine = SimpleNamespace(batch_range=BatchRange(1, 2, 4), name="tensorrt fp16")
-    graph = SimpleNamespace(batch_range=BatchRange(1, 8, 32), name="onnxruntime-cpu fp16")
-    assert choose_batch_size(None, 10, engine) == 4 and choose_batch_size(None, 10, graph) == 10
+    engine, graph = BatchRange(1, 2, 4), BatchRange(1, 8, 32)  # a rebuilt engine's range, the graph's
+    plan = make_plan([1] * 10)
+    assert plan.choose_batch_size(10, engine) == 4 and plan.choose_batch_size(10, graph) == 10
 
 
 def test_onnxruntime_casts_inputs_to_the_graph_contract(graphs):

@@ -1,4 +1,4 @@
-"""runtime.gpu_stack on a CPU machine: each missing piece named in one line, the flavour checks."""
+"""dit_ref.machine.gpu_stack on a CPU machine: each missing piece named in one line, the flavour checks."""
 
 import json
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from runtime import gpu_stack
+from dit_ref.machine import gpu_stack
 
 
 def test_no_cuda_device_says_why():

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dit_ref.errors import DiTError
-from dit_ref.onnxruntime_common import NOT_INSTALLED, import_onnxruntime
+from dit_ref.machine.onnxruntime_stack import NOT_INSTALLED, import_onnxruntime
+from dit_ref.machine import onnxruntime_stack as stack
 from runtime.backends import onnxruntime_backend as backend
 
 
@@ -80,14 +81,14 @@ def test_preload_is_skipped_before_1_21_and_its_failure_is_a_warning(caplog):
 
 
 def test_the_provider_library_error_names_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(backend.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(stack.platform, "system", lambda: "Linux")
     fake = SimpleNamespace(__file__=str(tmp_path / "onnxruntime" / "__init__.py"))
     capi = tmp_path / "onnxruntime" / "capi"
     capi.mkdir(parents=True)
-    assert "libonnxruntime_providers_shared.so is not in" in backend.cuda_provider_load_error(fake)
+    assert "libonnxruntime_providers_shared.so is not in" in stack.cuda_provider_load_error(fake)
     for name in ("libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"):
         (capi / name).write_bytes(b"not a shared library")
-    error = backend.cuda_provider_load_error(fake)
+    error = stack.cuda_provider_load_error(fake)
     print(error)
     assert "libonnxruntime_providers_shared.so" in error and "\n" not in error  # the loader's own words
 
@@ -95,7 +96,7 @@ def test_the_provider_library_error_names_what_is_missing(tmp_path, monkeypatch)
 def test_the_cpu_package_has_no_cuda_provider_library():
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this is onnxruntime-gpu")
-    assert "libonnxruntime_providers_cuda.so is not in" in backend.cuda_provider_load_error(onnxruntime)
+    assert "libonnxruntime_providers_cuda.so is not in" in stack.cuda_provider_load_error(onnxruntime)
 
 
 def test_a_missing_onnxruntime_is_one_line(monkeypatch):

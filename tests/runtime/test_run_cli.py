@@ -89,7 +89,7 @@ def test_failure_in_a_later_batch_leaves_no_output(reference, tiny_vae_dir, monk
     exception = KeyboardInterrupt() if failure == "interrupt" else None
     monkeypatch.setattr(cli, "load_denoiser", lambda *a, **k: ScriptedDenoiser(reference, at=4, exception=exception))
     out = tmp_path / out_name
-    code, err = dit_run(["--num-samples", "4", "--batch-size", "2", "--steps", "3", "--out", str(out),
+    code, err = dit_run([*TORCH, "--num-samples", "4", "--batch-size", "2", "--steps", "3", "--out", str(out),
                          "--vae", "none" if out_name.endswith(".npy") else str(tiny_vae_dir)], capsys)
     if failure == "nan":
         assert_one_line_error(code, err, "NaN or inf at step 2 of 3", "timestep")

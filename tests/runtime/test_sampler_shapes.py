@@ -8,8 +8,8 @@ import torch
 
 from dit_ref.diffusion import fixed_large_log_variance, schedule_from_spec
 from dit_ref.errors import DiTError
-from runtime.noise import OfficialNoise
-from runtime.samplers import DIFFUSERS_SCHEDULERS, sampler_from_name
+from runtime.sampling.noise import OfficialNoise
+from runtime.sampling import DIFFUSERS_SCHEDULERS, sampler_from_name
 
 L = 4  # latent side: the fake denoiser makes any size equally cheap
 

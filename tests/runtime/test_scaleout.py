@@ -12,8 +12,8 @@ import signal
 import numpy as np
 import pytest
 
-from runtime.ray_cluster import LOOPBACK_ENV
-from runtime.scaleout import CRASH_FILE_ENV
+from runtime.scaleout.cluster import LOOPBACK_ENV
+from runtime.scaleout.job import CRASH_FILE_ENV
 
 os.environ.setdefault(LOOPBACK_ENV, "0")  # before Ray is imported: the instance listens on 127.0.0.1 only
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install 'ray[data]' (in the dev extra)")
@@ -22,8 +22,9 @@ import runtime.cli as cli  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from runtime.backends import load_denoiser  # noqa: E402
 from runtime.generate import generate  # noqa: E402
-from runtime.samplers import sampler_from_name  # noqa: E402
-from runtime.scaleout import Job, run_on_ray  # noqa: E402
+from runtime.sampling import sampler_from_name  # noqa: E402
+from runtime.plan import make_plan  # noqa: E402
+from runtime.scaleout.job import Job, RayOptions, run_on_ray  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
@@ -88,11 +89,12 @@ def one_machine(tiny_graph):
         return np.concatenate([batch.samples for batch in batches])
 
 
-def ray_run(graph, out, **options):
-    job = Job(path=str(graph), labels=LABELS, sampler="ddim", steps=STEPS, seed=options.pop("seed", SEED),
-              vae="none")
-    options = {"batch_size": BATCH_SIZE, "shard_size": SHARD_SIZE, "threads": 1, "progress": False, **options}
-    summary = run_on_ray(job, out, **options)
+def ray_run(graph, out, seed=SEED, batch_size=BATCH_SIZE, on_shard=None, **options):
+    plan = make_plan(LABELS, sampler="ddim", steps=STEPS, seed=seed, seeding="per-sample", batch_size=batch_size,
+                     decoder="none")
+    options = {"shard_size": SHARD_SIZE, "threads": 1, **options}
+    summary = run_on_ray(Job(path=str(graph), plan=plan), out, RayOptions(**options), progress=False,
+                         on_shard=on_shard)
     print(summary.describe())
     return summary
 

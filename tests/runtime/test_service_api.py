@@ -6,7 +6,7 @@ import pytest
 
 from dit_ref.class_names import class_names, imagenet_names, label_from_name
 from dit_ref.errors import DiTError
-from runtime.cli import parse_classes
+from runtime.plan import make_plan, split_classes
 from runtime.service.api import Model, ServiceError, parse_generate
 from runtime.service.settings import check_exposure, is_loopback
 
@@ -27,11 +27,11 @@ def refusal(body: bytes, model=FASHION) -> str:
 
 
 def test_a_request_takes_dit_runs_defaults():
-    request = parse(class_labels=[1, 7])
-    assert (request.labels, request.seed, request.sampler, request.steps, request.cfg_scale) == ((1, 7), 0, "ddpm", 250, 4.0)
-    request = parse(class_labels=[0], seed=5, sampler="DDIM", steps=10, cfg_scale=1.5)
-    assert (request.sampler, request.steps, request.seed, request.cfg_scale) == ("ddim", 10, 5, 1.5)
-    assert parse(class_labels=[0], sampler="dpm++").steps == 20  # a diffusers scheduler's default
+    plan = parse(class_labels=[1, 7])
+    assert (plan.labels, plan.seed, plan.sampler.name, plan.sampler.steps, plan.cfg_scale) == ((1, 7), 0, "ddpm", 250, 4.0)
+    plan = parse(class_labels=[0], seed=5, sampler="DDIM", steps=10, cfg_scale=1.5)
+    assert (plan.sampler.name, plan.sampler.steps, plan.seed, plan.cfg_scale) == ("ddim", 10, 5, 1.5)
+    assert parse(class_labels=[0], sampler="dpm++").sampler.steps == 20  # a diffusers scheduler's default
 
 
 def test_labels_by_name_as_diffusers_dit_pipeline_gives_them():
@@ -83,6 +83,11 @@ def test_the_imagenet_table_is_the_released_models_labels():
     assert len(names) == 1000
     assert names[0] == "tench, Tinca tinca" and names[999].startswith("toilet tissue")
     assert label_from_name("lesser panda", names) == 387 and label_from_name("Ailurus fulgens", names) == 387
+
+
+def parse_classes(values, num_classes, names):
+    """dit-run's --class values -> labels, as its plan resolves them."""
+    return make_plan(split_classes(values)).labels_for(num_classes, names)
 
 
 def test_dit_run_takes_class_names_beside_numbers():

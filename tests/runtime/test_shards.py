@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dit_ref.errors import DiTError
-from runtime.ray_cluster import import_ray, local_cpus, parse_address, plan_pool
-from runtime.scaleout import Job, sample_layout, worker_failure
-from runtime.shards import ShardCollector, ShardFolder, ShardPlan, settings_hash, shard_name, shards_folder_for
+from runtime.scaleout.cluster import import_ray, local_cpus, parse_address, plan_pool
+from runtime.scaleout.job import sample_layout, worker_failure
+from runtime.scaleout.shards import ShardCollector, ShardFolder, ShardPlan, settings_hash, shard_name, shards_folder_for
 
 SETTINGS = {"graph_sha256": "ab" * 32, "sampler": "ddim", "steps": 2, "cfg_scale": 4.0, "seed": 0, "decoder": "none"}
 
@@ -158,7 +158,7 @@ def test_the_output_holds_adms_layout(vae, decoder, shape, dtype):
     channels = 1 if decoder == "pixels" else 4
     manifest = SimpleNamespace(image_size=256, latent_size=256 if decoder == "pixels" else 32,
                                latent_channels=channels, decoder=decoder)
-    assert sample_layout(Job("g.onnx", (), vae=vae), manifest) == (shape, dtype)
+    assert sample_layout(vae, manifest) == (shape, dtype)
 
 
 def test_a_local_instance_declares_the_cpus_or_the_pools_threads_up_to_twice_the_cpus(monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 from dit_ref.errors import DiTError
 from dit_ref.contract import BatchRange, Checkpoint, EngineRecord, GraphRecord, Manifest
-from dit_ref.tensorrt_common import engine_unavailable_reason
+from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
 from runtime.backends import tensorrt_backend as backend
 
 PLAN = "DiT-S-2-256-fp16.plan"

@@ -1,8 +1,8 @@
 """This environment's GPU stack and what it lacks, each lack in one line saying why.
 
 The facts behind DIT_REQUIRE_GPU (tests/conftest.py), the set-up script's check after a GPU install
-(`python -m runtime.gpu_stack check gpu-cu12`) and the versions in scripts/gpu-check.sh's report
-(`python -m runtime.gpu_stack describe`). torch, tensorrt, onnxruntime and onnx are imported inside
+(`python -m dit_ref.machine.gpu_stack check gpu-cu12`) and the versions in scripts/gpu-check.sh's report
+(`python -m dit_ref.machine.gpu_stack describe`). torch, tensorrt, onnxruntime and onnx are imported inside
 the functions that need them; dit-run never imports this module.
 """
 
@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dit_ref.onnxruntime_common import NOT_INSTALLED as ONNXRUNTIME_NOT_INSTALLED
-from dit_ref.tensorrt_common import GPU_SET_UP, tensorrt_unavailable_reason
+from dit_ref.machine.onnxruntime_stack import NOT_INSTALLED as ONNXRUNTIME_NOT_INSTALLED
+from dit_ref.machine.tensorrt_stack import GPU_SET_UP, tensorrt_unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
     gpu = cuda_unavailable_reason()
     if gpu:
         return prefix + gpu
-    from runtime.backends.onnxruntime_backend import cuda_provider_load_error, preload_cuda_libraries
+    from dit_ref.machine.onnxruntime_stack import cuda_provider_load_error, preload_cuda_libraries
 
     preload_cuda_libraries(ort)
     failure = probe_cuda_session(ort, prefix)
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
         else:
             print(text, end="")
         return 0
-    print("usage: python -m runtime.gpu_stack check gpu-cu12|gpu-cu13 | describe [JSON_PATH]", file=sys.stderr)
+    print("usage: python -m dit_ref.machine.gpu_stack check gpu-cu12|gpu-cu13 | describe [JSON_PATH]", file=sys.stderr)
     return 2
 
 

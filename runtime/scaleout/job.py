@@ -3,7 +3,7 @@
     dit-run G.onnx --num-samples 50000 --out samples.npz --ray          # a local Ray instance
     dit-run G.plan --num-samples 50000 --out samples.npz --ray auto     # the cluster this machine is in
 
-The driver cuts the sample indices of the unfinished shards (runtime.shards) into denoiser batches
+The driver cuts the sample indices of the unfinished shards (runtime.scaleout.shards) into denoiser batches
 and makes them a Ray Dataset, one row per batch; map_batches runs the rows on a fixed pool of
 DenoiserWorker actors, each of which loads the engine or graph once through the backend registry
 and calls generate() with per-sample seeding, so a sample is the same whichever actor, node or
@@ -27,16 +27,20 @@ import torch
 
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
+from dit_ref.machine.cpu import physical_cores
 from runtime.backends import backend_for
-from runtime.generate import check_labels, generate, load_with_decoder
+from runtime.generate import generate_plan, load_with_decoder
 from runtime.images import open_output, output_kind
-from runtime.ray_cluster import Pool, connect, failure_reason, local_cpus, node_resources, parse_address, plan_pool
-from runtime.samplers import sampler_from_name
-from runtime.shards import DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for
-from runtime.vae import HUB_VAES, load_decoder
+from runtime.plan import ModelFacts, Plan
+from runtime.scaleout.cluster import (
+    START_SECONDS, Pool, connect, failure_reason, local_cpus, node_resources, parse_address, plan_pool,
+)
+from runtime.scaleout.shards import (
+    DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for,
+)
+from runtime.vae import check_decoder_spec
 
 CRASH_FILE_ENV = "DIT_RAY_TEST_CRASH_FILE"  # tests only: the first worker to remove this file then dies
-START_SECONDS = 600  # how long the pool may take to start (model loads, autoscaling) before we say why it hangs
 
 log = logging.getLogger("dit-run")
 
@@ -46,14 +50,21 @@ class Job:
     """What every worker needs to make any batch of the run (pickled into each actor)."""
 
     path: str  # the engine or graph, absolute; the same path must hold it on every node
-    labels: tuple  # the planned label of each sample index; None: drawn from the sample's own generator
-    sampler: str = "ddpm"
-    steps: int | None = None
-    seed: int = 0
-    cfg_scale: float = 4.0
-    vae: str = "auto"  # decoder spec, as dit-run --vae
+    plan: Plan  # the run's request plan, per-sample seeding; each worker makes parts of it
     backend: str = "auto"
     cuda_graphs: bool = False  # TensorRT: replay one CUDA graph per batch size
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how the run's workers go (dit-run's --ray, --workers, --gpus-per-worker, --threads, ...)."""
+
+    address: str | None = None  # None (or "local"): a private local instance; "auto", HOST:PORT, ray://HOST:PORT
+    workers: int | None = None  # None: one per GPU, on CPU one per core (see cluster.plan_pool)
+    gpus_per_worker: float | None = None
+    threads: int | None = None  # per worker
+    shard_size: int = DEFAULT_SHARD_SIZE
+    keep_shards: bool = False
 
 
 @dataclass
@@ -93,9 +104,8 @@ class DenoiserWorker:
 
         torch.set_num_threads(threads)
         self.job = job
-        self.denoiser, self.decoder = load_with_decoder(job.path, job.backend, job.vae, device=device,
+        self.denoiser, self.decoder = load_with_decoder(job.path, job.backend, job.plan.decoder, device=device,
                                                         threads=threads, cuda_graphs=job.cuda_graphs)
-        self.sampler = sampler_from_name(job.sampler, job.steps)
         self.name = f"{socket.gethostname()}/{ray.get_runtime_context().get_actor_id()[:8]}"
 
     def __call__(self, rows: dict) -> dict:
@@ -106,10 +116,8 @@ class DenoiserWorker:
         return {key: np.concatenate([part[key] for part in made]) for key in made[0]}
 
     def make(self, start: int, stop: int) -> dict:
-        job, started = self.job, time.perf_counter()
-        (batch,) = generate(self.denoiser, list(job.labels[start:stop]), self.sampler, seed=job.seed,
-                            cfg_scale=job.cfg_scale, batch_size=stop - start, decoder=self.decoder,
-                            seeding="per-sample", first_index=start)
+        started = time.perf_counter()
+        (batch,) = generate_plan(self.denoiser, self.job.plan.part(start, stop), self.decoder)
         return {"index": np.arange(start, stop, dtype=np.int64), "label": batch.labels, "sample": batch.samples,
                 "worker": np.array([self.name] * (stop - start)),
                 "seconds": np.full(stop - start, (time.perf_counter() - started) / (stop - start))}
@@ -126,24 +134,6 @@ def crash_once_if_armed() -> None:
         os._exit(17)
 
 
-def decoder_identity(spec: str, decoder: str) -> str:
-    """What decodes the samples, for the settings hash; DiTError for a --vae this model cannot use."""
-    if spec == "none":
-        return "none"
-    if decoder == "pixels" or spec == "pixels":
-        load_decoder(spec, decoder, 1)  # no loading for these: raises for a spec that does not fit
-        return "pixels"
-    if spec in ("auto", *HUB_VAES):
-        return HUB_VAES["mse" if spec == "auto" else spec]
-    if spec == "random":
-        return "random"
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory; "
-                       f"pass a local diffusers VAE directory or one of those")
-    return str(path.resolve())
-
-
 def check_batches(plan: ShardPlan, batch_size: int, manifest) -> None:
     """DiTError unless every batch size the plan makes is in the graph's batch range."""
     sizes = {len(batch) for batch in plan.batches(plan.shards(), batch_size)}
@@ -153,21 +143,21 @@ def check_batches(plan: ShardPlan, batch_size: int, manifest) -> None:
 
 def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
     """Everything that changes a sample or the file, hashed into the shard names."""
-    sampler = sampler_from_name(job.sampler, job.steps)
+    sampler, wanted = job.plan.sampler, job.plan
     engine = manifest.engine
     return {"graph_sha256": manifest.graph.sha256 if manifest.graph else None, "model": manifest.model,
             "backend": backend_for(job.path, job.backend),
             "engine": None if engine is None or backend_for(job.path, job.backend) != "tensorrt"
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
-            "cfg_scale": job.cfg_scale, "seed": job.seed, "seeding": "per-sample",
-            "decoder": decoder_identity(job.vae, manifest.decoder), "labels": labels_digest(job.labels),
+            "cfg_scale": wanted.cfg_scale, "seed": wanted.seed, "seeding": wanted.seeding,
+            "decoder": check_decoder_spec(wanted.decoder, manifest.decoder), "labels": labels_digest(wanted.labels),
             "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
 
 
-def sample_layout(job: Job, manifest) -> tuple[tuple, type]:
-    """(shape, dtype) of one sample in the output: latents, or uint8 images."""
-    if job.vae == "none":
+def sample_layout(decoder: str, manifest) -> tuple[tuple, type]:
+    """(shape, dtype) of one sample in the output for a decoder spec: latents ("none"), or uint8 images."""
+    if decoder == "none":
         return (manifest.latent_channels, manifest.latent_size, manifest.latent_size), np.float32
     channels = manifest.latent_channels if manifest.decoder == "pixels" else 3
     return (manifest.image_size, manifest.image_size, channels), np.uint8
@@ -219,56 +209,53 @@ def configure_ray_data(ray, start_seconds: int) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
-def run_on_ray(job: Job, out, *, address: str | None = None, workers: int | None = None,
-               gpus_per_worker: float | None = None, threads: int | None = None, batch_size: int | None = None,
-               shard_size: int = DEFAULT_SHARD_SIZE, keep_shards: bool = False, progress: bool = True,
-               on_shard=None) -> Summary:
-    """Make len(job.labels) samples on Ray into out (.npz images or .npy latents), resuming from `<out>.shards/`.
+def run_on_ray(job: Job, out, options: RayOptions = RayOptions(), progress: bool = True, on_shard=None) -> Summary:
+    """Make the plan's samples on Ray into out (.npz images or .npy latents), resuming from `<out>.shards/`.
 
-    address: None for a local instance, "auto", "HOST:PORT" or "ray://HOST:PORT"; workers, threads (per
-    worker) and gpus_per_worker: see plan_pool. on_shard(shard range) is called after each shard is
-    written. Ctrl-C (KeyboardInterrupt) keeps the finished shards and writes no output.
+    job.plan must use per-sample seeding and be checked against the file's manifest (it is checked again
+    here). on_shard(shard range) is called after each shard is written. Ctrl-C (KeyboardInterrupt) keeps
+    the finished shards and writes no output.
     """
     path = Path(job.path).expanduser().resolve()
     if backend_for(path, job.backend) == "torch":
         raise DiTError("--ray runs an engine (.plan) or graph (.onnx) on every worker; export one with dit-export")
+    if job.plan.seeding != "per-sample":
+        raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it)")
     manifest = read_manifest(path)
-    check_labels(job.labels, manifest.num_classes)
-    kind = output_kind(out, latents=job.vae == "none")
+    wanted = job.plan.check(ModelFacts.from_manifest(manifest))
+    kind = output_kind(out, latents=wanted.decoder == "none")
     if kind not in ("npz", "npy"):
         raise DiTError(f"--ray writes one .npz of images (or .npy of latents with --vae none), not {Path(out).name}")
-    plan = ShardPlan(len(job.labels), shard_size)
-    batch_size = batch_size or min(manifest.batch.max, shard_size)
-    check_batches(plan, batch_size, manifest)
-    job = replace(job, path=str(path))
-    folder = ShardFolder(shards_folder_for(out), run_settings(job, manifest, plan, kind), plan)
+    shards = ShardPlan(len(wanted.labels), options.shard_size)
+    batch_size = wanted.batch_size or min(manifest.batch.max, options.shard_size)
+    check_batches(shards, batch_size, manifest)
+    job = replace(job, path=str(path), plan=wanted)
+    folder = ShardFolder(shards_folder_for(out), run_settings(job, manifest, shards, kind), shards)
     folder.check()  # refuse a foreign folder before starting anything
     summary = Summary(skipped=sum(len(shard) for shard in folder.finished()))
     pending = folder.pending()
     if pending:
-        make_pending(job, folder, pending, summary, address, workers, gpus_per_worker, threads, batch_size,
-                     progress, on_shard)
-    shape, dtype = sample_layout(job, manifest)
-    image_size = None if job.vae == "none" else manifest.image_size
-    with open_output(out, plan.num_samples, image_size, manifest.latent_size, channels=shape[-1],
+        make_pending(job, folder, pending, summary, options, batch_size, progress, on_shard)
+    shape, dtype = sample_layout(wanted.decoder, manifest)
+    image_size = None if wanted.decoder == "none" else manifest.image_size
+    with open_output(out, shards.num_samples, image_size, manifest.latent_size, channels=shape[-1],
                      latent_channels=manifest.latent_channels) as output:
         folder.assemble(output, shape, dtype)
-    if not keep_shards:
+    if not options.keep_shards:
         folder.remove()
     return summary
 
 
-def make_pending(job, folder, pending, summary, address, workers, gpus_per_worker, threads, batch_size,
-                 progress, on_shard) -> None:
+def make_pending(job: Job, folder: ShardFolder, pending: list, summary: Summary, options: RayOptions,
+                 batch_size: int, progress: bool, on_shard) -> None:
     """Connect, place the pool, and run the pending shards' batches into the shards folder."""
     from tqdm import tqdm
 
-    address = parse_address(address)
-    with connect(address, local_cpus(workers, threads) if address is None else 0) as ray:
-        from runtime.backends.onnxruntime_backend import physical_cores
-
+    address = parse_address(options.address)
+    with connect(address, local_cpus(options.workers, options.threads) if address is None else 0) as ray:
         local = address is None
-        pool = plan_pool(node_resources(ray), workers, gpus_per_worker, threads, physical_cores() if local else None)
+        pool = plan_pool(node_resources(ray), options.workers, options.gpus_per_worker, options.threads,
+                         physical_cores() if local else None)
         if local and pool.workers * pool.threads > physical_cores() and not pool.gpus:
             log.warning(f"{pool.workers} workers x {pool.threads} thread(s) on {physical_cores()} cores: "
                         f"they share the cores, expect no gain over {physical_cores()} workers")

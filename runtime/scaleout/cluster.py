@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dit_ref.errors import DiTError
+from dit_ref.machine.cpu import logical_cpus
 
 INSTALL_HINTS = {part: f"pip install 'ray[{part}]' (it comes with the dev extra: pip install -e '.[cpu,dev]')"
                  for part in ("data", "serve")}
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
 MAX_THREADS_PER_CPU = 2  # a private local instance: a pool's threads may share the CPUs up to this
+START_SECONDS = 600  # how long a pool or replicas may take to start (model loads, autoscaling) before we say why
 PROBE_SECONDS = 5.0  # how long to wait for a cluster's port to answer before calling it unreachable
 
 
@@ -119,7 +121,7 @@ def local_cpus(workers: int | None, threads: int | None, noun: str = "worker") -
     """The logical CPUs a private local instance declares for a pool: this machine's CPUs, or the pool's
     threads when more (they then share the CPUs), plus a spare one for Ray's own tasks. DiTError beyond
     MAX_THREADS_PER_CPU threads per CPU: more only adds start-up time and memory."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = logical_cpus()
     wanted = (workers or 0) * (threads or 1)
     if wanted > MAX_THREADS_PER_CPU * cpus:
         raise DiTError(f"{workers} {noun}(s) x {threads or 1} thread(s) do not fit: this machine has room for "

@@ -1,9 +1,10 @@
-"""The diffusers adapter: few-step sampling with a diffusers scheduler, in runtime.samplers' Sampler shape.
+"""The diffusers adapter: few-step sampling with a diffusers scheduler, in the Sampler shape.
 
 diffusers schedulers keep a step index and a multistep history inside; a fresh scheduler is made for
-every run, so that state lives only inside one call. The Sampler's timesteps are the scheduler's
-call timesteps (integers: the graph's t is int64), and every run checks that its scheduler makes
-exactly those. The schedulers take eps predictions; a denoiser's var_values is unused (may be None).
+every trajectory, so that state lives only with its samples (a group that shares a schedule). The
+Sampler's timesteps are the scheduler's call timesteps (integers: the graph's t is int64), and every
+trajectory checks that its scheduler makes exactly those. The schedulers take eps predictions; a
+denoiser's var_values is unused (may be None).
 """
 
 import functools
@@ -12,8 +13,20 @@ import inspect
 from dit_ref.configs import NUM_TIMESTEPS
 from dit_ref.diffusion import BETA_END, BETA_START
 from dit_ref.errors import DiTError
-from runtime.samplers import DEFAULT_STEPS, DIFFUSERS_SCHEDULERS, Callback, NoiseSource, Run, Sampler
+from runtime.sampling.core import Callback, NoiseSource, Run, Sampler
 
+DIFFUSERS_STEPS = 20  # few-step schedulers' default
+# Short names for diffusers schedulers that take eps predictions -> (class name, extra config).
+DIFFUSERS_SCHEDULERS = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "ddim-diffusers": ("DDIMScheduler", {"clip_sample": False}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
 # The DiT training schedule in diffusers' terms. "trailing" spacing starts at t=999 and keeps the
 # timesteps integral, which the graph's int64 t input needs (Lin et al. 2024 recommend it for few steps).
 DIFFUSERS_CONFIG = {
@@ -22,10 +35,10 @@ DIFFUSERS_CONFIG = {
 }
 
 
-def diffusers_sampler(scheduler: str, steps: int = DEFAULT_STEPS["diffusers"]) -> Sampler:
+def diffusers_sampler(scheduler: str, steps: int = DIFFUSERS_STEPS) -> Sampler:
     """A Sampler driving the diffusers scheduler `scheduler` (a short name or a class name) for `steps` steps."""
     timesteps = _integer_timesteps(diffusers_scheduler(scheduler, steps).timesteps, scheduler)
-    return Sampler(scheduler, timesteps, functools.partial(start_diffusers, scheduler=scheduler, steps=steps))
+    return Sampler(scheduler, timesteps, functools.partial(start_diffusers, scheduler=scheduler, steps=steps), steps)
 
 
 def start_diffusers(timesteps: tuple[int, ...], x, noise_source: NoiseSource | None, *, scheduler: str,
@@ -38,7 +51,7 @@ def start_diffusers(timesteps: tuple[int, ...], x, noise_source: NoiseSource | N
                        f"build the sampler with diffusers_sampler({scheduler!r}, {steps})")
     step_kwargs = {}
     if noise_source is not None and "generator" in inspect.signature(solver.step).parameters:
-        step_kwargs["generator"] = noise_source.generator  # ancestral schedulers draw from it
+        step_kwargs["generator"] = noise_source.generator  # ancestral schedulers draw from it (a list: one per sample)
 
     def model_input(k, x):
         return solver.scale_model_input(x, scheduler_timesteps[k]).float()

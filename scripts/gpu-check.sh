@@ -9,8 +9,11 @@
 #   FLAVOUR=gpu-cu12|gpu-cu13   instead of choosing from the driver (580+: gpu-cu13)
 #   OUT=DIR                     instead of gpu-check/ (engines and graphs go to DIR/work, ~3 GB)
 #   BATCHES=1,8                 throughput batch sizes
-# Needs python3 (3.10+) and NVIDIA's package index for TensorRT (see scripts/setup-env.sh).
+#   --no-install                no set-up, no network: the Python in PYTHON (default python3) with the checkout
+#                               on PYTHONPATH; stages whose packages it lacks (TensorRT, onnxruntime-gpu, ...)
+#                               are skipped with the reason; the torch CUDA paths still run (< 8 minutes)
+# Needs python3 (3.10+) and, without --no-install, NVIDIA's package index for TensorRT (see scripts/setup-env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "gpu-check: python3 (3.10 or newer) is needed" >&2; exit 1; }
-exec python3 scripts/gpu_check.py
+exec "${PYTHON:-python3}" scripts/gpu_check.py "$@"

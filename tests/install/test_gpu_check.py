@@ -16,11 +16,11 @@ import gpu_check  # noqa: E402
 import gpu_report  # noqa: E402
 
 
-def gpu_check_sh(tmp_path, nvidia_smi: str) -> tuple[subprocess.CompletedProcess, float]:
+def gpu_check_sh(tmp_path, nvidia_smi: str, *arguments: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {"PATH": os.environ["PATH"], "OUT": str(tmp_path / "report"), "NVIDIA_SMI": nvidia_smi}
     start = time.perf_counter()
-    done = subprocess.run(["bash", "scripts/gpu-check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env=env)
+    done = subprocess.run(["bash", "scripts/gpu-check.sh", *arguments], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
     print(done.stdout, done.stderr)
     return done, time.perf_counter() - start
 
@@ -41,6 +41,25 @@ def test_without_a_driver_it_stops_at_once_and_the_report_says_why(tmp_path):
     markdown = (tmp_path / "report/gpu-report.md").read_text()
     assert "**Result: STOPPED: " in markdown and "no NVIDIA driver" in markdown
     assert "gpu-check: stopped: " in done.stdout
+
+
+def test_no_install_without_a_gpu_stops_at_once_with_the_reason(tmp_path):
+    done, seconds = gpu_check_sh(tmp_path, str(tmp_path / "no-such-nvidia-smi"), "--no-install")
+    report = json.loads((tmp_path / "report/gpu-report.json").read_text())
+    assert done.returncode == 1 and seconds < 30 and report["mode"] == "no-install"
+    assert report["result"] == "stopped" and "no NVIDIA driver" in report["reason"]
+    assert not (ROOT / ".venv-gpu-check").exists() and [stage["stage"] for stage in report["stages"]] == ["machine"]
+
+
+def test_no_install_skips_a_stage_whose_packages_are_missing_and_says_which(tmp_path):
+    reason = gpu_check.missing_module(sys.executable, ("no_such_package_here",), {"PYTHONPATH": str(ROOT)})
+    print(reason)
+    assert "No module named 'no_such_package_here'" in reason
+    assert gpu_check.missing_module(sys.executable, ("runtime.generate",), {"PYTHONPATH": str(ROOT)}) is None
+    report = {"stages": []}
+    gpu_check.skip_stage(report, "engine", reason)
+    assert report["stages"] == [{"stage": "engine", "status": "skipped", "detail": reason}]
+    assert "| engine | skipped | - | this Python" in gpu_report.markdown({**report, "result": "passed", "date": "today"})
 
 
 def test_a_driver_that_cannot_talk_to_the_gpu_is_the_reason(tmp_path):

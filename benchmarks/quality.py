@@ -1,19 +1,28 @@
-"""How good the pictures are: the shipped Fashion-MNIST DiT under every precision, sampler and guidance.
+"""The yardstick: how good the shipped Fashion-MNIST DiT's pictures are under each setting, and how fast.
 
-    python benchmarks/quality.py [--per-class 20] [--seed 0] [--json PATH]
+    python benchmarks/quality.py [--per-class 100] [--settings NAME,NAME] [--json PATH] [--plot PATH]
 
-Per setting (backend and precision, sampler and steps, cfg scale) it generates the same balanced
-labels from the same seed with runtime.generate() and scores the samples with the shipped classifier
+Per setting (backend, graph precision, backend options, sampler and steps, cfg scale, generate()
+options) it generates the same balanced labels (per_class of each class, class-major) from the same
+seed with per-sample seeding, so sample i starts from the same noise and draws the same step noise
+in every setting, whatever the batch. The samples are scored with the shipped classifier
 (benchmarks/fashion_classifier.py): class accuracy (the share assigned to the requested class) and
-the Fréchet distance of the classifier's features against the test set's (lower is better; it
-grows as the sample count falls, so compare rows of one run only), plus seconds per image on this
-machine. Every row starts from the same initial noise, so rows differ only by the setting.
+the Fréchet distance of its 128-d features against the test set's (lower is better; it grows as the
+sample count falls, so compare rows of equal n only), each with a 95% bootstrap interval
+(benchmarks/bootstrap.py), plus seconds per image measured in the same run. Rows are paired only
+when they run on the same device (the noise generators live there).
+
+A setting is one line in SETTINGS; options it gives to generate() or load_denoiser() need no code here.
 """
 
+import importlib.metadata
+import inspect
 import json
+import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
 import click
@@ -25,32 +34,78 @@ from dit_ref.errors import DiTError  # noqa: E402
 
 MODEL = "fashion"
 NUM_CLASSES = 10
+RESAMPLES = 2000  # bootstrap resamples per metric: bounds stable to ~0.1 point / ~0.1 FD; ~5 s of FD per row
+BOOTSTRAP_SEED = 0  # one seed for every row's resamples: intervals are reproducible and rows resampled alike
+SPEED_NOTE = "s/image is wall time on this machine in this run: compare it between rows of one run only"
 
 
 @dataclass(frozen=True)
 class Setting:
-    backend: str  # "torch" (the PyTorch float32 reference) or "onnxruntime"
-    precision: str  # "fp32" or "fp16" (the graph's; the torch reference is float32)
-    sampler: str
+    """One row of the yardstick: everything that decides how the samples are made."""
+
+    name: str  # short and stable: --settings picks it, the JSON and the plot carry it
+    backend: str  # a runtime.backends.BACKENDS name: "torch" (the float32 reference), "onnxruntime", ...
+    precision: str  # the graph's ("fp32", "fp16"); the torch backend's compute type, set by load_options
+    sampler: str  # a runtime.sampling.sampler_from_name name
     steps: int
     cfg_scale: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, cfg {self.cfg_scale:g}"
+    load_options: dict = field(default_factory=dict)  # load_denoiser(**), e.g. {"dtype": "bfloat16"}
+    options: dict = field(default_factory=dict)  # runtime.generate.generate(**), e.g. a guidance interval
 
 
 # The deployed path (ONNX Runtime on the FP16 graph) under every sampler and guidance scale, and the
 # FP32 graph and the PyTorch reference at sample.py's setting (DDPM 250, cfg 4) to compare against.
-DEFAULT_SETTINGS = [
-    Setting("torch", "fp32", "ddpm", 250, 4.0),
-    Setting("onnxruntime", "fp32", "ddpm", 250, 4.0),
-    *(Setting("onnxruntime", "fp16", "ddpm", 250, cfg) for cfg in (1.0, 1.5, 4.0)),
-    Setting("onnxruntime", "fp16", "ddpm", 50, 4.0),
-    *(Setting("onnxruntime", "fp16", "ddim", steps, 4.0) for steps in (50, 25)),
-    Setting("onnxruntime", "fp16", "ddim", 25, 1.5),
-    Setting("onnxruntime", "fp16", "dpm++", 20, 4.0),
-]
+# Names: backend[-variant]-<sampler><steps>[-cfg<scale> when not 4][-<option>].
+SETTINGS = {setting.name: setting for setting in (
+    Setting("torch-ddpm250", "torch", "fp32", "ddpm", 250, 4.0),
+    Setting("onnxruntime-ddpm250", "onnxruntime", "fp32", "ddpm", 250, 4.0),
+    Setting("onnxruntime-fp16-ddpm250-cfg1", "onnxruntime", "fp16", "ddpm", 250, 1.0),
+    Setting("onnxruntime-fp16-ddpm250-cfg1.5", "onnxruntime", "fp16", "ddpm", 250, 1.5),
+    Setting("onnxruntime-fp16-ddpm250", "onnxruntime", "fp16", "ddpm", 250, 4.0),
+    Setting("onnxruntime-fp16-ddpm50", "onnxruntime", "fp16", "ddpm", 50, 4.0),
+    Setting("onnxruntime-fp16-ddim50", "onnxruntime", "fp16", "ddim", 50, 4.0),
+    Setting("onnxruntime-fp16-ddim25", "onnxruntime", "fp16", "ddim", 25, 4.0),
+    Setting("onnxruntime-fp16-ddim25-cfg1.5", "onnxruntime", "fp16", "ddim", 25, 1.5),
+    Setting("onnxruntime-fp16-dpm++20", "onnxruntime", "fp16", "dpm++", 20, 4.0),
+)}
+
+# generate() arguments a setting may not override: they are what makes the rows comparable.
+FIXED_BY_THE_RUN = ("denoiser", "labels", "sampler", "seed", "seeding", "cfg_scale", "decoder", "first_index",
+                    "on_step")
+
+
+def select_settings(names: str | None) -> list["Setting"]:
+    """The settings named in a comma-separated list (all of SETTINGS for None), in the list's order."""
+    if not names:
+        return list(SETTINGS.values())
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SETTINGS]
+    if unknown or not chosen:
+        raise DiTError(f"unknown setting {', '.join(unknown) or repr(names)}; choose from {', '.join(SETTINGS)} "
+                       f"(--list-settings shows them)")
+    return [SETTINGS[name] for name in dict.fromkeys(chosen)]
+
+
+def check_setting(setting: Setting) -> None:
+    """DiTError saying what is wrong with a setting, before anything is exported or sampled."""
+    from runtime.backends import BACKENDS
+    from runtime.generate import generate
+    from runtime.sampling import sampler_from_name
+
+    if setting.backend not in BACKENDS:
+        raise DiTError(f"setting {setting.name}: unknown backend {setting.backend!r}; "
+                       f"choose from {', '.join(BACKENDS)}")
+    foreign = sorted(set(setting.load_options) - set(BACKENDS[setting.backend].options))
+    if foreign:
+        raise DiTError(f"setting {setting.name}: the {setting.backend} backend takes no option {foreign[0]!r} "
+                       f"(it takes {', '.join(BACKENDS[setting.backend].options)})")
+    fixed = sorted(set(setting.options) & set(FIXED_BY_THE_RUN))
+    if fixed:
+        raise DiTError(f"setting {setting.name}: {fixed[0]!r} is fixed by the run for every row; drop it from options")
+    unknown = sorted(set(setting.options) - set(inspect.signature(generate).parameters))
+    if unknown:
+        raise DiTError(f"setting {setting.name}: runtime.generate.generate() takes no option {unknown[0]!r}")
+    sampler_from_name(setting.sampler, setting.steps)  # DiTError for an unknown sampler or a bad step count
 
 
 def balanced_labels(per_class: int) -> list[int]:
@@ -58,85 +113,193 @@ def balanced_labels(per_class: int) -> list[int]:
     return [label for label in range(NUM_CLASSES) for _ in range(per_class)]
 
 
-def sample_and_score(denoiser, labels: list[int], sampler, cfg_scale: float, seed: int = 0) -> dict:
-    """Generate labels' samples (seeded) and score them: class accuracy, Fréchet distance, s/image."""
-    from benchmarks.fashion_classifier import score
+def sample(denoiser, labels: list[int], sampler, cfg_scale: float, seed: int = 0,
+           options: dict | None = None) -> tuple[np.ndarray, float]:
+    """(samples (N, 1, 28, 28) float32 pixels, wall seconds) of labels, seeded per sample."""
     from runtime.generate import generate
 
     start = time.perf_counter()
-    batches = list(generate(denoiser, labels, sampler, seed=seed, cfg_scale=cfg_scale, decoder=None))
+    batches = list(generate(denoiser, labels, sampler, seed=seed, cfg_scale=cfg_scale, seeding="per-sample",
+                            decoder=None, **(options or {})))
     seconds = time.perf_counter() - start
-    samples = np.concatenate([batch.samples for batch in batches])  # (N, 1, 28, 28) float32 pixels in [-1, 1]
-    return {**score(samples, np.asarray(labels)), "seconds_per_image": seconds / len(labels)}
+    return np.concatenate([batch.samples for batch in batches]), seconds  # a pixel model: latents are pixels
 
 
-def graphs(work_dir: Path) -> dict[str, Path]:
-    """The shipped model's FP32 and FP16 graphs, exported once into work_dir."""
+def score_samples(samples: np.ndarray, labels, resamples: int | None = RESAMPLES, model=None) -> dict:
+    """Class accuracy and Fréchet distance to the test set, each with its 95% bootstrap interval (resamples
+    None: the estimates alone, for a caller that needs no interval; the Fréchet one costs ~2.5 ms a resample)."""
+    from benchmarks import bootstrap, fashion_classifier
+
+    model = fashion_classifier.load_classifier() if model is None else model
+    labels = np.asarray(labels, dtype=np.int64)  # (N,)
+    if len(labels) != len(samples):
+        raise DiTError(f"{len(samples)} samples but {len(labels)} labels")
+    correct = fashion_classifier.predict(model, samples) == labels  # (N,) bool
+    features = fashion_classifier.features(model, samples)  # (N, 128) float64
+    mu, sigma = fashion_classifier.load_test_statistics()
+    distance = fashion_classifier.frechet_distance(*fashion_classifier.statistics(features), mu, sigma)
+    scores = {"n": len(samples), "class_accuracy": float(correct.mean()), "frechet_distance": distance}
+    if resamples is not None:
+        scores["class_accuracy_interval"] = bootstrap.accuracy_interval(correct, resamples, BOOTSTRAP_SEED)
+        scores["frechet_distance_interval"] = bootstrap.frechet_interval(features, mu, sigma, resamples, BOOTSTRAP_SEED)
+    return scores
+
+
+def sample_and_score(denoiser, labels: list[int], sampler, cfg_scale: float, seed: int = 0,
+                     options: dict | None = None, resamples: int | None = RESAMPLES, model=None) -> dict:
+    """Generate labels' samples (seeded per sample) and score them: accuracy, Fréchet distance, s/image."""
+    samples, seconds = sample(denoiser, labels, sampler, cfg_scale, seed, options)
+    return {**score_samples(samples, labels, resamples, model), "seconds_per_image": seconds / len(labels)}
+
+
+def artifact(setting: Setting, work_dir: Path) -> Path | None:
+    """The graph (or engine) the setting runs, exported once into work_dir; None for the torch reference."""
     from export import export
 
-    found = {}
-    for precision in ("fp32", "fp16"):
-        path = work_dir / f"{MODEL}-28-{precision}.onnx"
-        if not path.exists():
-            path = export(MODEL, ckpt="auto", precision=precision, out=work_dir, engine="skip").graph
-        found[precision] = path
-    return found
+    if setting.backend == "torch":
+        return None
+    graph = work_dir / f"{MODEL}-28-{setting.precision}.onnx"
+    wanted = graph.with_suffix(".plan") if setting.backend == "tensorrt" else graph
+    if not wanted.exists():
+        engine = "required" if setting.backend == "tensorrt" else "skip"
+        result = export(MODEL, ckpt="auto", precision=setting.precision, out=work_dir, engine=engine)
+        wanted = result.engine if setting.backend == "tensorrt" else result.graph
+    return wanted
 
 
-def denoiser_for(setting: Setting, graph_paths: dict, threads: int | None):
+def load_for(setting: Setting, path: Path | None, threads: int | None, device: str):
+    """The setting's denoiser on device; its load_options go to load_denoiser as they are."""
     from runtime.backends import load_denoiser
 
-    if setting.backend == "torch":
-        return load_denoiser(None, "torch", model=MODEL, ckpt="auto", device="cpu", threads=threads)
-    return load_denoiser(graph_paths[setting.precision], setting.backend, device="cpu", threads=threads)
+    options = {"device": device, "threads": threads, **setting.load_options}
+    if path is None:
+        return load_denoiser(None, setting.backend, model=MODEL, **{"ckpt": "auto", **options})
+    return load_denoiser(path, setting.backend, **options)
 
 
-def run(settings: list[Setting], per_class: int, seed: int, work_dir: Path, threads: int | None) -> list[dict]:
+def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path = Path("."),
+        threads: int | None = None, device: str = "cpu", resamples: int = RESAMPLES, echo=print) -> list[dict]:
+    """One row per setting: the setting, n, both metrics with their intervals, seconds per image."""
+    from benchmarks.fashion_classifier import load_classifier
     from runtime.sampling import sampler_from_name
 
-    graph_paths = graphs(work_dir)
-    labels = balanced_labels(per_class)
-    rows = []
     for setting in settings:
-        click.echo(f"sampling {len(labels)} images: {setting.label} ...", err=True)
-        with denoiser_for(setting, graph_paths, threads) as denoiser:
+        check_setting(setting)
+    paths = {setting.name: artifact(setting, work_dir) for setting in settings}
+    labels, model, rows = balanced_labels(per_class), load_classifier(), []
+    for setting in settings:
+        echo(f"sampling {len(labels)} images: {setting.name} ...")
+        with load_for(setting, paths[setting.name], threads, device) as denoiser:
             scores = sample_and_score(denoiser, labels, sampler_from_name(setting.sampler, setting.steps),
-                                      setting.cfg_scale, seed)
+                                      setting.cfg_scale, seed, setting.options, resamples, model)
         rows.append({**asdict(setting), **scores})
+        echo(table_line(rows[-1]))
     return rows
+
+
+def package_versions() -> dict:
+    """Versions of what made and scored the samples (None for a package that is not installed)."""
+    versions = {"python": platform.python_version()}
+    for package in ("dit-deploy", "torch", "onnxruntime", "openvino", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def record(rows: list[dict], per_class: int, seed: int, resamples: int, threads: int | None, device: str) -> dict:
+    """The JSON record of a run: every row, and the machine, date and versions it was measured with."""
+    from dit_ref.machine.cpu import cpu_summary
+
+    return {"benchmark": "quality (the yardstick)", "date": str(date.today()), "machine": cpu_summary(),
+            "device": device, "threads": threads, "versions": package_versions(), "model": MODEL,
+            "per_class": per_class, "seed": seed, "seeding": "per-sample",
+            "bootstrap": {"resamples": resamples, "seed": BOOTSTRAP_SEED, "level": 0.95,
+                          "accuracy": "percentile", "frechet_distance": "percentile, bias-corrected"},
+            "note": SPEED_NOTE, "rows": rows}
+
+
+def options_text(row: dict) -> str:
+    """A row's load and generate options as "key=value, ...", or "-"."""
+    options = {**row.get("load_options", {}), **row.get("options", {})}
+    return ", ".join(f"{key}={value}" for key, value in options.items()) or "-"
+
+
+HEADER = ["| setting | backend | precision | sampler | steps | cfg | options | n | class accuracy [95%] | "
+          "Fréchet distance [95%] | s/image |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def table_line(row: dict) -> str:
+    """One row of the Markdown table: "91.5% [89.6, 93.3]" and "50.8 [47.1, 54.9]"."""
+    accuracy_low, accuracy_high = (100 * bound for bound in row["class_accuracy_interval"])
+    distance_low, distance_high = row["frechet_distance_interval"]
+    return (f"| {row['name']} | {row['backend']} | {row['precision'].upper()} | {row['sampler']} | {row['steps']} | "
+            f"{row['cfg_scale']:g} | {options_text(row)} | {row['n']} | "
+            f"{100 * row['class_accuracy']:.1f}% [{accuracy_low:.1f}, {accuracy_high:.1f}] | "
+            f"{row['frechet_distance']:.1f} [{distance_low:.1f}, {distance_high:.1f}] | "
+            f"{row['seconds_per_image']:.3f} |")
 
 
 def table(rows: list[dict]) -> str:
     """A Markdown table, one row per setting."""
-    lines = ["| backend | precision | sampler | steps | cfg | class accuracy | Fréchet distance | s/image |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['backend']} | {row['precision'].upper()} | {row['sampler']} | {row['steps']} | "
-                     f"{row['cfg_scale']:g} | {100 * row['class_accuracy']:.1f}% | {row['frechet_distance']:.1f} | "
-                     f"{row['seconds_per_image']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join([*HEADER, *map(table_line, rows)])
+
+
+def settings_list() -> str:
+    """Every setting's name and what it is, one per line."""
+    return "\n".join(f"{s.name:34s} {s.backend} {s.precision}, {s.sampler} {s.steps}, cfg {s.cfg_scale:g}"
+                     + (f", {options_text(asdict(s))}" if s.load_options or s.options else "")
+                     for s in SETTINGS.values())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--per-class", default=20, show_default=True, help="Samples per class (10 classes).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--per-class", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Samples per class (10 classes): 100 gives the yardstick's 1,000 per row; fewer for a quick look.")
+@click.option("--settings", "names", metavar="NAME,NAME", help="Run only these settings (default: all; see --list-settings).")
+@click.option("--list-settings", is_flag=True, help="Print the settings' names and exit.")
+@click.option("--seed", default=0, show_default=True, help="The run's seed; sample i is seeded by (seed, i).")
+@click.option("--resamples", default=RESAMPLES, show_default=True, type=click.IntRange(min=100),
+              help="Bootstrap resamples per metric for the 95% intervals.")
 @click.option("--threads", type=int, help="CPU threads (default: physical cores).")
+@click.option("--device", default="cpu", show_default=True, help="Device of every denoiser (rows pair up on one device).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache/dit-deploy/quality",
               show_default=True, help="Where the graphs are exported once.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the rows as JSON.")
-def main(per_class, seed, threads, work_dir, json_path):
-    """Class accuracy and Fréchet distance of the shipped Fashion-MNIST DiT per precision, sampler and cfg."""
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the run's record as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also draw the speed-quality frontier (PNG).")
+def main(per_class, names, list_settings, seed, resamples, threads, device, work_dir, json_path, plot_path):
+    """The yardstick: class accuracy and Fréchet distance (95% bootstrap intervals) and seconds per image of
+    the shipped Fashion-MNIST DiT under each setting, printed as a Markdown table."""
+    if list_settings:
+        click.echo(settings_list())
+        return
     try:
+        settings = select_settings(names)
         work_dir.mkdir(parents=True, exist_ok=True)
-        rows = run(DEFAULT_SETTINGS, per_class, seed, work_dir, threads)
+        rows = run(settings, per_class, seed, work_dir, threads, device, resamples,
+                   echo=lambda line: click.echo(line, err=True))
+        report = record(rows, per_class, seed, resamples, threads, device)
+        write_outputs(report, json_path, plot_path)
     except DiTError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+    click.echo(f"{report['machine']}, {report['date']}, {10 * per_class} samples per row, seed {seed}, "
+               f"95% bootstrap intervals ({resamples} resamples). {SPEED_NOTE}.\n")
     click.echo(table(rows))
+
+
+def write_outputs(report: dict, json_path: Path | None, plot_path: Path | None) -> None:
+    """The JSON record and the frontier plot, each written atomically where a path was given."""
     if json_path:
         from dit_ref.files import write_text_atomic
 
-        write_text_atomic(json_path, json.dumps(rows, indent=1) + "\n")
+        write_text_atomic(json_path, json.dumps(report, indent=1, default=repr) + "\n")
+        click.echo(f"wrote {json_path}", err=True)
+    if plot_path:
+        from benchmarks.frontier import plot_frontier
+
+        plot_frontier(report, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Good pictures, not only close numbers: the shipped Fashion-MNIST DiT scored by the shipped classifier.
 
-100 samples (10 per class) from one seed per setting, DDIM 25 steps unless the test is about the
-sampler; every setting starts from the same noise, so differences come from the setting alone.
+100 samples (10 per class) from one seed per setting, seeded per sample, DDIM 25 steps unless the test is
+about the sampler; every setting starts from the same noise, so differences come from the setting alone.
 """
 
 import pytest
@@ -11,12 +11,13 @@ from runtime.backends import load_denoiser
 from runtime.sampling import sampler_from_name
 
 LABELS = balanced_labels(10)
-# Measured 2026-11-25 on CPU (shipped weights, 100 samples): FP16 graph 0.91 = FP32 reference 0.91 (DDIM 25,
-# cfg 4); cfg 1: 0.62; DPM++ 20: 0.90 against DDPM 100: 0.95. Each sample is one point.
+# Measured 2026-12-02 on CPU (shipped weights, 100 samples, per-sample seeding): FP16 graph 0.86 = FP32
+# reference 0.86 (DDIM 25, cfg 4); cfg 1: 0.63; DPM++ 20: 0.86 against DDPM 100: 0.93. Each sample is one
+# point. (2026-11-25, with the official seeding: 0.91 = 0.91; 0.62; 0.90 against 0.95.)
 FP16_POINTS = 0.03  # the issue's limit: the FP16 graph within 3 points of the FP32 reference
-GUIDANCE_POINTS = 0.10  # cfg 4 must beat cfg 1 by at least this (measured +0.29)
-FEW_STEP_POINTS = 0.10  # DPM++ 20 steps at most this far below DDPM 100 steps (measured 0.05)
-REFERENCE_FLOOR = 0.80  # the FP32 reference itself, DDIM 25 at cfg 4 (measured 0.91): the model still draws
+GUIDANCE_POINTS = 0.10  # cfg 4 must beat cfg 1 by at least this (measured +0.23; +0.29 before)
+FEW_STEP_POINTS = 0.10  # DPM++ 20 steps at most this far below DDPM 100 steps (measured 0.07; 0.05 before)
+REFERENCE_FLOOR = 0.80  # the FP32 reference itself, DDIM 25 at cfg 4 (measured 0.86; 0.91 before): the model still draws
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def reference():
 
 
 def scores(denoiser, sampler="ddim", steps=25, cfg_scale=4.0) -> dict:
-    result = sample_and_score(denoiser, LABELS, sampler_from_name(sampler, steps), cfg_scale, seed=0)
+    result = sample_and_score(denoiser, LABELS, sampler_from_name(sampler, steps), cfg_scale, seed=0,
+                              resamples=None)  # the thresholds need the estimates only
     print(f"{denoiser.name}, {sampler} {steps}, cfg {cfg_scale}: class accuracy {result['class_accuracy']:.2f}, "
           f"Frechet distance {result['frechet_distance']:.1f}")
     return result

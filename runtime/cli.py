@@ -17,7 +17,7 @@ import click
 
 from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from dit_ref.errors import DiTError
-from runtime.backends import BACKEND_CHOICES, NOTHING_TO_RUN, backend_for, device_for, load_denoiser
+from runtime.backends import BACKEND_CHOICES, NOTHING_TO_RUN, auto_backend, backend_for, device_for, load_denoiser
 from runtime.backends.torch_backend import NEEDS_MODEL, TORCH_BATCH
 from runtime.generate import write_samples
 from runtime.images import open_output, output_kind
@@ -58,6 +58,15 @@ def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan,
     return asked, asked.check(facts)
 
 
+def chosen_backend(path, backend: str) -> str:
+    """The backend that runs the file; for --backend auto on a graph, said on stderr with the reason."""
+    if backend == "auto" and path is not None and str(path).lower().endswith(".onnx"):
+        name, why = auto_backend(path)
+        click.echo(f"backend: {name} (auto: {why}; --backend onnxruntime or openvino to choose)", err=True)
+        return name
+    return backend_for(path, backend)
+
+
 def provenance_info(denoiser, plan: Plan, decoder) -> dict:
     """Provenance written into PNG text chunks and printed at the end."""
     facts = denoiser.provenance
@@ -93,7 +102,7 @@ def run_on_ray_from_cli(path, flags: dict) -> None:
     _, plan = plan_from_flags(flags, ModelFacts.from_manifest(manifest), "per-sample")
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
-    job = Job(path=path, plan=plan, backend=flags["backend"], cuda_graphs=flags["cuda_graphs"])
+    job = Job(path=path, plan=plan, backend=chosen_backend(path, flags["backend"]), cuda_graphs=flags["cuda_graphs"])
     out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "samples.npz")
     options = RayOptions(flags["ray_address"], flags["workers"], flags["gpus_per_worker"], flags["threads"],
                          flags["shard_size"] or DEFAULT_SHARD_SIZE, flags["keep_shards"])
@@ -113,10 +122,11 @@ def run_here(path, flags: dict) -> None:
     asked, plan = plan_from_flags(flags, facts, flags["seeding"] or "official")
     out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "sample.png")
     output_kind(out, latents=plan.decoder == "none")  # check --out before any slow work
-    device = device_for(path, flags["backend"], flags["device"])
+    backend = chosen_backend(path, flags["backend"])
+    device = device_for(path, backend, flags["device"])
     decoder = load_decoder(plan.decoder, facts.decoder, facts.latent_channels, device)  # first: fail fast offline
     cfg_channels = flags["cfg_channels"]
-    denoiser = load_denoiser(path, flags["backend"], model=flags["model"], image_size=flags["image_size"],
+    denoiser = load_denoiser(path, backend, model=flags["model"], image_size=flags["image_size"],
                              cfg_channels=None if cfg_channels is None else int(cfg_channels), device=device,
                              threads=flags["threads"], cuda_graphs=flags["cuda_graphs"],
                              dtype=None if flags["dtype"] == "float32" else flags["dtype"], ckpt=flags["ckpt"],
@@ -166,7 +176,8 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
               "that does not say (a bare state dict; train.py checkpoints carry theirs).")
 @click.option("--image-size", type=int, help="torch backend: 256 or 512 (fashion: 28; with a file: must match its manifest).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
-              show_default=True, help="torch backend compute dtype.")
+              show_default=True, help="Compute dtype: torch backend (float32, float16, bfloat16); openvino "
+              "(float32, or bfloat16 on a CPU with bf16 units: faster, drops the graph's float32 islands).")
 @click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
 @click.option("--grid-columns", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per row of a .png grid (4: sample.py's layout).")

@@ -15,6 +15,22 @@ GPU_SET_UP = "bash scripts/setup-env.sh with EXTRAS=dev,gpu-cu12, or EXTRAS=dev,
 NOT_INSTALLED = f"TensorRT is not installed: set up a GPU flavour on a machine with a CUDA GPU ({GPU_SET_UP})"
 
 
+# The oldest GPU (compute capability) whose tensor cores compute a precision: bf16 from Ampere (8.0), fp8
+# from Ada and Hopper (8.9); fp16 and int8 run on every GPU TensorRT 10 supports (Turing 7.5 and newer).
+MIN_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9)}
+GPU_GENERATION = {(8, 0): "Ampere", (8, 9): "Ada or Hopper"}
+
+
+def precision_unsupported_reason(precision: str, capability: tuple[int, int], gpu: str = "this GPU") -> str | None:
+    """Why a GPU of this compute capability cannot run a precision's tensor-core math (one line), or None."""
+    needed = MIN_CAPABILITY.get(precision)
+    if needed is None or tuple(capability) >= needed:
+        return None
+    return (f"{precision} needs an {GPU_GENERATION[needed]} or newer GPU (compute capability "
+            f"{compute_capability_text(needed)}+), and {gpu} has {compute_capability_text(capability)}; export "
+            f"--precision fp16 for it")
+
+
 def tensorrt_release(version: str) -> tuple[int, ...]:
     """(major, minor, patch) of a version string such as "10.12.0.36"; missing parts are left out."""
     return tuple(int(part) for part in re.findall(r"\d+", str(version))[:3])

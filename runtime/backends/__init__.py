@@ -8,6 +8,7 @@ file's backend never imports export/ or onnx.
 """
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ BACKENDS = {backend.name: backend for backend in (
             "TensorRT engine, CUDA"),
     Backend("onnxruntime", (".onnx",), "runtime.backends.onnxruntime_backend", ("device", "threads"),
             "ONNX Runtime on the exported graph, CPU or CUDA"),
+    Backend("openvino", (".onnx",), "runtime.backends.openvino_backend", ("device", "threads", "dtype"),
+            "OpenVINO on the exported graph, CPU (float32 or bfloat16 compute)"),
     Backend("torch", (), "runtime.backends.torch_backend",
             ("device", "threads", "dtype", "ckpt", "random_init", "compile", "num_classes"),
             "PyTorch reference (dit_ref), eager or compiled"),
@@ -54,8 +57,14 @@ class Expected:
     cfg_channels: int | None = None
 
 
+# --backend auto for a graph on a CPU, by the graph's precision: the backend the yardstick found fastest at
+# equal accuracy on this project's CPUs (docs/benchmarks.md). A bf16 graph runs only in OpenVINO (ONNX
+# Runtime has no bfloat16 CPU kernels).
+CPU_CHOICE = {"fp32": "openvino", "fp16": "openvino", "bf16": "openvino", "int8": "onnxruntime", "fp8": "onnxruntime"}
+
+
 def backend_for(path, backend: str = "auto") -> str:
-    """The backend for a file (.plan -> tensorrt, .onnx -> onnxruntime) or the one asked for."""
+    """The backend for a file (.plan -> tensorrt, .onnx -> auto_backend's choice) or the one asked for."""
     if backend not in BACKEND_CHOICES:
         raise DiTError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     if path is None:
@@ -66,12 +75,52 @@ def backend_for(path, backend: str = "auto") -> str:
         raise DiTError(f"the torch backend runs a checkpoint (--ckpt or --random-init), not {Path(path).name}; "
                        f"drop the file argument or use --backend auto")
     suffix = Path(path).suffix.lower()
-    found = next((b.name for b in BACKENDS.values() if suffix in b.suffixes), None)
-    if found is None:
+    runners = [b.name for b in BACKENDS.values() if suffix in b.suffixes]
+    if not runners:
         raise DiTError(f"{Path(path).name} is neither a TensorRT engine (.plan) nor an ONNX graph (.onnx)")
-    if backend != "auto" and backend != found:
-        raise DiTError(f"--backend {backend} cannot run {Path(path).name} (a {found} file)")
-    return found
+    if backend == "auto":
+        return auto_backend(path)[0]
+    if backend not in runners:
+        raise DiTError(f"--backend {backend} cannot run {Path(path).name} (a {' or '.join(runners)} file)")
+    return backend
+
+
+def auto_backend(path) -> tuple[str, str]:
+    """(backend, why) for --backend auto: a .plan runs in TensorRT; a graph in ONNX Runtime on a GPU where its
+    CUDA provider is here, else on the CPU in CPU_CHOICE's backend for its precision (OpenVINO when it is
+    installed; ONNX Runtime otherwise)."""
+    if Path(path).suffix.lower() in BACKENDS["tensorrt"].suffixes:
+        return "tensorrt", "a TensorRT engine"
+    if onnxruntime_cuda_here():
+        return "onnxruntime", "ONNX Runtime's CUDA provider and a GPU are here"
+    precision = graph_precision(path)
+    wanted = CPU_CHOICE.get(precision, "openvino")
+    if wanted == "openvino" and not openvino_here():
+        return "onnxruntime", "OpenVINO, the faster CPU runtime, is not installed (pip install -e '.[cpu]')"
+    return wanted, f"the fastest CPU runtime at equal accuracy for {precision or 'these'} graphs (docs/benchmarks.md)"
+
+
+def graph_precision(path) -> str | None:
+    """The manifest's precision of a graph, or None when it has no readable manifest (refused later)."""
+    try:
+        return read_manifest(path).precision
+    except DiTError:
+        return None
+
+
+def onnxruntime_cuda_here() -> bool:
+    """torch sees a GPU and ONNX Runtime has its CUDA provider (onnxruntime-gpu)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import onnxruntime
+    except ModuleNotFoundError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def openvino_here() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 def check_expected(manifest: Manifest, path, expected: Expected) -> None:

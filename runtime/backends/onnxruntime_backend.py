@@ -17,7 +17,7 @@ from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import physical_cores
 from dit_ref.machine.onnxruntime_stack import cuda_provider_load_error, import_onnxruntime, preload_cuda_libraries
-from dit_ref.machine.tensorrt_stack import GPU_SET_UP
+from dit_ref.machine.tensorrt_stack import GPU_SET_UP, precision_unsupported_reason
 from runtime.denoiser import Denoiser, Provenance
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -85,12 +85,14 @@ class OnnxRuntimeDenoiser(Denoiser):
             raise DiTError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
         if self.device.type == "cuda" and self.device.index is None:  # one GPU for the session and the binding
             self.device = torch.device("cuda", torch.cuda.current_device())
+        check_precision(manifest.precision, self.device, self.graph_path.name)
         self.session = create_session(self.graph_path, self.device, threads)
         check_graph_io(self.session, self.graph_path, manifest)
         self.provenance = Provenance.from_manifest(manifest)
         self.batch_range = manifest.batch
         self.output_names = list(manifest.output_names)
-        self.name = f"onnxruntime-{self.device.type} {manifest.precision}"
+        emulated = " (emulated)" if manifest.precision == "fp8" and self.device.type == "cpu" else ""
+        self.name = f"onnxruntime-{self.device.type} {manifest.precision}{emulated}"
 
     def close(self) -> None:
         self.session = None
@@ -121,6 +123,19 @@ class OnnxRuntimeDenoiser(Denoiser):
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return _eps_and_var(outputs)
+
+
+def check_precision(precision: str, device: torch.device, name: str) -> None:
+    """DiTError for a graph precision ONNX Runtime cannot run on this device: bf16 on a CPU (no bfloat16
+    MatMul, Conv or Gemm kernels there) or on a GPU older than Ampere."""
+    if precision == "bf16" and device.type == "cpu":
+        raise DiTError(f"{name} is a bf16 graph, and ONNX Runtime has no bfloat16 CPU kernels for its MatMul, "
+                       f"Conv and Gemm: run it with --backend openvino (auto picks it on a CPU)")
+    if device.type == "cuda":
+        reason = precision_unsupported_reason(precision, torch.cuda.get_device_capability(device),
+                                              torch.cuda.get_device_name(device))
+        if reason:
+            raise DiTError(f"cannot run {name}: {reason}")
 
 
 def _eps_and_var(outputs: list):

@@ -17,7 +17,8 @@ from dit_ref.contract import (
 )
 from dit_ref.errors import DiTError
 from dit_ref.machine.tensorrt_stack import (
-    GPU_SET_UP, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release,
+    GPU_SET_UP, compute_capability_text, engine_unavailable_reason, precision_unsupported_reason, start_tensorrt,
+    tensorrt_release,
 )
 from runtime.denoiser import Denoiser, Provenance
 
@@ -66,6 +67,9 @@ def check_engine_fits(manifest: Manifest, plan_path: Path, tensorrt_version: str
     if str(engine.compute_capability) != here:
         raise DiTError(f"{plan} was built for GPU compute capability {engine.compute_capability} "
                        f"({engine.gpu}) but this GPU has {here}; {rebuild}")
+    reason = precision_unsupported_reason(manifest.precision, capability, gpu_name or "this GPU")
+    if reason:
+        raise DiTError(f"cannot run {plan}: {reason}")
     if gpu_name is not None and engine.gpu and not same_gpu_model(str(engine.gpu), gpu_name):
         raise DiTError(f"{plan} was built on the GPU model {engine.gpu} but this GPU is {gpu_name} (compute "
                        f"capability {here} both, but TensorRT promises an engine only on the model that built it); "

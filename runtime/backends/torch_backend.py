@@ -40,6 +40,9 @@ class TorchDenoiser(Denoiser):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DiTError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
         self.dtype = dtype_from_name(dtype)
+        if self.dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise DiTError(f"--dtype bfloat16 needs an Ampere or newer GPU (compute capability 8.0+), and "
+                           f"{torch.cuda.get_device_name(self.device)} is older; use --dtype float16")
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.cfg_channels = cfg_channels
         self.source, self.random_weights = source, random_weights

@@ -229,7 +229,7 @@ def run_on_ray(job: Job, out, options: RayOptions = RayOptions(), progress: bool
     shards = ShardPlan(len(wanted.labels), options.shard_size)
     batch_size = wanted.batch_size or min(manifest.batch.max, options.shard_size)
     check_batches(shards, batch_size, manifest)
-    job = replace(job, path=str(path), plan=wanted)
+    job = replace(job, path=str(path), plan=wanted, backend=backend_for(path, job.backend))  # every worker: this one
     folder = ShardFolder(shards_folder_for(out), run_settings(job, manifest, shards, kind), shards)
     folder.check()  # refuse a foreign folder before starting anything
     summary = Summary(skipped=sum(len(shard) for shard in folder.finished()))

@@ -51,6 +51,7 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):  # (the service has no --vae none to offer)
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
+    backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
 
 

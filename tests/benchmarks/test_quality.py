@@ -30,7 +30,7 @@ def fp16_graph(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp16(fp16_graph):
-    return load_denoiser(fp16_graph, threads=1)
+    return load_denoiser(fp16_graph, "onnxruntime", threads=1)  # the FP16 graph in ONNX Runtime, as typed
 
 
 @pytest.fixture(scope="module")

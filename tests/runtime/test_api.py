@@ -29,7 +29,8 @@ def test_every_backend_is_one_module_with_load():
         module = importlib.import_module(backend.module)
         assert callable(module.load), backend.name
         for suffix in backend.suffixes:
-            assert backend_for(f"model{suffix}") == backend.name
+            assert backend_for(f"model{suffix}", backend.name) == backend.name
+            assert suffix in BACKENDS[backend_for(f"model{suffix}")].suffixes  # auto picks one that runs it
 
 
 def test_dit_run_on_a_graph_imports_no_export_module_and_no_onnx(graphs, tmp_path):
@@ -99,12 +100,12 @@ def test_the_torch_backend_without_a_model_fails_before_anything_loads(capsys, t
 def test_a_backend_option_of_another_backend_is_refused(graphs):
     with pytest.raises(DiTError, match="--cuda-graphs is for the tensorrt backend"):
         load_denoiser(graphs["fp32"], cuda_graphs=True)
-    with pytest.raises(DiTError, match="--dtype is for the torch backend"):
-        load_denoiser(graphs["fp32"], dtype="float16")
+    with pytest.raises(DiTError, match="--dtype is for the openvino or torch backend"):
+        load_denoiser(graphs["fp32"], "onnxruntime", dtype="float16")
 
 
 def test_denoiser_is_a_context_manager(graphs):
-    with load_denoiser(graphs["fp32"], threads=1) as denoiser:
+    with load_denoiser(graphs["fp32"], "onnxruntime", threads=1) as denoiser:
         assert denoiser.latent_shape == (4, 32, 32) and denoiser.provenance.num_classes == 1000
     assert denoiser.session is None  # closed
 

@@ -33,26 +33,44 @@ def guided_inputs(batch: int = 4, seed: int = 1):
 
 
 @pytest.mark.parametrize("path, backend, expected", [
-    ("DiT-S-2-256-fp16.plan", "auto", "tensorrt"), ("DiT-S-2-256-fp16.onnx", "auto", "onnxruntime"),
-    (None, "auto", "torch"), (None, "torch", "torch"), ("g.onnx", "onnxruntime", "onnxruntime"),
-    ("g.engine", "tensorrt", "tensorrt"),
+    ("DiT-S-2-256-fp16.plan", "auto", "tensorrt"), (None, "auto", "torch"), (None, "torch", "torch"),
+    ("g.onnx", "onnxruntime", "onnxruntime"), ("g.onnx", "openvino", "openvino"), ("g.engine", "tensorrt", "tensorrt"),
 ])
 def test_backend_from_suffix_or_name(path, backend, expected):
     assert backend_for(path, backend) == expected
 
 
+@pytest.mark.parametrize("cuda, openvino, precision, expected", [
+    (True, True, "fp16", "onnxruntime"), (False, True, "fp32", "openvino"), (False, True, "fp16", "openvino"),
+    (False, True, "bf16", "openvino"), (False, True, "int8", "onnxruntime"), (False, False, "fp16", "onnxruntime"),
+])
+def test_auto_picks_a_graphs_backend_by_machine_and_precision(monkeypatch, cuda, openvino, precision, expected):
+    import runtime.backends as registry
+
+    monkeypatch.setattr(registry, "onnxruntime_cuda_here", lambda: cuda)
+    monkeypatch.setattr(registry, "openvino_here", lambda: openvino)
+    monkeypatch.setattr(registry, "graph_precision", lambda path: precision)
+    chosen, why = registry.auto_backend("g.onnx")
+    print(f"cuda {cuda}, openvino {openvino}, {precision}: {chosen} ({why})")
+    assert chosen == expected and registry.CPU_CHOICE[precision] in ("openvino", "onnxruntime")
+
+
 @pytest.mark.parametrize("path, backend, words", [
     ("model.pt", "auto", "neither"), ("g.plan", "onnxruntime", "cannot run"), ("g.onnx", "torch", "checkpoint"),
-    (None, "tensorrt", "needs an engine"), ("g.onnx", "openvino", "unknown backend"),
+    (None, "tensorrt", "needs an engine"), ("g.onnx", "openvino-gpu", "unknown backend"),
 ])
 def test_backend_selection_errors(path, backend, words):
     with pytest.raises(DiTError, match=words):
         backend_for(path, backend)
 
 
+GRAPH_BACKENDS = ["onnxruntime", "openvino"]  # the backends that run the .onnx itself, through the same tests
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("fp16", 1e-2)])
-def test_onnxruntime_matches_torch(graphs, reference, precision, tolerance):
-    denoiser = load_denoiser(graphs[precision], threads=1)
+def test_graph_backends_match_torch(graphs, reference, backend, precision, tolerance):
+    denoiser = load_denoiser(graphs[precision], backend, threads=1)
     inputs = guided_inputs()
     ours, expected = denoiser(*inputs), reference(*inputs)
     errors = [max_rel_error(a, b) for a, b in zip(ours, expected)]
@@ -61,9 +79,10 @@ def test_onnxruntime_matches_torch(graphs, reference, precision, tolerance):
     assert max(errors) < tolerance
 
 
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("fp16", 5e-2)])
-def test_ten_ddpm_steps_agree_with_torch(graphs, reference, precision, tolerance):
-    denoiser = load_denoiser(graphs[precision], threads=1)
+def test_ten_ddpm_steps_agree_with_torch(graphs, reference, backend, precision, tolerance):
+    denoiser = load_denoiser(graphs[precision], backend, threads=1)
     y, scale, schedule = torch.tensor([207, 88]), torch.full((2,), 4.0), schedule_from_spec(10)
     latents = []
     for backend in (denoiser, reference):
@@ -119,13 +138,14 @@ def test_a_batch_outside_the_range_is_refused_by_the_plan(graphs, tmp_path):
         next(generate(denoiser, [1] * 4, sampler_from_name("ddim", 1), batch_size=4))
 
 
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 @pytest.mark.parametrize("content", [b"not a graph at all", "truncated"])
-def test_corrupt_graph_is_one_line(graphs, tmp_path, content):
+def test_corrupt_graph_is_one_line(graphs, tmp_path, backend, content):
     broken = tmp_path / graphs["fp32"].name
     broken.write_bytes(graphs["fp32"].read_bytes()[:200_000] if content == "truncated" else content)
     shutil.copy(graphs["fp32"].with_suffix(".json"), broken.with_suffix(".json"))
     with pytest.raises(DiTError) as caught:
-        load_denoiser(broken)
+        load_denoiser(broken, backend)
     print(caught.value)
     assert "cannot load the ONNX graph" in str(caught.value) and "\n" not in str(caught.value)
 
@@ -139,7 +159,8 @@ def test_missing_manifest_names_it(graphs, tmp_path):
     assert str(lonely.with_suffix(".json")) in str(caught.value) and "dit-export" in str(caught.value)
 
 
-def test_graph_without_the_guided_contract_is_refused(graphs, tmp_path):
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_graph_without_the_guided_contract_is_refused(graphs, tmp_path, backend):
     node = helper.make_node("Identity", ["input"], ["output"])
     value = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])
     model = helper.make_model(helper.make_graph([node], "g", [value], [helper.make_tensor_value_info(
@@ -149,7 +170,7 @@ def test_graph_without_the_guided_contract_is_refused(graphs, tmp_path):
     manifest = json.loads(graphs["fp32"].with_suffix(".json").read_text())
     path.with_suffix(".json").write_text(json.dumps(manifest))
     with pytest.raises(DiTError, match="is not a guided DiT graph"):
-        load_denoiser(path)
+        load_denoiser(path, backend)
 
 
 def test_engine_without_tensorrt_points_to_the_graph(graphs, tmp_path):
@@ -210,8 +231,9 @@ def test_dit_run_batches_fit_an_engine_rebuilt_with_a_smaller_range():
     assert plan.choose_batch_size(10, engine) == 4 and plan.choose_batch_size(10, graph) == 10
 
 
-def test_onnxruntime_casts_inputs_to_the_graph_contract(graphs):
-    denoiser = load_denoiser(graphs["fp32"], threads=1)
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_graph_backends_cast_inputs_to_the_graph_contract(graphs, backend):
+    denoiser = load_denoiser(graphs["fp32"], backend, threads=1)
     x, t, y, cfg_scale = guided_inputs(3)
     expected = denoiser(x, t, y, cfg_scale)
     got = denoiser(x.double(), t.int(), y.int(), cfg_scale.half())  # cfg values are exact in float16

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import runtime.cli as dit_run_cli
+from runtime.backends import auto_backend
 from service_helpers import Server, decode_png, read_pngs, replica_pids
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
@@ -57,13 +58,13 @@ def assert_equal_to_dit_run(asked: dict, answer: dict, graph, tmp_path) -> int:
     return worst
 
 
-def test_health_and_model_say_what_is_served(server):
+def test_health_and_model_say_what_is_served(server, fashion_graph):
     status, _, health = server.request("GET", "/v1/health")
     assert status == 200 and health == {"status": "ok", "replicas": {"running": REPLICAS, "wanted": REPLICAS}}
     status, _, model = server.request("GET", "/v1/model")
     assert status == 200
     assert (model["model"], model["image_size"], model["precision"], model["backend"]) == \
-        ("fashion", 28, "fp32", "onnxruntime")
+        ("fashion", 28, "fp32", auto_backend(fashion_graph)[0])  # what --backend auto picks here
     assert model["batch"] == {"min": 1, "opt": 8, "max": 32} and model["max_batch"] == MAX_BATCH
     assert model["random_weights"] is False and "ddim" in model["samplers"]
     status, _, classes = server.request("GET", "/v1/classes")

@@ -100,7 +100,10 @@ DEFAULT_BATCH = BatchRange()
 
 # --- the manifest ------------------------------------------------------------------------------------
 
-FORMAT = "dit-deploy-manifest/2"  # the schema version; docs/manifest.md lists the fields
+FORMAT = "dit-deploy-manifest/3"  # the schema version; docs/manifest.md lists the fields
+# Older versions this one reads: 2 lacks `quantization` (its graphs are fp32 or fp16, never Q/DQ).
+READABLE = (FORMAT, "dit-deploy-manifest/2")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")  # fp16/bf16: typed graphs; int8/fp8: Q/DQ graphs
 DECODERS = ("vae", "pixels")  # latents for the SD VAE (8x upsampling), or samples that are images
 
 
@@ -146,7 +149,7 @@ class Manifest:
     learn_sigma: bool  # True: the graph has var_values; False: DDPM uses the fixed (large) variance
     patch_size: int
     decoder: str  # "vae" (latents for the SD VAE) or "pixels" (samples are images in [-1, 1])
-    precision: str  # "fp32" or "fp16" (the graph's compute types; I/O stays float32)
+    precision: str  # one of PRECISIONS: the graph's compute types (I/O stays float32)
     cfg_channels: int  # eps channels guided inside the graph (3 = official sample.py for 4 channels)
     numerics: str  # "official" or "diffusers"
     batch: BatchRange  # image batch sizes served; an engine's profile when one is built
@@ -156,6 +159,7 @@ class Manifest:
     created: str  # UTC, ISO 8601
     graph: GraphRecord | None = None  # filled when the graph is written
     engine: EngineRecord | None = None  # filled when an engine is built
+    quantization: dict | None = None  # int8/fp8: tool, form, calibration, the sweep and the excluded layer kinds
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -177,11 +181,11 @@ class Manifest:
     def from_dict(cls, record: dict, where: str = "manifest") -> "Manifest":
         """A Manifest from its JSON object; DiTError naming what is missing or wrong."""
         remedy = "re-export the graph with dit-export to write it"
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
+        if not isinstance(record, dict) or record.get("format") not in READABLE:
             found = record.get("format") if isinstance(record, dict) else None
             raise DiTError(f"{where} is not a {FORMAT} manifest (format {found!r}); {remedy}")
         fields = {field.name for field in dataclasses.fields(cls)}
-        missing = [name for name in fields if name not in record and name not in ("graph", "engine")]
+        missing = [name for name in fields if name not in record and name not in ("graph", "engine", "quantization")]
         if missing:
             raise DiTError(f"{where} lacks {', '.join(sorted(missing))}; {remedy}")
         values = {name: record[name] for name in fields if name in record}
@@ -200,8 +204,12 @@ class Manifest:
         return manifest
 
     def check_consistent(self, where: str = "manifest") -> None:
-        """DiTError unless the manifest agrees with itself: its image size is what its latent size makes
-        through its decoder (the SD VAE upsamples 8x; pixel models make images of their input's size)."""
+        """DiTError unless the manifest agrees with itself: a known precision, and its image size is what its
+        latent size makes through its decoder (the SD VAE upsamples 8x; pixel models make images of their
+        input's size)."""
+        if self.precision not in PRECISIONS:
+            raise DiTError(f"{where} names precision {self.precision!r}, not one of {', '.join(PRECISIONS)}; "
+                           f"re-export the graph with dit-export")
         if self.decoder not in DECODERS:
             raise DiTError(f"{where} names decoder {self.decoder!r}, not one of {', '.join(DECODERS)}; "
                            f"re-export the graph with dit-export")

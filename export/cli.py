@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 
 from dit_ref import configs
-from dit_ref.contract import DEFAULT_BATCH, RANDOM_WEIGHTS, BatchRange
+from dit_ref.contract import DEFAULT_BATCH, PRECISIONS, RANDOM_WEIGHTS, BatchRange
 from dit_ref.errors import DiTError
 from export.pipeline import export
+from export.quantize import EXCLUSION_LIMIT
 
 RUN_HINT = "dit-run {graph} --class {label}"
 QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnxruntime", "root")  # third-party chatter below WARNING
@@ -70,7 +71,12 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--image-size", type=int, help="256 or 512 for the paper's models (default 256); fashion: 28.")
 @click.option("--ckpt", help="Checkpoint: a .pt/.safetensors file, a diffusers folder, 'auto' or 'hf:ORG/NAME'.")
 @click.option("--random-init", type=int, metavar="SEED", help="Random weights instead of a checkpoint (tests, timing).")
-@click.option("--fp16", is_flag=True, help="FP16-typed graph (float32 I/O and float32 islands).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="fp32 (the default), fp16 or bf16 (typed graphs: "
+              "float32 I/O and float32 islands), int8 or fp8 (Q/DQ graphs, calibrated on sampling runs).")
+@click.option("--fp16", is_flag=True, help="Short for --precision fp16.")
+@click.option("--exclusion-limit", type=click.FloatRange(min=0), help="int8/fp8: a layer kind whose own "
+              f"quantization moves the samples by more than this (relative RMS) stays float (default "
+              f"{EXCLUSION_LIMIT:g}).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "
               "4-channel latents), 4 = textbook; other models: all latent channels (default).")
 @click.option("--batch", "batch_text", default=str(DEFAULT_BATCH), show_default=True, metavar="MIN:OPT:MAX",
@@ -88,13 +94,14 @@ def set_verbosity(verbose: bool) -> None:
               "(a bare state dict; train.py checkpoints carry theirs). Default: the config's (1000).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
-def cli(ctx, model, image_size, ckpt, random_init, fp16, cfg_channels, batch_text, out, engine,
-        opt_level, timing_cache, no_check, list_models, num_classes, verbose):
+def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cfg_channels, batch_text, out,
+        engine, opt_level, timing_cache, no_check, list_models, num_classes, verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
     \b
     dit-export --model XL/2 --ckpt auto --fp16 --out engines/
     dit-export --model fashion --ckpt auto --fp16 --out graphs/   (the shipped small model)
+    dit-export --model fashion --ckpt auto --precision int8 --out graphs/
     dit-export --model S/2 --random-init 0 --engine skip
     dit-export build engines/DiT-XL-2-256-fp16.onnx --batch 1:8:16
     dit-export --list-models
@@ -107,7 +114,10 @@ def cli(ctx, model, image_size, ckpt, random_init, fp16, cfg_channels, batch_tex
         return
     if model is None:
         raise click.UsageError("--model is required (or --list-models, or the build command)")
-    result = export(model, image_size, ckpt=ckpt, random_init=random_init, precision="fp16" if fp16 else "fp32",
+    if fp16 and precision not in (None, "fp16"):
+        raise click.UsageError(f"--fp16 is short for --precision fp16; drop it or --precision {precision}")
+    result = export(model, image_size, ckpt=ckpt, random_init=random_init,
+                    precision="fp16" if fp16 else precision or "fp32", exclusion_limit=exclusion_limit,
                     cfg_channels=None if cfg_channels is None else int(cfg_channels),
                     batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
                     opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)

@@ -23,10 +23,10 @@ from dit_ref import contract
 from dit_ref.contract import DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import sha256_of_files
-from export import fp16, opcheck
+from export import opcheck, typed
 from export.guided import GuidedDiT, example_inputs
 
-PRECISIONS = ("fp32", "fp16")
+TRACED_PRECISIONS = ("fp32", "fp16", "bf16")  # int8 and fp8 are Q/DQ graphs made from the fp32 one (export/quantize.py)
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 TRACE_BATCH = 2  # torch.export specialises a dimension traced at size 1
 
@@ -37,22 +37,24 @@ def graph_file_name(model: DiT, precision: str) -> str:
 
 
 def check_export_options(model: DiT, precision: str, cfg_channels: int, opset: int) -> None:
-    if precision not in PRECISIONS:
-        raise DiTError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision not in TRACED_PRECISIONS:
+        raise DiTError(f"precision must be one of {', '.join(TRACED_PRECISIONS)}, not {precision!r}")
     model.config.check_cfg_channels(cfg_channels)
     if opset < MIN_OPSET:
         raise DiTError(f"opset {opset} is too old; use {MIN_OPSET} or newer (one LayerNormalization op)")
 
 
 def export_module(model: DiT, precision: str, copy_model: bool = True) -> DiT:
-    """The module to trace: the model itself for FP32, a float16 one (float32 islands kept) for FP16.
+    """The module to trace: the model itself for FP32, a float16 (bfloat16) one with its float32 islands
+    kept for FP16 (BF16).
 
-    copy_model=False converts the caller's model to float16 in place (saves its float32 memory).
+    copy_model=False converts the caller's model in place (saves its float32 memory).
     """
-    if precision == "fp16" and model.dtype != torch.float16:
-        return fp16.half_copy(model) if copy_model else model.half()
-    if precision == "fp16":
-        return model
+    if precision in typed.DTYPES:
+        dtype = typed.DTYPES[precision]
+        if model.dtype == dtype:
+            return model
+        return typed.typed_copy(model, dtype) if copy_model else model.to(dtype)
     if model.dtype != torch.float32:
         raise DiTError(f"the FP32 graph needs a float32 model, got {model.dtype}")
     return model
@@ -103,7 +105,18 @@ def check_dynamic_batch(program) -> None:
 
 
 def save_graph(program, out_dir: Path, file_name: str, manifest: Manifest) -> Path:
-    """Write graph (+ one external data file if large) and manifest; all or nothing.
+    """Write a traced graph (+ one external data file if large) and manifest; all or nothing (save_file)."""
+
+    def write(staged: Path):
+        with quiet_exporter():
+            program.save(staged)
+
+    return save_file(write, out_dir, file_name, manifest)
+
+
+def save_file(write, out_dir: Path, file_name: str, manifest: Manifest, final_manifest=None) -> Path:
+    """write(staged_path) makes the graph (+ `<name>.data` if large); check it, then publish it with its
+    manifest (final_manifest(), when given, is called after write: the quantizer's record); all or nothing.
 
     Files are written with their final names into a temporary directory inside out_dir (so the
     external-data location recorded in the graph is already the final name), checked, then moved
@@ -118,11 +131,10 @@ def save_graph(program, out_dir: Path, file_name: str, manifest: Manifest) -> Pa
         raise DiTError(f"cannot write to {out_dir} ({error.strerror}); choose another --out") from None
     try:
         staged = staging / file_name
-        with quiet_exporter():
-            program.save(staged)
+        write(staged)
         opcheck.check_operators(staged)
         opcheck.check_graph(staged)
-        return publish(staging, out_dir, file_name, manifest)
+        return publish(staging, out_dir, file_name, final_manifest() if final_manifest else manifest)
     except OSError as error:
         raise DiTError(f"writing the graph to {out_dir} failed ({error}); check space and permissions") from None
     finally:

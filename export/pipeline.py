@@ -6,20 +6,28 @@
     result.graph, result.manifest, result.engine  # .onnx, dit_ref.contract.Manifest, .plan or None
 
 Stages: load, check (PyTorch float32 reference), trace, save (operator check, onnx.checker), check
-(ONNX Runtime vs the reference), engine. `stage` reports them (dit-export prints them); by default
-nothing is printed.
+(ONNX Runtime vs the reference; OpenVINO for BF16, which ONNX Runtime cannot run on a CPU), engine.
+INT8 and FP8 add calibrate (inputs recorded along sampling runs) and quantize (the sensitivity sweep
+and the Q/DQ graph, export/quantize.py) between trace and save. `stage` reports them (dit-export
+prints them); by default nothing is printed.
 """
 
 import contextlib
+import dataclasses
 import gc
 from dataclasses import dataclass
 from pathlib import Path
 
 from dit_ref import configs
-from dit_ref.contract import DEFAULT_BATCH, BatchRange, Checkpoint, Manifest, read_manifest
+from dit_ref.contract import DEFAULT_BATCH, PRECISIONS, BatchRange, Checkpoint, Manifest, read_manifest
 from dit_ref.errors import DiTError
+from export.calibration import Calibration
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # the check stage's limit on max|err| / max|ref|
+# The check stage's limit on max|err| / max|ref| of eps and var_values at batch 1 (random inputs, cfg 1..5).
+# A Q/DQ graph is judged by its pictures (the yardstick, benchmarks/quality.py); its limit only catches
+# a broken one (measured on the shipped model: int8 7e-2, fp8 2e-1..4e-1).
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2, "int8": 0.5, "fp8": 1.0}
+QUANTIZED = ("int8", "fp8")
 ENGINE_CHOICES = ("auto", "required", "skip")
 
 
@@ -56,8 +64,6 @@ def check_request(model: str, image_size: int | None, precision: str, cfg_channe
     """The image size to export at; DiTError for a bad option, before anything loads. cfg_channels is
     checked against the config's latent channels only without a checkpoint: a checkpoint's own
     channels (16 for a 16-channel VAE) are known once it is loaded, and checked then."""
-    from export.onnx_export import PRECISIONS
-
     config = configs.get_config(model)
     image_size = config.image_sizes[0] if image_size is None else image_size
     config.check_image_size(image_size)
@@ -93,12 +99,13 @@ def reference_stage(model, cfg_channels: int, stage):
 
 
 def check_stage(graph: Path, reference, precision: str, stage) -> dict:
-    """ONNX Runtime (CPU) on the graph against the PyTorch float32 reference outputs."""
-    from export.verify import compare_outputs
+    """ONNX Runtime (OpenVINO for BF16) on the graph, CPU, against the PyTorch float32 reference outputs."""
+    from export.verify import compare_outputs, openvino_session
 
     limit = TOLERANCE[precision]
-    with stage("check", f"onnxruntime on the graph vs the reference, limit {limit:g}") as result:
-        errors = compare_outputs(graph, *reference)
+    runner = "openvino" if precision == "bf16" else "onnxruntime"
+    with stage("check", f"{runner} on the graph vs the reference, limit {limit:g}") as result:
+        errors = compare_outputs(graph, *reference, session=openvino_session(graph) if precision == "bf16" else None)
         result["done"] = ", ".join(f"{name} max rel err {value:.2e}" for name, value in errors.items())
     if max(errors.values()) > limit:
         raise DiTError(f"the graph disagrees with PyTorch (errors {errors}, limit {limit:g}); "
@@ -118,13 +125,17 @@ def engine_stage(graph: Path, batch: BatchRange, opt_level: int, timing_cache, s
 def export(model: str, image_size: int | None = None, *, ckpt: str | None = None, random_init: int | None = None,
            precision: str = "fp16", cfg_channels: int | None = None, batch: BatchRange = DEFAULT_BATCH,
            out=".", engine: str = "auto", check: bool = True, opt_level: int = 3, timing_cache=None,
-           num_classes: int | None = None, stage=silent_stage) -> ExportResult:
+           num_classes: int | None = None, calibration: Calibration = Calibration(),
+           exclusion_limit: float | None = None, stage=silent_stage) -> ExportResult:
     """Load a DiT (ckpt: path, "auto", "hf:ID"; or random_init=SEED), export its guided graph into
     out with its manifest, check it in ONNX Runtime, and build its TensorRT engine when possible.
 
-    image_size None: the config's first size. cfg_channels None: the model's default (3 for the
-    paper's 4-channel latents, else all channels). engine: auto | required | skip. num_classes: the
-    class count of a checkpoint that does not carry it (a bare state dict; train.py's carry theirs).
+    image_size None: the config's first size. precision: fp32, fp16, bf16 (typed graphs), int8 or fp8
+    (Q/DQ graphs calibrated on `calibration`'s sampling runs; layer kinds whose own quantization moves
+    the samples by more than exclusion_limit stay float). cfg_channels None: the model's default (3
+    for the paper's 4-channel latents, else all channels). engine: auto | required | skip.
+    num_classes: the class count of a checkpoint that does not carry it (a bare state dict; train.py's
+    carry theirs).
     """
     from export.onnx_export import check_out_dir, export_onnx
 
@@ -134,9 +145,48 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     dit, checkpoint = load_stage(model, image_size, ckpt, random_init, stage, num_classes)
     cfg_channels = dit.config.default_cfg_channels if cfg_channels is None else dit.config.check_cfg_channels(cfg_channels)
     reference = reference_stage(dit, cfg_channels, stage) if check else None
-    graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)
+    if precision in QUANTIZED:
+        graph = quantized_stages(dit, Path(out), precision, cfg_channels, batch, checkpoint, calibration,
+                                 exclusion_limit, stage)
+    else:
+        graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)
     del dit  # the graph file holds the weights now (onnxscript 0.7.2 may keep them until exit)
     gc.collect()
     errors = check_stage(graph, reference, precision, stage) if check else None
     plan = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
     return ExportResult(graph, read_manifest(graph), plan, reason, errors)
+
+
+def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: BatchRange, checkpoint,
+                     calibration: Calibration, exclusion_limit: float | None, stage) -> Path:
+    """calibrate (inputs along the reference's DDIM runs), trace the FP32 graph into a scratch folder,
+    quantize (the sweep, then the Q/DQ graph), save it beside its manifest."""
+    import tempfile
+
+    from export import quantize
+    from export.calibration import starts, trajectory_inputs
+    from export.onnx_export import export_onnx, graph_file_name, graph_manifest, save_file
+
+    limit = quantize.EXCLUSION_LIMIT if exclusion_limit is None else exclusion_limit
+    with stage("calib", f"{calibration.inputs} inputs along {calibration.trajectories} DDIM-{calibration.steps} "
+                        f"runs of the float32 reference, cfg {'/'.join(f'{s:g}' for s in calibration.cfg_scales)}"):
+        feeds = trajectory_inputs(dit, cfg_channels, calibration)
+        held_out = starts(dit, dataclasses.replace(calibration, seed=calibration.seed + 1))
+    manifest = graph_manifest(dit, precision, cfg_channels, batch, 18, checkpoint)
+    with tempfile.TemporaryDirectory(prefix="dit-fp32-", dir=out if out.is_dir() else None) as scratch:
+        fp32 = export_onnx(dit, Path(scratch), "fp32", cfg_channels, batch, checkpoint, copy_model=True,
+                           stage=stage)
+        with stage("quant", f"{precision} Q/DQ (ONNX Runtime, TensorRT's form); sweep: each layer kind alone, "
+                            f"kinds moving the samples by more than {limit:g} stay float") as result:
+            record = {}
+
+            def write(staged: Path):
+                record.update(quantize.quantize_with_sweep(fp32, staged, precision, feeds, held_out,
+                                                           calibration.steps, limit))
+
+            name = graph_file_name(dit, precision)
+            graph = save_file(write, out, name, manifest, lambda: manifest.replace(
+                quantization={**quantize.tool_record(precision), "calibration": calibration.record(), **record}))
+            result["done"] = (f"excluded {', '.join(record['excluded']) or 'nothing'}; "
+                              f"{record['quantized_nodes']} nodes quantized")
+    return graph

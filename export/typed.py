@@ -1,4 +1,5 @@
-"""The FP16 graph: exported from a float16 copy of the DiT, whose float32 islands survive export.
+"""The FP16 and BF16 graphs: exported from a float16 (bfloat16) copy of the DiT, whose float32 islands
+survive export.
 
 TensorRT 11 builds the types written in the graph, so --fp16 must write a typed graph. Two routes
 were measured (2026-11-23, CPU, ONNX Runtime 1.32, random-weight DiT-S/2 at 256 px, error =
@@ -13,7 +14,9 @@ max|graph - PyTorch float32| / max|PyTorch float32| on eps, var_values, batch 1 
 
 The float16 module is kept: same accuracy without calibration data, faster, no extra dependency
 (nvidia-modelopt[onnx] pulls onnxruntime-gpu and cupy and pins an older onnx), and the islands are
-defined once, in dit_ref.model, where the PyTorch FP16 reference uses the same ones.
+defined once, in dit_ref.model, where the PyTorch FP16 reference uses the same ones. The BF16 graph
+is the same route with bfloat16 (TensorRT's strongly typed build on Ampere and newer, and CPUs with
+bfloat16 units through OpenVINO; ONNX Runtime has no bfloat16 kernels for MatMul, Conv or Gemm on CPU).
 """
 
 import torch
@@ -21,14 +24,18 @@ import torch
 from dit_ref import DiT
 
 
-def half_copy(model: DiT) -> DiT:
-    """A float16 copy of a DiT that leaves the original untouched and never holds two float32 copies.
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # the typed graphs' compute dtype
 
-    The copy is built on the meta device and given float16 tensors converted one at a time, so the
-    peak is the float32 model plus the float16 copy (XL/2: 2.7 GB + 1.35 GB), not two float32 models.
+
+def typed_copy(model: DiT, dtype: torch.dtype) -> DiT:
+    """A float16 or bfloat16 copy of a DiT that leaves the original untouched and never holds two float32
+    copies.
+
+    The copy is built on the meta device and given tensors converted one at a time, so the peak is
+    the float32 model plus the 16-bit copy (XL/2: 2.7 GB + 1.35 GB), not two float32 models.
     """
     with torch.device("meta"):
         copy = DiT(model.config, model.image_size, model.numerics)
-    state = {name: tensor.detach().half() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().to(dtype) for name, tensor in model.state_dict().items()}
     copy.load_state_dict(state, assign=True)
     return copy.eval().requires_grad_(False)

@@ -1,6 +1,7 @@
-"""Run an exported graph in ONNX Runtime (CPU) and compare it with the PyTorch guided forward."""
+"""Run an exported graph in ONNX Runtime (CPU; OpenVINO for BF16) and compare it with the PyTorch guided forward."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,6 +40,29 @@ def onnxruntime_session(graph_path):
     options.log_severity_level = 3  # errors only
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return onnxruntime.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled graph with ONNX Runtime's session shape (get_outputs, run), float32 inference:
+    the BF16 graph's check (ONNX Runtime has no bfloat16 CPU kernels)."""
+
+    def __init__(self, graph_path):
+        from dit_ref.machine.openvino_stack import compile_graph
+
+        self.compiled = compile_graph(graph_path, "f32")
+
+    def get_outputs(self):
+        from dit_ref.machine.openvino_stack import port_name
+
+        return [SimpleNamespace(name=port_name(port)) for port in self.compiled.outputs]
+
+    def run(self, names, feed) -> list[np.ndarray]:
+        results = self.compiled(feed)
+        return [np.asarray(results[self.compiled.output(name)]) for name in names]
+
+
+def openvino_session(graph_path) -> OpenVinoSession:
+    return OpenVinoSession(graph_path)
 
 
 def run_graph(session, x, t, y, cfg_scale) -> list[np.ndarray]:

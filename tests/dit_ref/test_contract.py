@@ -35,6 +35,14 @@ def test_batch_range_parse_contains_and_one_message():
             BatchRange.parse(text)
 
 
+def test_a_version_2_manifest_is_read_without_quantization(tmp_path):
+    record = {**manifest().to_dict(), "format": "dit-deploy-manifest/2"}
+    del record["quantization"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(record))
+    assert read_manifest(path) == manifest() and read_manifest(path).quantization is None
+
+
 def test_manifest_round_trip(tmp_path):
     original = manifest(engine=EngineRecord("fashion-28-fp16.plan", "10.12.0.36", "NVIDIA A10", "8.6", 12.5, 3))
     path = write_manifest(tmp_path / "fashion-28-fp16.onnx", original)
@@ -45,7 +53,7 @@ def test_manifest_round_trip(tmp_path):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m.pop("num_classes"), "lacks num_classes"),
-    (lambda m: m.update(format="dit-deploy-manifest/1"), "is not a dit-deploy-manifest/2 manifest"),
+    (lambda m: m.update(format="dit-deploy-manifest/1"), "is not a dit-deploy-manifest/3 manifest"),
     (lambda m: m.update(latent_size="big"), "malformed field"),
     (lambda m: m.update(batch={"min": 4, "opt": 2, "max": 8}), "min <= opt <= max"),
 ])

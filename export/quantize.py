@@ -1,0 +1,171 @@
+"""INT8 and FP8 Q/DQ graphs from the FP32 graph, in TensorRT's explicit-quantization form.
+
+ONNX Runtime's quantizer (onnxruntime.quantization.quantize_static, QDQ format) puts QuantizeLinear /
+DequantizeLinear pairs in front of both inputs of the MatMul, Gemm and Conv nodes: weights per
+channel (INT8; FP8 per tensor, as ONNX Runtime makes it), activations per tensor, symmetric, zero
+point 0, no pair on their outputs and none on biases. That is what TensorRT's explicit quantization
+builds (strongly typed: the graph says every type), and the same file runs in ONNX Runtime (INT8 on
+VNNI CPUs) and OpenVINO. Chosen by measurement (2026-12-01, AMD EPYC, ONNX Runtime 1.32, OpenVINO
+2026.4, NNCF 3.4, shipped fashion model and random DiT-S/2): ONNX Runtime's default Q/DQ (pairs on
+outputs too) does not compile in OpenVINO (a constant-folding error); NNCF's ONNX quantizer leaves
+the patch-embedding Conv and the softmax-times-V MatMul unquantized, quantizes the label table and
+makes asymmetric activations unless told otherwise, which TensorRT cannot take. FP8 needs ONNX
+Runtime's Distribution calibration (MinMax is refused for float types).
+
+Which layers stay in float is measured, not chosen by hand: each kind of layer (the patch
+embedding, the timestep MLP, every block's adaLN, qkv, attention products, projection and MLP, the
+final layer) is quantized alone and the error it makes in the final samples of held-out DDIM runs
+measured; the kinds whose error exceeds the exclusion limit stay float, and the manifest records the sweep and the
+choice. Activation ranges are calibrated once (ONNX Runtime's calibration cache) for the sweep and
+the final graph.
+"""
+
+import ast
+import contextlib
+import logging
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import onnx
+import torch
+
+from dit_ref.errors import DiTError
+from export.calibration import ddim_sample
+
+QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+EXCLUSION_LIMIT = 0.02  # a kind whose own quantization moves the samples by more than this (relative) stays float
+
+
+def quantization_settings(precision: str) -> dict:
+    """quantize_static's keyword arguments for int8 or fp8 in TensorRT's form."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    kind = {"int8": QuantType.QInt8, "fp8": QuantType.QFLOAT8E4M3FN}[precision]
+    return {"quant_format": QuantFormat.QDQ, "activation_type": kind, "weight_type": kind,
+            "per_channel": precision == "int8", "op_types_to_quantize": list(QUANTIZED_OPS),
+            "calibrate_method": CalibrationMethod.MinMax if precision == "int8" else CalibrationMethod.Distribution,
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                              "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}}
+
+
+def tool_record(precision: str) -> dict:
+    """What made the Q/DQ graph and in which form (the manifest's quantization record)."""
+    import onnxruntime
+
+    weights = "int8 per channel" if precision == "int8" else "float8 e4m3fn per tensor"
+    activations = "int8" if precision == "int8" else "float8 e4m3fn"
+    return {"tool": f"onnxruntime.quantization {onnxruntime.__version__} (quantize_static, QDQ)",
+            "form": f"weights {weights}, activations {activations} per tensor, symmetric (zero point 0), "
+                    f"Q/DQ on the inputs of {', '.join(QUANTIZED_OPS)} only",
+            "method": "minmax" if precision == "int8" else "distribution"}
+
+
+def layer_kinds(graph_path) -> dict[str, list[str]]:
+    """Quantizable node names by the kind of layer they belong to: "blocks.*.attn.qkv", "x_embedder.proj",
+    "blocks.*.attn" (the attention products q k^T and w v), ... read from the exporter's name scopes."""
+    kinds = defaultdict(list)
+    for node in onnx.load(str(graph_path), load_external_data=False).graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        scopes = {prop.key: prop.value for prop in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "[]")
+        modules = [scope for scope in ast.literal_eval(scopes) if scope.startswith("model.")]
+        module = modules[-1].removeprefix("model.") if modules else "unscoped"
+        kinds[re.sub(r"^blocks\.\d+\.", "blocks.*.", module)].append(node.name)
+    return dict(kinds)
+
+
+def calibration_reader(feeds: list[dict]):
+    """onnxruntime.quantization's CalibrationDataReader over recorded feeds."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    return Reader()
+
+
+def quantize_graph(fp32_graph: Path, out: Path, precision: str, nodes: list[str], calibration: list[dict],
+                   cache: Path) -> Path:
+    """The Q/DQ graph of fp32_graph with `nodes` quantized, written to out; activation ranges from the
+    calibration feeds, computed once into `cache` and reused."""
+    from onnxruntime.quantization import quantize_static
+
+    external = (fp32_graph.parent / f"{fp32_graph.name}.data").exists()
+    with quiet_quantizer():
+        quantize_static(str(fp32_graph), str(out), calibration_reader(calibration), nodes_to_quantize=nodes,
+                        use_external_data_format=external, calibration_cache_path=str(cache),
+                        **quantization_settings(precision))
+    return out
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """ONNX Runtime's quantizer logs every node at INFO and warns about its own defaults."""
+    logger = logging.getLogger()
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def graph_eps(graph: Path):
+    """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (CPU), for calibration.ddim_sample."""
+    from export.verify import onnxruntime_session
+
+    session = onnxruntime_session(graph)
+
+    def eps_of(x, t, y, cfg_scale):
+        feed = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy()}
+        return torch.from_numpy(session.run(["eps"], feed)[0])
+
+    return eps_of
+
+
+def sample_error(graph: Path, expected: torch.Tensor, held_out: tuple, steps: int) -> float:
+    """||x - x_fp32|| / ||x_fp32|| (root mean square) of the final samples of DDIM runs from the held-out
+    starts: the error that reaches the pictures (an eps error at t near 0 barely moves a sample; near 999
+    it does), averaged over pixels (a deterministic sampler can move a few pixels much for a small change)."""
+    got = ddim_sample(graph_eps(graph), *held_out, steps)
+    return float(torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected).clamp(min=1e-30))
+
+
+def sensitivity(fp32_graph: Path, precision: str, calibration: list[dict], held_out: tuple, steps: int,
+                cache: Path) -> dict[str, float]:
+    """Each layer kind quantized alone -> its sample error on the held-out starts (the sweep)."""
+    expected = ddim_sample(graph_eps(fp32_graph), *held_out, steps)
+    errors = {}
+    with tempfile.TemporaryDirectory(prefix="dit-sweep-") as scratch:
+        for kind, nodes in layer_kinds(fp32_graph).items():
+            trial = quantize_graph(fp32_graph, Path(scratch) / "trial.onnx", precision, nodes, calibration, cache)
+            errors[kind] = sample_error(trial, expected, held_out, steps)
+    return errors
+
+
+def choose_exclusions(errors: dict[str, float], limit: float = EXCLUSION_LIMIT) -> list[str]:
+    """The kinds that stay float: those whose own quantization error exceeds the limit."""
+    return sorted(kind for kind, error in errors.items() if error > limit)
+
+
+def quantize_with_sweep(fp32_graph: Path, out: Path, precision: str, calibration: list[dict],
+                        held_out: tuple, steps: int, limit: float = EXCLUSION_LIMIT) -> dict:
+    """The sweep, the exclusions and the final graph at out; returns the quantization record."""
+    with tempfile.TemporaryDirectory(prefix="dit-calibration-") as scratch:
+        cache = Path(scratch) / "ranges.json"
+        errors = sensitivity(fp32_graph, precision, calibration, held_out, steps, cache)
+        excluded = choose_exclusions(errors, limit)
+        kinds = layer_kinds(fp32_graph)
+        nodes = [node for kind, names in kinds.items() if kind not in excluded for node in names]
+        if not nodes:
+            raise DiTError(f"every layer kind of the graph moves eps by more than {limit:g} when {precision}: "
+                           f"nothing is left to quantize; use --precision fp16 or bf16")
+        quantize_graph(fp32_graph, out, precision, nodes, calibration, cache)
+    return {"excluded": excluded, "sensitivity": {kind: round(error, 6) for kind, error in errors.items()},
+            "exclusion_limit": limit, "quantized_nodes": len(nodes)}

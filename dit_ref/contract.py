@@ -12,6 +12,10 @@ The guided graph (docs/manifest.md):
     outputs  eps (B, C, L, L) float32         guided noise prediction
              var_values (B, C, L, L) float32  learned-range values (learned-sigma models only)
 I/O stays float32 in the FP16 graph. B is dynamic within the manifest's batch range.
+
+The VAE decoder graph (dit-export --vae) has a manifest of its own kind (DecoderManifest, format
+dit-deploy-decoder/1): latents (B, C, L, L) float32 in, images (B, 3, 8L, 8L) float32 in about [-1, 1] out,
+the 1/0.18215 latent scaling inside. Neither kind of manifest is taken for the other.
 """
 
 import dataclasses
@@ -181,6 +185,9 @@ class Manifest:
     def from_dict(cls, record: dict, where: str = "manifest") -> "Manifest":
         """A Manifest from its JSON object; DiTError naming what is missing or wrong."""
         remedy = "re-export the graph with dit-export to write it"
+        if isinstance(record, dict) and record.get("format") == DECODER_FORMAT:
+            raise DiTError(f"{where} describes a VAE decoder ({DECODER_FORMAT}), not a DiT graph: pass its graph or "
+                           f"engine as --vae, and a DiT graph or engine made by dit-export --model as the file to run")
         if not isinstance(record, dict) or record.get("format") not in READABLE:
             found = record.get("format") if isinstance(record, dict) else None
             raise DiTError(f"{where} is not a {FORMAT} manifest (format {found!r}); {remedy}")
@@ -225,8 +232,9 @@ def manifest_path_for(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def read_manifest(path) -> Manifest:
-    """The manifest beside a graph or engine (or the manifest itself); DiTError if missing or corrupt."""
+def read_record(path) -> tuple[dict, str]:
+    """(the JSON record, "manifest PATH") of the manifest beside a graph or engine (or the manifest itself);
+    DiTError if it is missing or unreadable."""
     path = Path(path)
     manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
     remedy = "re-export the graph with dit-export to write it"
@@ -236,10 +244,22 @@ def read_manifest(path) -> Manifest:
         raise DiTError(f"no manifest {manifest_path} beside {path.name}; {remedy}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DiTError(f"manifest {manifest_path} is unreadable ({error}); {remedy}") from None
-    return Manifest.from_dict(record, f"manifest {manifest_path}")
+    return record, f"manifest {manifest_path}"
 
 
-def write_manifest(path, manifest: Manifest) -> Path:
+def read_manifest(path) -> Manifest:
+    """The manifest beside a DiT graph or engine (or the manifest itself); DiTError if missing or corrupt."""
+    return Manifest.from_dict(*read_record(path))
+
+
+def read_any_manifest(path) -> "Manifest | DecoderManifest":
+    """The manifest beside a DiT's or a VAE decoder's graph or engine, of the kind its format says."""
+    record, where = read_record(path)
+    kind = DecoderManifest if isinstance(record, dict) and record.get("format") == DECODER_FORMAT else Manifest
+    return kind.from_dict(record, where)
+
+
+def write_manifest(path, manifest: "Manifest | DecoderManifest") -> Path:
     """Write the manifest for a graph or engine path (or a .json path) atomically; returns its path."""
     path = Path(path)
     manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
@@ -265,6 +285,99 @@ def check_io_shapes(manifest: Manifest, found: dict[str, tuple], path) -> None:
                 f"says (B, {', '.join(map(str, shape))}) ({manifest.model} at {manifest.image_size} px); "
                 f"{name} is the truth: re-export it with dit-export to get a matching manifest"
             )
+
+
+# --- the VAE decoder graph and its manifest -------------------------------------------------------------
+
+DECODER_FORMAT = "dit-deploy-decoder/1"
+DECODER_INPUT, DECODER_OUTPUT = "latents", "images"  # (B, C, L, L) float32 -> (B, 3, 8L, 8L) float32
+DECODER_PRECISIONS = ("fp32", "fp16", "bf16")  # typed graphs with float32 islands; I/O stays float32
+INTEGER_FIELDS = ("latent_channels", "latent_size", "image_size", "image_channels", "opset")
+
+
+@dataclass(frozen=True)
+class DecoderManifest:
+    """The JSON beside a VAE decoder graph and its engine (same stem, .json); docs/manifest.md lists the fields."""
+
+    vae: Checkpoint  # source: hub id, directory or random; sha256 of its weights file (None for random weights)
+    latent_channels: int  # C of the latents it takes
+    latent_size: int  # L
+    image_size: int  # side of the images it gives: 8 L
+    image_channels: int  # 3
+    scaling_factor: float  # the latents are divided by it inside the graph (sample.py's 1 / 0.18215)
+    precision: str  # one of DECODER_PRECISIONS
+    float32_islands: tuple[str, ...]  # what stays float32 inside a fp16 or bf16 graph
+    batch: BatchRange  # images per decoder call
+    opset: int
+    versions: dict  # package versions that shaped the graph (torch, diffusers, onnx, ...)
+    created: str  # UTC, ISO 8601
+    graph: GraphRecord | None = None
+    engine: EngineRecord | None = None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.vae.random_weights)
+
+    def io_shapes(self) -> dict[str, tuple]:
+        """Name -> shape without the batch."""
+        return {DECODER_INPUT: self.latent_shape,
+                DECODER_OUTPUT: (self.image_channels, self.image_size, self.image_size)}
+
+    def replace(self, **changes) -> "DecoderManifest":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        record = dataclasses.asdict(self)
+        record.update(batch=self.batch.to_dict(), float32_islands=list(self.float32_islands))
+        return {"format": DECODER_FORMAT, **record}
+
+    @classmethod
+    def from_dict(cls, record: dict, where: str = "manifest") -> "DecoderManifest":
+        """A DecoderManifest from its JSON object; DiTError naming what is missing or wrong."""
+        remedy = "re-export the decoder with dit-export --vae to write it"
+        found = record.get("format") if isinstance(record, dict) else None
+        if found in READABLE:
+            raise DiTError(f"{where} describes a DiT graph, not a VAE decoder: pass it as the file to run, and a "
+                           f"decoder made by dit-export --vae as --vae")
+        if found != DECODER_FORMAT:
+            raise DiTError(f"{where} is not a {DECODER_FORMAT} manifest (format {found!r}); {remedy}")
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = sorted(name for name in names if name not in record and name not in ("graph", "engine"))
+        if missing:
+            raise DiTError(f"{where} lacks {', '.join(missing)}; {remedy}")
+        values = {name: record[name] for name in names if name in record}
+        try:
+            values.update({name: int(values[name]) for name in INTEGER_FIELDS},
+                          scaling_factor=float(values["scaling_factor"]), vae=Checkpoint(**record["vae"]),
+                          batch=BatchRange.from_dict(record["batch"]), float32_islands=tuple(values["float32_islands"]),
+                          graph=GraphRecord(**record["graph"]) if record.get("graph") else None,
+                          engine=EngineRecord(**record["engine"]) if record.get("engine") else None)
+        except (TypeError, ValueError) as error:
+            raise DiTError(f"{where} has a malformed field ({error}); {remedy}") from None
+        manifest = cls(**values)
+        if manifest.precision not in DECODER_PRECISIONS or manifest.image_size != VAE_DOWNSAMPLE * manifest.latent_size:
+            raise DiTError(f"{where} claims {manifest.precision} {manifest.image_size} px images from "
+                           f"{manifest.latent_size} x {manifest.latent_size} latents: it was edited; {remedy}")
+        return manifest
+
+
+def read_decoder_manifest(path) -> DecoderManifest:
+    """The manifest beside a VAE decoder graph or engine; DiTError if missing, corrupt or a DiT graph's."""
+    return DecoderManifest.from_dict(*read_record(path))
+
+
+def check_decoder_io(manifest: DecoderManifest, found: dict[str, tuple], path) -> None:
+    """DiTError unless a decoder graph's or engine's own I/O (name -> shape, batch first) is its manifest's."""
+    name = Path(path).name
+    wanted = {tensor: f"(B, {', '.join(map(str, shape))})" for tensor, shape in manifest.io_shapes().items()}
+    have = {tensor: f"(B, {', '.join(map(str, shape[1:]))})" for tensor, shape in found.items()}
+    if have != wanted:
+        raise DiTError(f"{name} has {have} but its manifest says {wanted}; {name} is the truth: re-export the "
+                       f"decoder with dit-export --vae to get a matching manifest")
 
 
 def now_iso() -> str:

@@ -1,4 +1,5 @@
-"""`dit-export`: checkpoint -> guided ONNX graph (+ manifest) -> TensorRT engine when possible."""
+"""`dit-export`: checkpoint -> guided ONNX graph (+ manifest) -> TensorRT engine when possible; --vae: the VAE
+decoder likewise (export.vae_export), alone or beside the DiT."""
 
 import contextlib
 import logging
@@ -13,6 +14,7 @@ from dit_ref.contract import DEFAULT_BATCH, PRECISIONS, RANDOM_WEIGHTS, BatchRan
 from dit_ref.errors import DiTError
 from export.pipeline import export
 from export.quantize import EXCLUSION_LIMIT
+from export.vae_export import check_decoder_request, export_decoder
 
 RUN_HINT = "dit-run {graph} --class {label}"
 QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnxruntime", "root")  # third-party chatter below WARNING
@@ -57,6 +59,29 @@ def summary(result) -> None:
         click.echo(f"{RANDOM_WEIGHTS} ({result.manifest.checkpoint.source}); use --ckpt for real weights")
 
 
+def decoder_summary(result, dit_graph) -> None:
+    decoder = result.engine or result.graph
+    if result.engine_skipped:
+        click.echo(f"engine skipped: {result.engine_skipped}; decode with the graph meanwhile")
+    click.echo(f"wrote {decoder} ({result.manifest.precision} VAE decoder) and {result.graph.with_suffix('.json').name}"
+               f"; use it with: dit-run {dit_graph or 'G.onnx'} --vae {decoder}")
+    if result.manifest.random_weights:
+        click.echo(f"RANDOM VAE: the decoder has random weights ({result.manifest.vae.source}); use --vae ema or mse")
+
+
+def decoder_image_size(model: str | None, image_size: int | None, vae: str, precision: str) -> int:
+    """The image size of the decoder to export (the DiT's when there is one); DiTError before anything loads."""
+    if model is not None:
+        config = configs.get_config(model)
+        if config.decoder != "vae":
+            raise DiTError(f"--vae {vae}: {config.name} makes pixels, not latents, and needs no VAE; drop --vae")
+        image_size = config.image_sizes[0] if image_size is None else image_size
+        config.check_image_size(image_size)
+    image_size = 256 if image_size is None else image_size
+    check_decoder_request(vae, image_size, precision)
+    return image_size
+
+
 def set_verbosity(verbose: bool) -> None:
     """Quiet by default: our stage lines and third-party warnings; --verbose: every library's INFO too."""
     logging.basicConfig(level=logging.INFO, format=f"{'':<6} %(message)s")  # engine build progress
@@ -92,10 +117,15 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--list-models", is_flag=True, help="List the DiT configs with params and Gflops, then exit.")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Class count of a checkpoint that does not say "
               "(a bare state dict; train.py checkpoints carry theirs). Default: the config's (1000).")
+@click.option("--vae", help="Also (or, without --model, only) export the SD VAE decoder: ema | mse (the hub) | DIR "
+              "(a local diffusers VAE) | random (offline demo); at the DiT's image size and precision (fp32, fp16, "
+              "bf16), latents in, images out.")
+@click.option("--vae-batch", "vae_batch_text", metavar="MIN:OPT:MAX", help="The decoder's batch range (default: 1 "
+              "up to the images the runtime decodes per call: 1:8:8 at 256 px, 1:2:2 at 512 px).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
 def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cfg_channels, batch_text, out,
-        engine, opt_level, timing_cache, no_check, list_models, num_classes, verbose):
+        engine, opt_level, timing_cache, no_check, list_models, num_classes, vae, vae_batch_text, verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
     \b
@@ -103,6 +133,8 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
     dit-export --model fashion --ckpt auto --fp16 --out graphs/   (the shipped small model)
     dit-export --model fashion --ckpt auto --precision int8 --out graphs/
     dit-export --model S/2 --random-init 0 --engine skip
+    dit-export --model XL/2 --ckpt auto --fp16 --vae mse --out engines/   (the DiT and its VAE decoder)
+    dit-export --vae ema --image-size 512 --precision fp16   (the decoder alone)
     dit-export build engines/DiT-XL-2-256-fp16.onnx --batch 1:8:16
     dit-export --list-models
     """
@@ -112,16 +144,27 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
     if list_models:
         click.echo(models_table())
         return
-    if model is None:
-        raise click.UsageError("--model is required (or --list-models, or the build command)")
+    if model is None and vae is None:
+        raise click.UsageError("--model or --vae is required (or --list-models, or the build command)")
     if fp16 and precision not in (None, "fp16"):
         raise click.UsageError(f"--fp16 is short for --precision fp16; drop it or --precision {precision}")
-    result = export(model, image_size, ckpt=ckpt, random_init=random_init,
-                    precision="fp16" if fp16 else precision or "fp32", exclusion_limit=exclusion_limit,
-                    cfg_channels=None if cfg_channels is None else int(cfg_channels),
-                    batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
-                    opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)
-    summary(result)
+    if vae_batch_text and vae is None:
+        raise click.UsageError("--vae-batch is the decoder's batch range: add --vae")
+    precision = "fp16" if fp16 else precision or "fp32"
+    vae_size = None if vae is None else decoder_image_size(model, image_size, vae, precision)
+    vae_batch = BatchRange.parse(vae_batch_text) if vae_batch_text else None
+    graph = None
+    if model is not None:
+        result = export(model, image_size, ckpt=ckpt, random_init=random_init, precision=precision,
+                        exclusion_limit=exclusion_limit, cfg_channels=None if cfg_channels is None else int(cfg_channels),
+                        batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
+                        opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)
+        summary(result)
+        graph = result.engine or result.graph
+    if vae is not None:
+        decoder_summary(export_decoder(vae, vae_size, precision=precision, batch=vae_batch, out=out, engine=engine,
+                                       check=not no_check, opt_level=opt_level, timing_cache=timing_cache,
+                                       stage=stage), graph)
 
 
 @cli.command()

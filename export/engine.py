@@ -13,7 +13,9 @@ import re
 import time
 from pathlib import Path
 
-from dit_ref.contract import INPUT_NAMES, BatchRange, EngineRecord, io_shapes, read_manifest, write_manifest
+from dit_ref.contract import (
+    DECODER_INPUT, INPUT_NAMES, BatchRange, DecoderManifest, EngineRecord, io_shapes, read_any_manifest, write_manifest,
+)
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
 from dit_ref.machine.tensorrt_stack import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
@@ -37,6 +39,13 @@ def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange) -> dic
     shapes = {"x": tuple((b, *latent_shape) for b in sizes)}
     shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
     return shapes
+
+
+def input_profile(manifest, batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Input name -> (min, opt, max) shapes for a DiT graph's manifest or a VAE decoder's (latents (B, C, L, L))."""
+    if isinstance(manifest, DecoderManifest):
+        return {DECODER_INPUT: tuple((b, *manifest.latent_shape) for b in (batch.min, batch.opt, batch.max))}
+    return profile_shapes(io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"], batch)
 
 
 def timing_cache_path(directory: Path, gpu_name: str, compute_capability: str, tensorrt_version: str) -> Path:
@@ -150,7 +159,7 @@ def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level:
         raise DiTError(f"{graph_path} does not exist; export a graph first with dit-export --model ...")
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise DiTError(f"optimization level {optimization_level} must be 0..5 (3 is TensorRT's default)")
-    manifest = read_manifest(graph_path)
+    manifest = read_any_manifest(graph_path)  # a DiT graph's or a VAE decoder's
     batch = manifest.batch if batch is None else batch
     device = torch.cuda.current_device()  # TensorRT builds for the current device
     gpu_name = torch.cuda.get_device_name(device)
@@ -161,7 +170,7 @@ def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level:
     log.info("building a TensorRT %s engine from %s for batch %d..%d on %s (takes minutes)",
              trt.__version__, graph_path.name, batch.min, batch.max, gpu_name)
     start = time.perf_counter()
-    shapes = profile_shapes(io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"], batch)
+    shapes = input_profile(manifest, batch)
     plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
     seconds = round(time.perf_counter() - start, 1)
     plan_path = graph_path.with_suffix(".plan")

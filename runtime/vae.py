@@ -1,6 +1,5 @@
 """Latents to pixels with the Stable Diffusion VAE (diffusers AutoencoderKL), as sample_ddp.py does."""
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,17 +7,9 @@ import numpy as np
 import torch
 
 from dit_ref.errors import DiTError
-
-SCALING_FACTOR = 0.18215  # the latent scale DiT was trained with (sample.py divides by it)
-HUB_VAES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
-# The architecture of stabilityai/sd-vae-ft-ema / -mse (their config.json), for the random VAE.
-SD_VAE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "act_fn": "silu",
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-    "sample_size": 256, "scaling_factor": SCALING_FACTOR,
-}
-RANDOM_VAE_SEED = 0
+from dit_ref.vae import (  # noqa: F401 (SD_VAE_CONFIG, random_vae: part of this module's API)
+    HUB_VAES, SCALING_FACTOR, SD_VAE_CONFIG, load_autoencoder, random_vae,
+)
 
 
 @dataclass
@@ -98,48 +89,9 @@ def load_vae(spec: str, device="cpu") -> Vae | None:
     if spec == "none":
         return None
     check_decoder_spec(spec, "vae")
-    if spec == "random":
-        model, source, random_weights = random_vae(), "random weights (sd-vae config, seed 0)", True
-    elif spec in HUB_VAES:
-        model, source, random_weights = _from_pretrained(HUB_VAES[spec], hub=True), HUB_VAES[spec], False
-    else:
-        model, source, random_weights = _from_pretrained(Path(spec).expanduser(), hub=False), spec, False
-    return Vae(model.to(device).float().eval().requires_grad_(False), source, random_weights)
-
-
-def random_vae(seed: int = RANDOM_VAE_SEED):
-    """An AutoencoderKL with the SD VAE architecture and seeded random weights: pictures of nothing."""
-    from diffusers import AutoencoderKL
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKL(**SD_VAE_CONFIG)
-
-
-def _from_pretrained(where, hub: bool):
-    """AutoencoderKL.from_pretrained with one-line errors; a pipeline folder's vae/ is found too."""
-    from diffusers import AutoencoderKL
-
-    from dit_ref.download import hub_offline_reason
-
-    subfolder = None
-    if not hub and not (Path(where) / "config.json").is_file() and (Path(where) / "vae" / "config.json").is_file():
-        subfolder = "vae"
-    offline = hub_offline_reason() if hub else None  # then the Hugging Face cache only, without retries
-    try:
-        with warnings.catch_warnings():  # deprecation chatter from diffusers' hub calls
-            warnings.simplefilter("ignore")
-            return AutoencoderKL.from_pretrained(str(where), subfolder=subfolder, low_cpu_mem_usage=False,
-                                                 local_files_only=offline is not None)
-    except Exception as error:  # hub/network/file errors come in many types (OSError, HfHubHTTPError, ...)
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        if offline:
-            reason = f"{offline} and it is not in the Hugging Face cache"
-        if hub:
-            raise DiTError(f"cannot load the VAE {where} from the Hugging Face hub ({reason}); pass a local "
-                           f"directory (--vae /path/to/sd-vae-ft-ema) or --vae none to write latents") from None
-        raise DiTError(f"cannot load a diffusers VAE from {where} ({reason}); it needs config.json and "
-                       f"diffusion_pytorch_model.safetensors") from None
+    loaded = load_autoencoder(spec)
+    source = loaded.source if loaded.random_weights or spec in HUB_VAES else spec
+    return Vae(loaded.model.to(device), source, loaded.random_weights)
 
 
 def pixels_from_images(images: torch.Tensor) -> np.ndarray:

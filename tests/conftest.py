@@ -81,6 +81,27 @@ def exported_graph(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_vae(tmp_path_factory):
+    """A tiny diffusers VAE folder (testing_utils.TINY_VAE_CONFIG) with every tensor randomised, seed 0."""
+    from testing_utils import random_vae_dir
+
+    return random_vae_dir(str(tmp_path_factory.mktemp("vae")))
+
+
+@pytest.fixture(scope="session")
+def exported_decoder(tmp_path_factory, random_vae):
+    """Factory for cached decoder graphs of the random_vae folder: exported_decoder("fp16", 256, batch=None)."""
+    from export.vae_export import export_decoder
+
+    @functools.cache
+    def export(precision: str, image_size: int = 256, batch=None):
+        out = tmp_path_factory.mktemp(f"decoder-{precision}-{image_size}")
+        return export_decoder(random_vae, image_size, precision=precision, batch=batch, out=out, engine="skip")
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def fashion_graph(tmp_path_factory):
     """The shipped Fashion-MNIST DiT (real weights, 28 px, 10 classes) as an FP32 graph, exported once."""
     from export import export

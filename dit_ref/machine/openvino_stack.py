@@ -4,7 +4,7 @@ OpenVINO reads the exported .onnx itself (FP32, FP16- and BF16-typed graphs, Q/D
 `cpu` extra; a missing install is one line saying what to do.
 """
 
-from dit_ref.contract import IO_DTYPES
+from dit_ref.contract import DECODER_INPUT, DECODER_OUTPUT, IO_DTYPES
 from dit_ref.errors import DiTError
 
 NOT_INSTALLED = "OpenVINO is not installed: pip install -e '.[cpu]' (or pip install openvino)"
@@ -53,9 +53,10 @@ def read_onnx(openvino, graph_path):
 
 
 def port_name(port) -> str:
-    """A port's contract name (x, eps, ...) when it has one: OpenVINO may give a port other tensor names too."""
+    """A port's contract name (x, eps, ..., latents, images) when it has one: OpenVINO may give a port other tensor
+    names too."""
     names = port.get_names()
-    return next((name for name in IO_DTYPES if name in names), port.get_any_name())
+    return next((name for name in (*IO_DTYPES, DECODER_INPUT, DECODER_OUTPUT) if name in names), port.get_any_name())
 
 
 def cpu_has_bf16() -> bool:

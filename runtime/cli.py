@@ -15,6 +15,7 @@ import sys
 
 import click
 
+from dit_ref import configs
 from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from dit_ref.errors import DiTError
 from runtime.backends import BACKEND_CHOICES, NOTHING_TO_RUN, auto_backend, backend_for, device_for, load_denoiser
@@ -45,7 +46,8 @@ def model_facts(path, flags: dict) -> ModelFacts:
         raise DiTError(NOTHING_TO_RUN)
     if flags["model"] is None:
         raise DiTError(NEEDS_MODEL)
-    return ModelFacts.from_config(flags["model"], TORCH_BATCH, flags["num_classes"])
+    return ModelFacts.from_config(flags["model"], TORCH_BATCH, flags["num_classes"],
+                                  flags["image_size"] or configs.get_config(flags["model"]).image_sizes[0])
 
 
 def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan, Plan]:
@@ -124,7 +126,8 @@ def run_here(path, flags: dict) -> None:
     output_kind(out, latents=plan.decoder == "none")  # check --out before any slow work
     backend = chosen_backend(path, flags["backend"])
     device = device_for(path, backend, flags["device"])
-    decoder = load_decoder(plan.decoder, facts.decoder, facts.latent_channels, device)  # first: fail fast offline
+    decoder = load_decoder(plan.decoder, facts.decoder, facts.latent_channels, device, facts.latent_size,
+                           flags["threads"])  # first: fail fast offline
     cfg_channels = flags["cfg_channels"]
     denoiser = load_denoiser(path, backend, model=flags["model"], image_size=flags["image_size"],
                              cfg_channels=None if cfg_channels is None else int(cfg_channels), device=device,
@@ -163,7 +166,7 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--sampler", default="ddpm", show_default=True, help=SAMPLER_HELP)
 @click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Guidance scale (sample.py: 4.0; FID runs: 1.5).")
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
-@click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | random (offline demo) | none (write latents .npy).")
+@click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | DECODER.onnx|.plan (made by dit-export --vae) | random (offline demo) | none (write latents .npy).")
 @click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")
 @click.option("--batch-size", type=int, help="Samples per denoiser batch (default: up to the manifest's max).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)

@@ -40,7 +40,8 @@ def load_with_decoder(path, backend: str, vae: str, **options):
     options are the backend's (device, threads, cuda_graphs); vae is a decoder spec, as dit-run --vae."""
     denoiser = load_denoiser(path, backend, **options)
     facts = denoiser.provenance
-    return denoiser, load_decoder(vae, facts.decoder, facts.latent_channels, denoiser.device)
+    return denoiser, load_decoder(vae, facts.decoder, facts.latent_channels, denoiser.device, facts.latent_size,
+                                  options.get("threads"))
 
 
 def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0, batch_size: int | None = None,
@@ -54,7 +55,8 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
     (seed, index), so it comes out the same in any batch, order or worker.
 
     decoder: None for raw latents, a runtime.vae.load_decoder decoder, or its spec ("auto": the
-    model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, "random").
+    model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, a decoder graph or engine made by
+    dit-export --vae, "random").
     on_step gets the sampler's {"x", "i", "t", "total"} after every denoiser call.
     """
     spec = decoder if isinstance(decoder, str) else ("none" if decoder is None else "auto")
@@ -62,7 +64,8 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
                      batch_size=batch_size, decoder=spec, first_index=first_index).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
-        decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device)
+        decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device,
+                               provenance.latent_size)
     return generate_plan(denoiser, plan, decoder, on_step)
 
 

@@ -14,6 +14,7 @@ sample.py; depends on the batch composition); "per-sample" keys sample first_ind
 import math
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from dit_ref import configs
 from dit_ref.class_names import class_names, resolve_label
@@ -39,22 +40,32 @@ class ModelFacts:
     decoder: str | None  # "vae" or "pixels"; None: decoding is not the plan's to choose (dit-serve's own --vae)
     latent_channels: int | None
     batch_range: BatchRange  # image batch sizes one denoiser call takes
+    latent_size: int | None = None  # L of the samples; None: not known before loading (a decoder file is checked then)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ModelFacts":
-        return cls(manifest.model, manifest.num_classes, manifest.decoder, manifest.latent_channels, manifest.batch)
+        return cls(manifest.model, manifest.num_classes, manifest.decoder, manifest.latent_channels, manifest.batch,
+                   manifest.latent_size)
 
     @classmethod
-    def from_config(cls, model: str, batch_range: BatchRange, num_classes: int | None = None) -> "ModelFacts":
+    def from_config(cls, model: str, batch_range: BatchRange, num_classes: int | None = None,
+                    image_size: int | None = None) -> "ModelFacts":
         config = configs.get_config(model)
+        latent_size = None if image_size is None else config.latent_size(image_size)
         return cls(config.name, num_classes or config.num_classes, config.decoder, config.latent_channels,
-                   batch_range)
+                   batch_range, latent_size)
 
     @classmethod
     def of(cls, denoiser) -> "ModelFacts":
         """The facts of a loaded denoiser (its provenance and batch range)."""
         facts = denoiser.provenance
-        return cls(facts.model, facts.num_classes, facts.decoder, facts.latent_channels, denoiser.batch_range)
+        return cls(facts.model, facts.num_classes, facts.decoder, facts.latent_channels, denoiser.batch_range,
+                   facts.latent_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(C, L, L) of the samples, when known."""
+        return None if self.latent_size is None else (self.latent_channels, self.latent_size, self.latent_size)
 
     @property
     def names(self) -> tuple[str, ...] | None:
@@ -102,12 +113,16 @@ class Plan:
         return (given + [None] * count)[:count]
 
     def check(self, facts: ModelFacts) -> "Plan":
-        """self, with the labels resolved (names to numbers); DiTError for what this model cannot make."""
+        """self, with the labels resolved (names to numbers) and a decoder directory's or file's path made absolute
+        (a Ray worker may start elsewhere); DiTError for what this model cannot make."""
         labels = self.labels_for(facts.num_classes, facts.names)
+        size = self.choose_batch_size(len(labels), facts.batch_range)
+        decoder = self.decoder
         if facts.decoder is not None:
-            check_decoder_spec(self.decoder, facts.decoder)
-        self.choose_batch_size(len(labels), facts.batch_range)
-        return replace(self, classes=tuple(labels), num_samples=None)
+            batches = {min(size, len(labels)), len(labels) % size or size}  # the denoiser batches, as decoded
+            identity = check_decoder_spec(self.decoder, facts.decoder, facts.latent_shape, sorted(batches))
+            decoder = identity if Path(identity).is_absolute() else decoder
+        return replace(self, classes=tuple(labels), num_samples=None, decoder=decoder)
 
     def choose_batch_size(self, num_samples: int, batch_range: BatchRange) -> int:
         """batch_size, or as many samples as the range allows; the full and the last batch must fit it."""

@@ -1,4 +1,9 @@
-"""Latents to pixels with the Stable Diffusion VAE (diffusers AutoencoderKL), as sample_ddp.py does."""
+"""Latents to pixels: the Stable Diffusion VAE in PyTorch (diffusers AutoencoderKL, as sample_ddp.py does), or its
+decoder as a graph or engine made by `dit-export --vae` (runtime.backends.decoder), or pixels as they are.
+
+Every decoder decodes in chunks of at most DECODE_PIXELS output pixels per call (dit_ref.vae), which bounds its
+memory whatever the batch (docs/sampling.md gives the PyTorch VAE's measured peak).
+"""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -6,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dit_ref.contract import DecoderManifest, read_decoder_manifest
 from dit_ref.errors import DiTError
-from dit_ref.vae import (  # noqa: F401 (SD_VAE_CONFIG, random_vae: part of this module's API)
-    HUB_VAES, SCALING_FACTOR, SD_VAE_CONFIG, load_autoencoder, random_vae,
+from dit_ref.vae import (  # noqa: F401 (DECODE_PIXELS, SD_VAE_CONFIG, random_vae: part of this module's API)
+    DECODE_PIXELS, HUB_VAES, SCALING_FACTOR, SD_VAE_CONFIG, chunk_size, load_autoencoder, random_vae, vae_identity,
 )
+
+DECODER_SUFFIXES = (".onnx", ".plan", ".engine")  # a decoder graph (ONNX Runtime, OpenVINO) or engine (TensorRT)
 
 
 @dataclass
@@ -46,10 +54,58 @@ class PixelDecoder:
         return pixels_from_images(x)
 
 
-def check_decoder_spec(spec: str, decoder: str) -> str:
+class GraphDecoder:
+    """A decoder graph or engine (dit-export --vae): latents (N, C, L, L) -> uint8 images (N, 8L, 8L, 3)."""
+
+    channels = 3
+
+    def __init__(self, path: Path, manifest: DecoderManifest, run, backend: str):
+        self.path, self.manifest, self.run, self.backend = path, manifest, run, backend  # run: one call's images
+        self.chunk = chunk_size(manifest.image_size, manifest.batch.max)
+        self.source = f"{manifest.vae.source} decoder ({path.name}, {manifest.precision}, {backend})"
+        self.random_weights = manifest.random_weights
+
+    def to(self, device) -> "GraphDecoder":
+        return self
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """One call: latents (n, C, L, L) -> images (n, 3, 8L, 8L) float32 in about [-1, 1]."""
+        self.manifest.batch.check(len(x), f"{self.path.name}'s", "re-export the decoder with --vae-batch")
+        return self.run(x)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        return decode_in_chunks(self.images, x, self.chunk)
+
+
+def is_decoder_file(spec) -> bool:
+    return Path(str(spec)).suffix.lower() in DECODER_SUFFIXES
+
+
+def check_decoder_file(spec, latent_shape=None, batch_sizes=()) -> DecoderManifest:
+    """The manifest of a decoder file; DiTError unless it decodes latents of latent_shape (C, L, L) and every
+    chunk of the batch sizes given fits its batch range."""
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DiTError(f"--vae {spec}: no such decoder graph or engine; export one with dit-export --vae mse "
+                       f"--image-size N")
+    manifest = read_decoder_manifest(path)
+    if latent_shape is not None and tuple(latent_shape) != manifest.latent_shape:
+        wanted = tuple(latent_shape)
+        raise DiTError(f"{path.name} decodes latents (B, {', '.join(map(str, manifest.latent_shape))}) into "
+                       f"{manifest.image_size} px images, but this model makes (B, {', '.join(map(str, wanted))}); "
+                       f"export a decoder for it: dit-export --vae ... --image-size {8 * wanted[-1]}")
+    size = chunk_size(manifest.image_size, manifest.batch.max)
+    for batch in batch_sizes:
+        for chunk in sorted(set(chunks(batch, size))):
+            manifest.batch.check(chunk, f"{path.name}'s", "re-export the decoder with --vae-batch MIN:OPT:MAX")
+    return manifest
+
+
+def check_decoder_spec(spec: str, decoder: str, latent_shape=None, batch_sizes=()) -> str:
     """What decodes the samples of a model whose manifest says decoder "vae" or "pixels", without loading
-    anything: "none", "pixels", a hub id, "random" or a directory's absolute path; DiTError for a --vae this
-    model cannot use (the one place --vae's grammar is checked)."""
+    anything: "none", "pixels", a hub id, "random", or a directory's or decoder file's absolute path; DiTError
+    for a --vae this model cannot use (the one place --vae's grammar is checked). A decoder file is checked
+    against the model's latent_shape (C, L, L) and, chunk by chunk, the denoiser batch sizes given."""
     if spec == "none":
         return "none"
     if decoder == "pixels":
@@ -59,28 +115,38 @@ def check_decoder_spec(spec: str, decoder: str) -> str:
         return "pixels"
     if spec == "pixels":
         raise DiTError("--vae pixels is for pixel-space models; this model makes latents: use ema, mse, a "
-                       "directory, random or none")
-    if spec in ("auto", *HUB_VAES):
-        return HUB_VAES["mse" if spec == "auto" else spec]
-    if spec == "random":
-        return "random"
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory; "
-                       f"pass a local diffusers VAE directory or one of those")
-    return str(path.resolve())
+                       "directory, a decoder graph or engine, random or none")
+    if spec == "auto":
+        return HUB_VAES["mse"]
+    if is_decoder_file(spec):
+        check_decoder_file(spec, latent_shape, batch_sizes)
+        return str(Path(spec).expanduser().absolute())  # not resolved: a link's own manifest is beside the link
+    if spec not in (*HUB_VAES, "random") and not Path(spec).expanduser().is_dir():
+        raise DiTError(f"--vae {spec!r} is neither ema, mse, random, none nor a directory, and not a decoder "
+                       f"graph or engine ({', '.join(DECODER_SUFFIXES)}); pass a local diffusers VAE directory, "
+                       f"a decoder made by dit-export --vae, or one of those")
+    return vae_identity(spec)
 
 
-def load_decoder(spec: str, decoder: str, channels: int, device="cpu"):
+def load_decoder(spec: str, decoder: str, channels: int, device="cpu", latent_size: int | None = None,
+                 threads: int | None = None):
     """The decoder for a model whose manifest says decoder "vae" or "pixels"; None for --vae none.
 
-    spec: auto (mse for VAE models, pixels for pixel-space ones), ema | mse | PATH | random | none.
+    spec: auto (mse for VAE models, pixels for pixel-space ones), ema | mse | PATH | DECODER.onnx|.plan |
+    random | none. latent_size: the model's, which a decoder file must take (None: not checked).
     """
-    identity = check_decoder_spec(spec, decoder)
+    shape = None if latent_size is None else (channels, latent_size, latent_size)
+    identity = check_decoder_spec(spec, decoder, shape)
     if identity == "none":
         return None
     if identity == "pixels":
         return PixelDecoder(channels)
+    if is_decoder_file(identity):
+        from runtime.backends.decoder import load_decoder_runner
+
+        path = Path(identity)
+        manifest = read_decoder_manifest(path)
+        return GraphDecoder(path, manifest, *load_decoder_runner(path, manifest, device, threads))
     return load_vae("mse" if spec == "auto" else spec, device)
 
 
@@ -100,12 +166,23 @@ def pixels_from_images(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy()
 
 
-def decode(vae: Vae, x: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-    """Latents (N, 4, L, L) -> uint8 images (N, 8L, 8L, 3), decoded in batches."""
-    device = next(vae.model.parameters()).device
-    chunks = []
+def chunks(count: int, size: int) -> list[int]:
+    """The sizes of the calls that decode count latents, size at a time."""
+    return [min(size, count - start) for start in range(0, count, size)]
+
+
+def decode_in_chunks(run, x: torch.Tensor, size: int) -> np.ndarray:
+    """run(latents (n, C, L, L)) -> images (n, 3, H, W) in [-1, 1], size latents at a time -> uint8 (N, H, W, 3)."""
     with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            latents = x[start:start + batch_size].to(device, torch.float32) / SCALING_FACTOR
-            chunks.append(pixels_from_images(vae.model.decode(latents).sample))  # (n, H, W, 3)
-    return np.concatenate(chunks)
+        return np.concatenate([pixels_from_images(run(x[start:start + size])) for start in range(0, len(x), size)])
+
+
+def decode(vae: Vae, x: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
+    """Latents (N, 4, L, L) -> uint8 images (N, 8L, 8L, 3), decoded batch_size at a time (None: chunk_size's)."""
+    device = next(vae.model.parameters()).device
+    size = batch_size or chunk_size(8 * x.shape[-1])
+
+    def run(latents):
+        return vae.model.decode(latents.to(device, torch.float32) / SCALING_FACTOR).sample  # (n, 3, H, W)
+
+    return decode_in_chunks(run, x, size)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dit_ref.contract import read_manifest
+from dit_ref.contract import read_decoder_manifest, read_manifest
 from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import physical_cores
 from runtime.backends import backend_for
@@ -38,7 +38,7 @@ from runtime.scaleout.cluster import (
 from runtime.scaleout.shards import (
     DEFAULT_SHARD_SIZE, ShardCollector, ShardFolder, ShardPlan, labels_digest, shards_folder_for,
 )
-from runtime.vae import check_decoder_spec
+from runtime.vae import check_decoder_spec, is_decoder_file
 
 CRASH_FILE_ENV = "DIT_RAY_TEST_CRASH_FILE"  # tests only: the first worker to remove this file then dies
 
@@ -134,11 +134,23 @@ def crash_once_if_armed() -> None:
         os._exit(17)
 
 
-def check_batches(plan: ShardPlan, batch_size: int, manifest) -> None:
-    """DiTError unless every batch size the plan makes is in the graph's batch range."""
-    sizes = {len(batch) for batch in plan.batches(plan.shards(), batch_size)}
-    for size in sorted(sizes):
+def check_batches(plan: ShardPlan, batch_size: int, manifest, decoder: str = "none") -> None:
+    """DiTError unless every batch size the plan makes is in the graph's batch range, and its chunks in a decoder
+    file's."""
+    sizes = sorted({len(batch) for batch in plan.batches(plan.shards(), batch_size)})
+    for size in sizes:
         manifest.batch.check(size, remedy="choose another --batch-size (or --shard-size), or re-export with --batch")
+    latent_shape = (manifest.latent_channels, manifest.latent_size, manifest.latent_size)
+    check_decoder_spec(decoder, manifest.decoder, latent_shape, sizes)
+
+
+def decoder_identity(spec: str, manifest) -> str:
+    """What decodes, for the shard names: check_decoder_spec's identity, with a decoder file's graph sha256."""
+    identity = check_decoder_spec(spec, manifest.decoder)
+    if is_decoder_file(identity):
+        graph = read_decoder_manifest(identity).graph
+        identity += f" (graph sha256 {graph.sha256 if graph else None})"
+    return identity
 
 
 def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
@@ -151,7 +163,7 @@ def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
             "cfg_scale": wanted.cfg_scale, "seed": wanted.seed, "seeding": wanted.seeding,
-            "decoder": check_decoder_spec(wanted.decoder, manifest.decoder), "labels": labels_digest(wanted.labels),
+            "decoder": decoder_identity(wanted.decoder, manifest), "labels": labels_digest(wanted.labels),
             "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
 
 
@@ -228,7 +240,7 @@ def run_on_ray(job: Job, out, options: RayOptions = RayOptions(), progress: bool
         raise DiTError(f"--ray writes one .npz of images (or .npy of latents with --vae none), not {Path(out).name}")
     shards = ShardPlan(len(wanted.labels), options.shard_size)
     batch_size = wanted.batch_size or min(manifest.batch.max, options.shard_size)
-    check_batches(shards, batch_size, manifest)
+    check_batches(shards, batch_size, manifest, wanted.decoder)
     job = replace(job, path=str(path), plan=wanted, backend=backend_for(path, job.backend))  # every worker: this one
     folder = ShardFolder(shards_folder_for(out), run_settings(job, manifest, shards, kind), shards)
     folder.check()  # refuse a foreign folder before starting anything

@@ -28,7 +28,7 @@ from dit_ref.machine.cpu import physical_cores
 from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
-from runtime.vae import load_decoder
+from runtime.vae import check_decoder_spec, load_decoder
 
 log = logging.getLogger("dit-serve")
 
@@ -50,7 +50,10 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
         raise DiTError("--vae none: the service answers PNG images; choose a decoder (auto, ema, mse, a directory)")
     if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):  # (the service has no --vae none to offer)
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
-    load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
+    latent_shape = (manifest.latent_channels, manifest.latent_size, manifest.latent_size)
+    identity = check_decoder_spec(vae, manifest.decoder, latent_shape, range(manifest.batch.min, max_batch + 1))
+    vae = identity if Path(identity).is_absolute() else vae  # the replicas may start elsewhere
+    load_decoder(vae, manifest.decoder, manifest.latent_channels, latent_size=manifest.latent_size)  # offline: fail now
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
 
@@ -206,7 +209,8 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
               help="Images each replica holds waiting (beside the batch it runs and the one it gathers); beyond "
               "that requests get 503 with Retry-After.")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | "
-              "mse (hub) | PATH (local diffusers VAE) | random (offline demo).")
+              "mse (hub) | PATH (local diffusers VAE) | DECODER.onnx|.plan (made by dit-export --vae) | random "
+              "(offline demo).")
 @click.option("--backend", type=click.Choice([b for b in BACKEND_CHOICES if b != "torch"]), default="auto",
               show_default=True)
 @click.option("--device", help="The replicas' device: cpu, cuda (default: cuda for replicas with a GPU).")

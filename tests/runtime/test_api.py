@@ -33,12 +33,15 @@ def test_every_backend_is_one_module_with_load():
             assert suffix in BACKENDS[backend_for(f"model{suffix}")].suffixes  # auto picks one that runs it
 
 
-def test_dit_run_on_a_graph_imports_no_export_module_and_no_onnx(graphs, tmp_path):
+@pytest.mark.parametrize("decoder", ["none", "a decoder graph"])
+def test_dit_run_on_a_graph_imports_no_export_module_and_no_onnx(graphs, exported_decoder, tmp_path, decoder):
+    vae, out = ("none", tmp_path / "x.npy") if decoder == "none" else (str(exported_decoder("fp16").graph),
+                                                                      tmp_path / "x.png")
     code = (
         "import sys, runtime.cli\n"
         "try:\n"
-        f"    runtime.cli.main([{str(graphs['fp32'])!r}, '--class', '1', '--steps', '1', '--vae', 'none',\n"
-        f"                      '--threads', '1', '--out', {str(tmp_path / 'x.npy')!r}])\n"
+        f"    runtime.cli.main([{str(graphs['fp32'])!r}, '--class', '1', '--steps', '1', '--vae', {vae!r},\n"
+        f"                      '--threads', '1', '--out', {str(out)!r}])\n"
         "except SystemExit as exit:\n"
         "    print(exit.code)\n"
         "print(sorted(m for m in sys.modules if m == 'onnx' or m == 'export' or m.startswith(('onnx.', 'export.'))))\n"

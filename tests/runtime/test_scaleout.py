@@ -209,3 +209,15 @@ def test_dit_run_per_sample_on_one_machine_writes_what_dit_run_ray_writes(ray_in
     assert code == 0, err
     one, ray_made = np.load(tmp_path / "one.npy"), np.load(tmp_path / "ray.npy")
     assert one.shape == (NUM_SAMPLES, 4, 32, 32) and np.array_equal(one, ray_made)
+
+
+def test_dit_run_ray_decodes_on_a_decoder_graph_as_one_machine_does(ray_instance, tiny_graph, exported_decoder, capsys,
+                                                                    tmp_path):
+    common = [str(tiny_graph), "--num-samples", "3", "--sampler", "ddim", "--steps", "1", "--vae",
+              str(exported_decoder("fp16").graph), "--threads", "1"]
+    code, err = dit_run([*common, "--seeding", "per-sample", "--out", str(tmp_path / "one.npz")], capsys)
+    assert code == 0, err
+    code, err = dit_run([*common, "--ray", "--workers", "1", "--out", str(tmp_path / "ray.npz")], capsys)
+    assert code == 0, err
+    with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "ray.npz") as ray_made:
+        assert one["arr_0"].shape == (3, 256, 256, 3) and np.array_equal(one["arr_0"], ray_made["arr_0"])

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The main job of README.md, end to end: export a DiT to an FP16 graph, build a TensorRT engine when
-# TensorRT and a GPU are present, and sample images from the engine (or from the graph in ONNX
-# Runtime when there is no engine).
+# The main job of README.md, end to end: export a DiT to an FP16 graph (and, for the paper's latent
+# models, its SD VAE decoder too), build TensorRT engines when TensorRT and a GPU are present, and
+# sample images from the engines (or from the graphs when there are none).
 #
 # Offline by default: the small class-conditional DiT trained here on Fashion-MNIST and shipped in
 # the package ("fashion", dit_ref/shipped/), eight samples of each of its ten classes, one row per
 # class, in demo-output/samples.png. For the paper's XL/2 on a machine with internet:
 #   MODEL=XL/2 CKPT=auto VAE=mse STEPS=250 bash scripts/demo.sh
-# (CKPT=random gives a random-weight model, labelled RANDOM WEIGHTS: the pipeline runs, the pictures are noise.)
+# (CKPT=random gives a random-weight model, labelled RANDOM WEIGHTS: the pipeline runs, the pictures are noise;
+# VAE=random a random-weight decoder, so MODEL=XL/2 CKPT=random VAE=random runs offline.) VAE: mse (auto), ema, a
+# local diffusers VAE folder or random; it is exported beside the DiT as an FP16 decoder graph (and engine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-fashion}
@@ -29,10 +31,18 @@ else
     stem="DiT-${MODEL/\//-}-$IMAGE_SIZE-fp16"
     labels=(--class 207 --class 360 --class 387 --class 974)
     columns=4
+    [ "$VAE" = auto ] && VAE=mse
+    decoder=(--vae "$VAE")  # dit-export: the DiT and its VAE decoder in one call
+    vae_graph=$(.venv/bin/python -c 'import sys; from export.vae_export import decoder_file_name as name
+print(name(sys.argv[1], int(sys.argv[2]), "fp16"))' "$VAE" "$IMAGE_SIZE")
 fi
-.venv/bin/dit-export --model "$MODEL" --image-size "$IMAGE_SIZE" "${weights[@]}" --fp16 --out "$OUT"
+.venv/bin/dit-export --model "$MODEL" --image-size "$IMAGE_SIZE" "${weights[@]}" --fp16 ${decoder[@]+"${decoder[@]}"} --out "$OUT"
 
 artifact="$OUT/$stem.plan"
 [ -f "$artifact" ] || artifact="$OUT/$stem.onnx"
+if [ -n "${vae_graph:-}" ]; then  # decode on the decoder's engine, or its graph
+    VAE="$OUT/${vae_graph%.onnx}.plan"
+    [ -f "$VAE" ] || VAE="$OUT/$vae_graph"
+fi
 .venv/bin/dit-run "$artifact" "${labels[@]}" --seed 0 --sampler "$SAMPLER" --steps "$STEPS" --vae "$VAE" \
     --grid-columns "$columns" --out "$OUT/samples.png"

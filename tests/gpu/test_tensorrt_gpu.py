@@ -179,3 +179,23 @@ def test_batch_outside_the_profile_is_refused(engine_for):
     inputs = _cuda(*_inputs(BATCH.max + 1, seed=0))
     with pytest.raises(DiTError, match="outside the engine's range 1..8"):
         TensorRTDenoiser(plan, None, "cuda")(*inputs)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_decoder_engine_matches_diffusers_decode(exported_decoder, random_vae, tmp_path, precision, record_property):
+    """The VAE decoder graph (dit-export --vae) built into an engine and run through runtime.vae's GraphDecoder."""
+    from dit_ref.vae import SCALING_FACTOR, load_autoencoder
+    from runtime.vae import load_decoder
+
+    graph = exported_decoder(precision).graph
+    for path in (graph, manifest_path_for(graph)):
+        shutil.copy(path, tmp_path)
+    plan = build_engine(tmp_path / graph.name, None)
+    decoder = load_decoder(str(plan), "vae", 4, device="cuda", latent_size=32)
+    latents = torch.randn(3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_autoencoder(random_vae).model.decode(latents / SCALING_FACTOR).sample
+    error = max_rel_error(decoder.images(latents), expected)
+    print(f"{precision} decoder engine ({decoder.source}) vs diffusers' decode, batch 3: {error:.2e}")
+    record_property("decoder_error_vs_diffusers", error)
+    assert decoder.backend == "tensorrt-cuda" and error < TOLERANCE[precision]

@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from dit_ref.contract import INPUT_NAMES, BatchRange, EngineRecord, io_shapes, read_manifest, write_manifest
+from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, EngineRecord, io_shapes, read_manifest, write_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
 from dit_ref.machine.tensorrt_stack import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
@@ -30,12 +30,17 @@ def network_flags(trt) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange,
+                   guided_rows: bool = True) -> dict[str, tuple[tuple[int, ...], ...]]:
     """Input name -> (min, opt, max) shapes for x of (B, C, L, L); B counts images, the CFG doubling
-    happens inside the graph."""
+    happens inside the graph. `guided` (U,) runs from 0 (nothing guided: TensorRT takes empty tensors,
+    IOptimizationProfile::setDimensions allows a minimum of 0) to the largest batch, tuned for every
+    row guided at the opt batch."""
     sizes = (batch.min, batch.opt, batch.max)
     shapes = {"x": tuple((b, *latent_shape) for b in sizes)}
     shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
+    if guided_rows:
+        shapes[GUIDED] = ((0,), (batch.opt,), (batch.max,))
     return shapes
 
 
@@ -161,7 +166,8 @@ def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level:
     log.info("building a TensorRT %s engine from %s for batch %d..%d on %s (takes minutes)",
              trt.__version__, graph_path.name, batch.min, batch.max, gpu_name)
     start = time.perf_counter()
-    shapes = profile_shapes(io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"], batch)
+    latent = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"]
+    shapes = profile_shapes(latent, batch, manifest.guided_rows)
     plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
     seconds = round(time.perf_counter() - start, 1)
     plan_path = graph_path.with_suffix(".plan")

@@ -28,7 +28,8 @@ from export.guided import GuidedDiT, example_inputs
 
 TRACED_PRECISIONS = ("fp32", "fp16", "bf16")  # int8 and fp8 are Q/DQ graphs made from the fp32 one (export/quantize.py)
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
-TRACE_BATCH = 2  # torch.export specialises a dimension traced at size 1
+TRACE_BATCH = 4  # torch.export specialises a dimension traced at size 1 (or equal to another)
+TRACE_GUIDED = (0, 2)  # U = 2 of 4 rows guided while tracing: B and U stay two dimensions
 
 
 def graph_file_name(model: DiT, precision: str) -> str:
@@ -67,12 +68,14 @@ def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 
     outputs = contract.output_names(model.config.learn_sigma)
     module = GuidedDiT(export_module(model, precision, copy_model), cfg_channels).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    inputs = example_inputs(model, TRACE_BATCH)
+    guided = torch.export.Dim("guided", min=0, max=4096)
+    inputs = (*example_inputs(model, TRACE_BATCH), torch.tensor(TRACE_GUIDED))
+    dynamic = {name: {0: batch} for name in INPUT_NAMES} | {contract.GUIDED: {0: guided}}
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             module, inputs, dynamo=True, opset_version=opset, optimize=True,
-            input_names=list(INPUT_NAMES), output_names=list(outputs),
-            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
+            input_names=list(contract.input_names(True)), output_names=list(outputs),
+            dynamic_shapes=dynamic, verbose=False,
         )
     check_dynamic_batch(program)
     return program
@@ -203,7 +206,7 @@ def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: BatchRa
         patch_size=config.patch_size, decoder=config.decoder, precision=precision, cfg_channels=cfg_channels,
         numerics=model.numerics, batch=batch, opset=opset,
         checkpoint=checkpoint or Checkpoint("in-memory model (source not recorded)", None, None),
-        versions=package_versions(), created=contract.now_iso(),
+        versions=package_versions(), created=contract.now_iso(), guided_rows=True,
     )
 
 

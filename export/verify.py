@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dit_ref import DiT
-from dit_ref.contract import INPUT_NAMES
+from dit_ref.contract import GUIDED
 from export.guided import example_inputs
 
 
@@ -51,6 +51,11 @@ class OpenVinoSession:
 
         self.compiled = compile_graph(graph_path, "f32")
 
+    def get_inputs(self):
+        from dit_ref.machine.openvino_stack import port_name
+
+        return [SimpleNamespace(name=port_name(port)) for port in self.compiled.inputs]
+
     def get_outputs(self):
         from dit_ref.machine.openvino_stack import port_name
 
@@ -65,9 +70,13 @@ def openvino_session(graph_path) -> OpenVinoSession:
     return OpenVinoSession(graph_path)
 
 
-def run_graph(session, x, t, y, cfg_scale) -> list[np.ndarray]:
-    """The graph's outputs (eps[, var_values]) for torch inputs."""
-    feed = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
+def run_graph(session, x, t, y, cfg_scale, guided=None) -> list[np.ndarray]:
+    """The graph's outputs (eps[, var_values]) for torch inputs; guided (the rows to guide) None: every row,
+    and nothing for a graph of an older format, which has no guided input."""
+    names = {node.name for node in session.get_inputs()}
+    guided = torch.arange(len(x)) if guided is None else guided
+    values = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale, GUIDED: guided}
+    feed = {name: value.numpy() for name, value in values.items() if name in names}
     return session.run([output.name for output in session.get_outputs()], feed)
 
 

@@ -54,7 +54,8 @@ def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan,
         raise DiTError(f"--threads must be at least 1, not {flags['threads']}")
     classes = split_classes(flags["classes"]) or None
     asked = make_plan(classes, flags["num_samples"], flags["sampler"], flags["steps"], flags["cfg_scale"],
-                      flags["seed"], seeding, flags["batch_size"], flags["vae"])
+                      flags["seed"], seeding, flags["batch_size"], flags["vae"],
+                      guidance_interval=flags["guidance_interval"])
     return asked, asked.check(facts)
 
 
@@ -74,6 +75,8 @@ def provenance_info(denoiser, plan: Plan, decoder) -> dict:
             "weights": facts.source, "backend": denoiser.name,
             "sampler": f"{plan.sampler.name} ({plan.sampler.num_calls} denoiser calls)", "seed": plan.seed,
             "cfg_scale": plan.cfg_scale, "vae": decoder.source if decoder else "none"}
+    if plan.guidance_interval:
+        info["guidance_interval"] = "{}:{}".format(*plan.guidance_interval)
     warnings = []
     if facts.random_weights:
         warnings.append(RANDOM_WEIGHTS)
@@ -162,6 +165,9 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--steps", type=int, help="Sampling steps (default per sampler).")
 @click.option("--sampler", default="ddpm", show_default=True, help=SAMPLER_HELP)
 @click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Guidance scale (sample.py: 4.0; FID runs: 1.5).")
+@click.option("--guidance-interval", metavar="LO:HI", help="Guide only the steps whose timestep (0..999 of the training "
+              "schedule) lies in LO..HI; the others run one pass, not two (default: every step, as sample.py). "
+              "82:468 is the paper's EDM2 interval sigma (0.28, 2.9]; docs/sampling.md.")
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | random (offline demo) | none (write latents .npy).")
 @click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")

@@ -27,7 +27,8 @@ SEEDINGS = ("official", "per-sample")
 MAX_SEED = 2**63 - 1  # per-sample seeding keys numpy's SeedSequence with (seed, index): non-negative
 # How each front end names a plan's fields in its messages: dit-run's flags (the default), dit-serve's JSON fields.
 CLI_NAMES = {"class": "--class", "num_samples": "--num-samples", "steps": "--steps", "cfg_scale": "--cfg-scale",
-             "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler"}
+             "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler",
+             "guidance_interval": "--guidance-interval"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Plan:
     decoder: str = "auto"  # a decoder spec, as dit-run --vae ("none": the raw latents)
     first_index: int = 0  # index of this plan's first sample in the run (per-sample seeding keys by it)
     names: tuple = tuple(CLI_NAMES.items())  # how the front end that made it names its fields (messages)
+    guidance_interval: tuple[int, int] | None = None  # (LO, HI) timesteps guided, ends included; None: every step
 
     @property
     def labels(self) -> tuple:
@@ -124,7 +126,8 @@ class Plan:
 
 def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampler = "ddpm", steps: int | None = None,
               cfg_scale: float = 4.0, seed: int = 0, seeding: str = "official", batch_size: int | None = None,
-              decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES) -> Plan:
+              decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES,
+              guidance_interval=None) -> Plan:
     """A Plan; DiTError (one line, naming the option as `names` does) for a value no model can use."""
     for field, value in (("batch_size", batch_size), ("num_samples", num_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -136,7 +139,26 @@ def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampl
     check_seed(seed, seeding, names["seed"])
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
     return Plan(None if classes is None else tuple(classes), num_samples, sampler, float(cfg_scale), seed, seeding,
-                batch_size, decoder, first_index, tuple(names.items()))
+                batch_size, decoder, first_index, tuple(names.items()),
+                parse_interval(guidance_interval, names["guidance_interval"]))
+
+
+def parse_interval(value, what: str = "--guidance-interval") -> tuple[int, int] | None:
+    """"LO:HI", (LO, HI) or None -> (LO, HI) timesteps of the 0..999 training schedule, LO <= HI; DiTError else."""
+    if value is None:
+        return None
+    parts = value.split(":") if isinstance(value, str) else value
+    try:
+        if len(parts) != 2 or any(isinstance(part, bool) or isinstance(part, float) for part in parts):
+            raise ValueError
+        low, high = (int(str(part).strip()) for part in parts)
+    except (TypeError, ValueError):
+        raise DiTError(f"{what} {value!r} must be two timesteps LO:HI (0..{configs.NUM_TIMESTEPS - 1}), e.g. "
+                       f"82:468") from None
+    if not 0 <= low <= high <= configs.NUM_TIMESTEPS - 1:
+        raise DiTError(f"{what} {low}:{high} must satisfy 0 <= LO <= HI <= {configs.NUM_TIMESTEPS - 1} "
+                       f"(timesteps of the training schedule)")
+    return low, high
 
 
 def check_label(label: int, num_classes: int, what: str = "class") -> int:

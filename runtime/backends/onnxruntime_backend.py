@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
+from dit_ref.contract import IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import physical_cores
 from dit_ref.machine.onnxruntime_stack import cuda_provider_load_error, import_onnxruntime, preload_cuda_libraries
@@ -99,30 +99,30 @@ class OnnxRuntimeDenoiser(Denoiser):
 
     def __call__(self, x, t, y, cfg_scale):
         # On this device, in the contract's dtypes: a caller's int32 labels or CPU latents still work.
-        x, t, y, cfg_scale = (value.to(self.device, IO_DTYPES[name]).contiguous()
-                              for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale)))
+        inputs = {name: value.to(self.device, IO_DTYPES[name]).contiguous()
+                  for name, value in self.graph_inputs(x, t, y, cfg_scale.to(self.device)).items()}
         if self.device.type == "cpu":
-            return self._run_cpu(x, t, y, cfg_scale)
-        return self._run_cuda(x, t, y, cfg_scale)
+            return self._run_cpu(inputs)
+        return self._run_cuda(inputs)
 
-    def _run_cpu(self, x, t, y, cfg_scale):
-        feeds = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
+    def _run_cpu(self, inputs: dict):
+        feeds = {name: value.numpy() for name, value in inputs.items()}
         outputs = self.session.run(self.output_names, feeds)  # numpy (B, C, L, L) each
         return _eps_and_var([torch.from_numpy(output) for output in outputs])
 
-    def _run_cuda(self, x, t, y, cfg_scale):
+    def _run_cuda(self, inputs: dict):
         """I/O binding on torch CUDA tensors (not run on a GPU of ours yet)."""
-        inputs = [x, t, y, cfg_scale]  # contiguous, on self.device, in the contract's dtypes
-        outputs = [torch.empty_like(x) for _ in self.output_names]  # (B, C, L, L) float32 each
+        x = inputs["x"]  # contiguous, on self.device, in the contract's dtypes (as every input)
+        outputs = dict(zip(self.output_names, [torch.empty_like(x) for _ in self.output_names]))  # (B, C, L, L)
         binding = self.session.io_binding()
-        for name, value in zip([*INPUT_NAMES, *self.output_names], inputs + outputs):
-            bind = binding.bind_input if name in INPUT_NAMES else binding.bind_output
+        for name, value in {**inputs, **outputs}.items():
+            bind = binding.bind_input if name in inputs else binding.bind_output
             bind(name, "cuda", self.device.index, _numpy_dtype(value.dtype), tuple(value.shape), value.data_ptr())
         # ONNX Runtime runs on its own stream: finish torch's pending writes to x first; run() then
         # synchronises its own stream before returning, so torch may read the outputs.
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
-        return _eps_and_var(outputs)
+        return _eps_and_var(list(outputs.values()))
 
 
 def check_precision(precision: str, device: torch.device, name: str) -> None:
@@ -151,10 +151,10 @@ def check_graph_io(session, graph_path: Path, manifest: Manifest) -> None:
     """DiTError unless the graph has the guided contract's inputs and outputs, of the manifest's shapes."""
     inputs = [node.name for node in session.get_inputs()]
     outputs = [node.name for node in session.get_outputs()]
-    if sorted(inputs) != sorted(INPUT_NAMES) or not outputs or outputs[0] != "eps":
+    if sorted(inputs) != sorted(manifest.input_names) or not outputs or outputs[0] != "eps":
         raise DiTError(
             f"{graph_path} is not a guided DiT graph (inputs {inputs}, outputs {outputs}; expected "
-            f"{list(INPUT_NAMES)} -> {list(manifest.output_names)}); export it with dit-export"
+            f"{list(manifest.input_names)} -> {list(manifest.output_names)}); export it with dit-export"
         )
     shapes = {node.name: tuple(node.shape) for node in [*session.get_inputs(), *session.get_outputs()]}
     check_io_shapes(manifest, shapes, graph_path)

@@ -55,12 +55,13 @@ class TorchDenoiser(Denoiser):
         kind = "torch.compile" if compile else f"torch-{self.device.type}"
         self.name = f"{kind} {str(self.dtype).removeprefix('torch.')}"
 
-    def _guided(self, x, t, y, cfg_scale):
-        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)
+    def _guided(self, x, t, y, cfg_scale, guided):
+        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels, guided)
 
     def __call__(self, x, t, y, cfg_scale):
         with torch.inference_mode():
-            outputs = self.forward(x, t, y, cfg_scale)  # (eps, var_values) or (eps,), each (B, C, L, L)
+            guided = self.guided_rows(cfg_scale)  # (U,): the rows whose cfg scale is not 1
+            outputs = self.forward(x, t, y, cfg_scale, guided)  # (eps, var_values) or (eps,), each (B, C, L, L)
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 

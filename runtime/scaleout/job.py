@@ -151,6 +151,7 @@ def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
             "cfg_scale": wanted.cfg_scale, "seed": wanted.seed, "seeding": wanted.seeding,
+            "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
             "decoder": check_decoder_spec(wanted.decoder, manifest.decoder), "labels": labels_digest(wanted.labels),
             "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
 

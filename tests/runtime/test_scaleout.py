@@ -89,9 +89,9 @@ def one_machine(tiny_graph):
         return np.concatenate([batch.samples for batch in batches])
 
 
-def ray_run(graph, out, seed=SEED, batch_size=BATCH_SIZE, on_shard=None, **options):
+def ray_run(graph, out, seed=SEED, batch_size=BATCH_SIZE, on_shard=None, guidance_interval=None, **options):
     plan = make_plan(LABELS, sampler="ddim", steps=STEPS, seed=seed, seeding="per-sample", batch_size=batch_size,
-                     decoder="none")
+                     decoder="none", guidance_interval=guidance_interval)
     options = {"shard_size": SHARD_SIZE, "threads": 1, **options}
     summary = run_on_ray(Job(path=str(graph), plan=plan), out, RayOptions(**options), progress=False,
                          on_shard=on_shard)
@@ -105,6 +105,16 @@ def test_one_and_two_workers_give_one_machines_samples_bitwise(ray_instance, tin
         assert summary.images == NUM_SAMPLES and len(summary.per_worker) == workers  # every worker had work
         assert np.array_equal(np.load(tmp_path / f"w{workers}.npy"), one_machine)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["w1.npy", "w2.npy"]  # shards removed
+
+
+def test_a_guidance_interval_run_equals_one_machines_per_sample_run(ray_instance, tiny_graph, tmp_path):
+    interval = "100:600"  # DDIM 2 calls at t 500 (guided) and 0 (not)
+    with load_denoiser(tiny_graph, threads=1) as denoiser:
+        batches = generate(denoiser, list(LABELS), sampler_from_name("ddim", STEPS), seed=SEED, batch_size=BATCH_SIZE,
+                           seeding="per-sample", guidance_interval=interval)
+        expected = np.concatenate([batch.samples for batch in batches])
+    ray_run(tiny_graph, tmp_path / "interval.npy", workers=2, guidance_interval=interval)
+    assert np.array_equal(np.load(tmp_path / "interval.npy"), expected)
 
 
 def test_another_batch_size_gives_the_same_samples_within_tolerance(ray_instance, tiny_graph, one_machine, tmp_path):

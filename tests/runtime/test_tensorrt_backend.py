@@ -71,7 +71,7 @@ def test_dtype_table_maps_by_member_not_by_number():
 
 
 def _io(**changes) -> dict:
-    io = {name: (name in ("x", "t", "y", "cfg_scale"), dtype) for name, dtype in backend.IO_DTYPES.items()}
+    io = {name: (name in ("x", "t", "y", "cfg_scale", "guided"), dtype) for name, dtype in backend.IO_DTYPES.items()}
     io.update(changes)
     return io
 

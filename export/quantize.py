@@ -118,13 +118,12 @@ def quiet_quantizer():
 
 def graph_eps(graph: Path):
     """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (CPU), for calibration.ddim_sample."""
-    from export.verify import onnxruntime_session
+    from export.verify import onnxruntime_session, run_graph
 
     session = onnxruntime_session(graph)
 
     def eps_of(x, t, y, cfg_scale):
-        feed = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy()}
-        return torch.from_numpy(session.run(["eps"], feed)[0])
+        return torch.from_numpy(run_graph(session, x, t, y, cfg_scale)[0])  # every row guided
 
     return eps_of
 

@@ -155,13 +155,27 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x, c):  # x (N, T, D) the float32 residual stream, c (N, D) in the weights' dtype
+        return self.forward_branches(x, c)[0]  # (N, T, D) float32
+
+    def forward_branches(self, x, c):
+        """The block and its two branch outputs: (x (N, T, D) float32, attention (N, T, D), MLP (N, T, D)), the
+        branches before their gates (what a cached step reuses, dit_ref.cached)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c).chunk(6, dim=1)  # each (N, D)
         )
         h = modulate(layer_norm(x, LAYER_NORM_EPS, c.dtype), shift_msa, scale_msa)  # (N, T, D)
-        x = x + (gate_msa.unsqueeze(1) * self.attn(h)).float()  # (N, T, D) float32
+        attention = self.attn(h)  # (N, T, D)
+        x = x + (gate_msa.unsqueeze(1) * attention).float()  # (N, T, D) float32
         h = modulate(layer_norm(x, self.mlp_norm_eps, c.dtype), shift_mlp, scale_mlp)  # (N, T, D)
-        return x + (gate_mlp.unsqueeze(1) * self.mlp(h)).float()  # (N, T, D) float32
+        mlp = self.mlp(h)  # (N, T, D)
+        return x + (gate_mlp.unsqueeze(1) * mlp).float(), attention, mlp
+
+    def forward_reusing(self, x, c, attention, mlp):
+        """The block with its branch outputs given (an earlier step's, or a forecast): only the modulation,
+        the gates and the residual sums are computed. x (N, T, D) float32, attention and mlp (N, T, D)."""
+        _, _, gate_msa, _, _, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # each (N, D)
+        x = x + (gate_msa.unsqueeze(1) * attention.to(c.dtype)).float()  # (N, T, D) float32
+        return x + (gate_mlp.unsqueeze(1) * mlp.to(c.dtype)).float()
 
 
 class FinalLayer(nn.Module):
@@ -248,12 +262,17 @@ class DiT(nn.Module):
         learned-sigma model, var_values (B, C, L, L), all float32. With every row guided this is the
         doubled batch of sample.py, row for row.
         """
-        batch = x.shape[0]
-        guided = torch.arange(batch, device=x.device) if guided is None else guided  # (U,)
+        guided = torch.arange(x.shape[0], device=x.device) if guided is None else guided  # (U,)
+        out = self.forward(*self.guided_batch(x, t, y, guided))  # (B + U, C_out, L, L)
+        return self.split_guided(out, x.shape[0], guided, cfg_scale, cfg_channels)
+
+    def guided_batch(self, x, t, y, guided):
+        """The B + U rows of a guided pass: every row, then the guided rows with the null class."""
         null = torch.full_like(guided, self.config.null_class)  # (U,)
-        out = self.forward(
-            torch.cat([x, x[guided]], dim=0), torch.cat([t, t[guided]], dim=0), torch.cat([y, null], dim=0)
-        )  # (B + U, C_out, L, L)
+        return torch.cat([x, x[guided]], dim=0), torch.cat([t, t[guided]], dim=0), torch.cat([y, null], dim=0)
+
+    def split_guided(self, out, batch: int, guided, cfg_scale, cfg_channels):
+        """(eps[, var_values]) from the B + U rows' output: guidance on the guided rows, float32."""
         cond = out[:batch]  # (B, C_out, L, L)
         uncond = out[unconditional_rows(guided, batch)]  # (B, C_out, L, L); an unguided row's is its cond row
         guided_out = guide(cond, uncond, cfg_scale.float(), cfg_channels, self.config.latent_channels)

@@ -77,6 +77,8 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--exclusion-limit", type=click.FloatRange(min=0), help="int8/fp8: a layer kind whose own "
               f"quantization moves the samples by more than this (relative RMS) stays float (default "
               f"{EXCLUSION_LIMIT:g}).")
+@click.option("--cached-steps", is_flag=True, help="Also export the refresh and reuse graphs of cached steps "
+              "(every block's attention and MLP outputs given, then taken: dit-run --cache fora:N).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "
               "4-channel latents), 4 = textbook; other models: all latent channels (default).")
 @click.option("--batch", "batch_text", default=str(DEFAULT_BATCH), show_default=True, metavar="MIN:OPT:MAX",
@@ -94,8 +96,8 @@ def set_verbosity(verbose: bool) -> None:
               "(a bare state dict; train.py checkpoints carry theirs). Default: the config's (1000).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
-def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cfg_channels, batch_text, out,
-        engine, opt_level, timing_cache, no_check, list_models, num_classes, verbose):
+def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cached_steps, cfg_channels,
+        batch_text, out, engine, opt_level, timing_cache, no_check, list_models, num_classes, verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
     \b
@@ -118,6 +120,7 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
         raise click.UsageError(f"--fp16 is short for --precision fp16; drop it or --precision {precision}")
     result = export(model, image_size, ckpt=ckpt, random_init=random_init,
                     precision="fp16" if fp16 else precision or "fp32", exclusion_limit=exclusion_limit,
+                    cached_steps=cached_steps,
                     cfg_channels=None if cfg_channels is None else int(cfg_channels),
                     batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
                     opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)
@@ -132,11 +135,11 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file.")
 def build(graph, batch_text, opt_level, timing_cache):
     """Build a TensorRT engine (.plan, beside it) from an exported GRAPH."""
-    from export.engine import build_engine
+    from export.engine import build_engines
 
     batch = BatchRange.parse(batch_text) if batch_text else None
-    with stage("engine", f"TensorRT engine from {graph}, level {opt_level}") as result:
-        result["done"] = str(build_engine(graph, batch, opt_level, timing_cache))
+    with stage("engine", f"TensorRT engine from {graph} (and its cached-steps pair), level {opt_level}") as result:
+        result["done"] = ", ".join(map(str, build_engines(graph, batch, opt_level, timing_cache)))
 
 
 def main(argv=None) -> None:

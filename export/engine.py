@@ -30,8 +30,8 @@ def network_flags(trt) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange,
-                   guided_rows: bool = True) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange, guided_rows: bool = True,
+                   role: str = "guided", feature_shape: tuple | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
     """Input name -> (min, opt, max) shapes for x of (B, C, L, L); B counts images, the CFG doubling
     happens inside the graph. `guided` (U,) runs from 0 (nothing guided: TensorRT takes empty tensors,
     IOptimizationProfile::setDimensions allows a minimum of 0) to the largest batch, tuned for every
@@ -41,6 +41,9 @@ def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange,
     shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
     if guided_rows:
         shapes[GUIDED] = ((0,), (batch.opt,), (batch.max,))
+    if role == "reuse":  # the features of the B conditional rows and of the U guided rows' null pass
+        shapes["features"] = tuple((b, *feature_shape) for b in sizes)
+        shapes["null_features"] = tuple((u, *feature_shape) for u in (0, batch.opt, batch.max))
     return shapes
 
 
@@ -141,6 +144,17 @@ def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_da
     return plan, config.get_timing_cache().serialize()
 
 
+def build_engines(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
+                  timing_cache: Path | None = None) -> list[Path]:
+    """The graph's engine, then those of its cached-steps refresh and reuse graphs when its manifest names
+    them (one engine per graph variant)."""
+    graph_path = Path(graph_path)
+    plans = [build_engine(graph_path, batch, optimization_level, timing_cache)]
+    pair = read_manifest(graph_path).cached_steps or {}
+    return plans + [build_engine(graph_path.parent / pair[role], batch, optimization_level, timing_cache)
+                    for role in ("refresh", "reuse") if role in pair]
+
+
 def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
                  timing_cache: Path | None = None) -> Path:
     """Build graph_path's engine beside it (same stem, .plan), record it in the manifest, return its path."""
@@ -167,7 +181,7 @@ def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level:
              trt.__version__, graph_path.name, batch.min, batch.max, gpu_name)
     start = time.perf_counter()
     latent = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"]
-    shapes = profile_shapes(latent, batch, manifest.guided_rows)
+    shapes = profile_shapes(latent, batch, manifest.guided_rows, manifest.role, manifest.feature_shape)
     plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
     seconds = round(time.perf_counter() - start, 1)
     plan_path = graph_path.with_suffix(".plan")

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dit_ref import DiT, configs
+from dit_ref import DiT, cached, configs
 
 
 class GuidedDiT(nn.Module):
@@ -17,6 +17,25 @@ class GuidedDiT(nn.Module):
 
     def forward(self, x, t, y, cfg_scale, guided):  # x (B, C, L, L), t, y, cfg_scale (B,), guided (U,)
         return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels, guided)  # 1 or 2 x (B, C, L, L)
+
+
+class RefreshDiT(GuidedDiT):
+    """The guided forward that also gives every block's branch outputs: (..., features (B, ...), null_features (U, ...))."""
+
+    def forward(self, x, t, y, cfg_scale, guided):
+        *outputs, features = cached.guided_refresh(self.model, x, t, y, cfg_scale, self.cfg_channels, guided)
+        return (*outputs, features[:x.shape[0]], features[x.shape[0]:])  # conditional rows, null-class rows
+
+
+class ReuseDiT(GuidedDiT):
+    """The guided forward taking every block's branch outputs (features (B, ...), null_features (U, ...))."""
+
+    def forward(self, x, t, y, cfg_scale, guided, features, null_features):
+        return cached.guided_reuse(self.model, x, t, y, cfg_scale, self.cfg_channels, guided,
+                                   torch.cat([features, null_features], dim=0))
+
+
+MODULES = {"guided": GuidedDiT, "refresh": RefreshDiT, "reuse": ReuseDiT}  # by manifest role
 
 
 def example_inputs(model: DiT, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -101,3 +101,18 @@ def compare_with_reference(graph_path: Path, model: DiT, cfg_channels: int, batc
     """Relative errors of the graph against model.guided_forward on seeded random inputs."""
     inputs, expected = reference_outputs(model, cfg_channels, batch, seed)
     return compare_outputs(graph_path, inputs, expected, session)
+
+
+def compare_cached_steps(refresh: Path, reuse: Path, inputs, expected, bf16: bool = False) -> dict[str, float]:
+    """Relative errors against expected outputs of the refresh graph's eps, and of the reuse graph's eps fed
+    the refresh's own features (which must give the full forward back)."""
+    make = openvino_session if bf16 else onnxruntime_session
+    refresh_session, reuse_session = make(refresh), make(reuse)
+    x, t, y, cfg_scale = inputs
+    names = [output.name for output in refresh_session.get_outputs()]
+    feed = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy(),
+            GUIDED: np.arange(len(x), dtype=np.int64)}
+    outputs = dict(zip(names, refresh_session.run(names, feed)))
+    reused = reuse_session.run(["eps"], {**feed, "features": outputs["features"],
+                                         "null_features": outputs["null_features"]})[0]
+    return {"refresh eps": relative_error(outputs["eps"], expected[0]), "reuse eps": relative_error(reused, expected[0])}

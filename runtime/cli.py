@@ -55,7 +55,7 @@ def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan,
     classes = split_classes(flags["classes"]) or None
     asked = make_plan(classes, flags["num_samples"], flags["sampler"], flags["steps"], flags["cfg_scale"],
                       flags["seed"], seeding, flags["batch_size"], flags["vae"],
-                      guidance_interval=flags["guidance_interval"])
+                      guidance_interval=flags["guidance_interval"], cache=flags["cache"])
     return asked, asked.check(facts)
 
 
@@ -77,6 +77,8 @@ def provenance_info(denoiser, plan: Plan, decoder) -> dict:
             "cfg_scale": plan.cfg_scale, "vae": decoder.source if decoder else "none"}
     if plan.guidance_interval:
         info["guidance_interval"] = "{}:{}".format(*plan.guidance_interval)
+    if plan.cache:
+        info["cache"] = plan.cache.spec
     warnings = []
     if facts.random_weights:
         warnings.append(RANDOM_WEIGHTS)
@@ -168,6 +170,9 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--guidance-interval", metavar="LO:HI", help="Guide only the steps whose timestep (0..999 of the training "
               "schedule) lies in LO..HI; the others run one pass, not two (default: every step, as sample.py). "
               "82:468 is the paper's EDM2 interval sigma (0.28, 2.9]; docs/sampling.md.")
+@click.option("--cache", metavar="POLICY", help="Cached steps: fora:N (every block's attention and MLP outputs "
+              "refreshed every N calls, reused between) or forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2); "
+              "the first and last 2 calls always refresh. Graphs need dit-export --cached-steps.")
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | random (offline demo) | none (write latents .npy).")
 @click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from runtime.backends import load_denoiser
+from runtime.caching import cached_denoiser
 from runtime.plan import ModelFacts, Plan, make_plan
 from runtime.sampling.noise import OfficialNoise, PerSampleNoise
 from runtime.vae import load_decoder
@@ -45,7 +46,7 @@ def load_with_decoder(path, backend: str, vae: str, **options):
 
 def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0, batch_size: int | None = None,
              decoder=None, on_step: Callable[[dict], None] | None = None, seeding: str = "official",
-             first_index: int = 0, guidance_interval=None) -> Iterator[Batch]:
+             first_index: int = 0, guidance_interval=None, cache=None) -> Iterator[Batch]:
     """Sample len(labels) images (None entries: random labels; numbers or class names) in batches; yields
     each finished Batch.
 
@@ -57,11 +58,12 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
     model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, "random").
     on_step gets the sampler's {"x", "i", "t", "total"} after every denoiser call.
     guidance_interval "LO:HI" or (LO, HI): guide only the steps whose timestep lies in it (None: all).
+    cache "fora:N" or "forecast:N:ORDER": cached steps (runtime.caching; graphs need their --cached-steps pair).
     """
     spec = decoder if isinstance(decoder, str) else ("none" if decoder is None else "auto")
     plan = make_plan(list(labels), sampler=sampler, cfg_scale=cfg_scale, seed=seed, seeding=seeding,
                      batch_size=batch_size, decoder=spec, first_index=first_index,
-                     guidance_interval=guidance_interval).check(ModelFacts.of(denoiser))
+                     guidance_interval=guidance_interval, cache=cache).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
         decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device)
@@ -71,6 +73,8 @@ def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0
 def generate_plan(denoiser, plan: Plan, decoder=None, on_step: Callable[[dict], None] | None = None
                   ) -> Iterator[Batch]:
     """The samples of a checked plan (Plan.check) in batches of its batch size; decoder None: latents."""
+    if plan.cache is not None:
+        denoiser = cached_denoiser(denoiser, plan.cache)
     labels = list(plan.labels)
     batch_size = plan.choose_batch_size(len(labels), denoiser.batch_range)
     official = OfficialNoise(plan.seed, denoiser.device)

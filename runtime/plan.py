@@ -19,6 +19,7 @@ from dit_ref import configs
 from dit_ref.class_names import class_names, resolve_label
 from dit_ref.contract import BatchRange, Manifest
 from dit_ref.errors import DiTError
+from runtime.caching import NO_PAIR, CachePolicy, parse_cache
 from runtime.sampling import Sampler, check_steps, sampler_from_name
 from runtime.vae import check_decoder_spec
 
@@ -40,10 +41,12 @@ class ModelFacts:
     decoder: str | None  # "vae" or "pixels"; None: decoding is not the plan's to choose (dit-serve's own --vae)
     latent_channels: int | None
     batch_range: BatchRange  # image batch sizes one denoiser call takes
+    cached_steps: bool = True  # its refresh and reuse forms exist (graphs: exported with --cached-steps)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ModelFacts":
-        return cls(manifest.model, manifest.num_classes, manifest.decoder, manifest.latent_channels, manifest.batch)
+        return cls(manifest.model, manifest.num_classes, manifest.decoder, manifest.latent_channels, manifest.batch,
+                   bool(manifest.cached_steps))
 
     @classmethod
     def from_config(cls, model: str, batch_range: BatchRange, num_classes: int | None = None) -> "ModelFacts":
@@ -55,7 +58,9 @@ class ModelFacts:
     def of(cls, denoiser) -> "ModelFacts":
         """The facts of a loaded denoiser (its provenance and batch range)."""
         facts = denoiser.provenance
-        return cls(facts.model, facts.num_classes, facts.decoder, facts.latent_channels, denoiser.batch_range)
+        manifest = denoiser.manifest
+        return cls(facts.model, facts.num_classes, facts.decoder, facts.latent_channels, denoiser.batch_range,
+                   manifest is None or bool(manifest.cached_steps))
 
     @property
     def names(self) -> tuple[str, ...] | None:
@@ -78,6 +83,7 @@ class Plan:
     first_index: int = 0  # index of this plan's first sample in the run (per-sample seeding keys by it)
     names: tuple = tuple(CLI_NAMES.items())  # how the front end that made it names its fields (messages)
     guidance_interval: tuple[int, int] | None = None  # (LO, HI) timesteps guided, ends included; None: every step
+    cache: CachePolicy | None = None  # cached steps (runtime.caching); None: every call computes everything
 
     @property
     def labels(self) -> tuple:
@@ -108,6 +114,8 @@ class Plan:
         labels = self.labels_for(facts.num_classes, facts.names)
         if facts.decoder is not None:
             check_decoder_spec(self.decoder, facts.decoder)
+        if self.cache is not None and not facts.cached_steps:
+            raise DiTError(NO_PAIR)
         self.choose_batch_size(len(labels), facts.batch_range)
         return replace(self, classes=tuple(labels), num_samples=None)
 
@@ -127,7 +135,7 @@ class Plan:
 def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampler = "ddpm", steps: int | None = None,
               cfg_scale: float = 4.0, seed: int = 0, seeding: str = "official", batch_size: int | None = None,
               decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES,
-              guidance_interval=None) -> Plan:
+              guidance_interval=None, cache=None) -> Plan:
     """A Plan; DiTError (one line, naming the option as `names` does) for a value no model can use."""
     for field, value in (("batch_size", batch_size), ("num_samples", num_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -140,7 +148,7 @@ def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampl
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
     return Plan(None if classes is None else tuple(classes), num_samples, sampler, float(cfg_scale), seed, seeding,
                 batch_size, decoder, first_index, tuple(names.items()),
-                parse_interval(guidance_interval, names["guidance_interval"]))
+                parse_interval(guidance_interval, names["guidance_interval"]), parse_cache(cache))
 
 
 def parse_interval(value, what: str = "--guidance-interval") -> tuple[int, int] | None:

@@ -50,12 +50,10 @@ class OpenVinoDenoiser(Denoiser):
     def close(self) -> None:
         self.request = self.compiled = None
 
-    def __call__(self, x, t, y, cfg_scale):
-        feeds = {name: value.to("cpu", IO_DTYPES[name]).contiguous().numpy()
-                 for name, value in self.graph_inputs(x, t, y, cfg_scale.to("cpu")).items()}
+    def run_named(self, inputs: dict) -> dict:
+        feeds = {name: value.to("cpu", IO_DTYPES[name]).contiguous().numpy() for name, value in inputs.items()}
         results = self.request.infer(feeds)  # copies of the outputs (share_outputs is off)
-        outputs = [torch.from_numpy(np.asarray(results[self.compiled.output(name)])) for name in self.output_names]
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+        return {name: torch.from_numpy(np.asarray(results[self.compiled.output(name)])) for name in self.output_names}
 
 
 def check_graph_io(compiled, graph_path: Path, manifest: Manifest) -> None:

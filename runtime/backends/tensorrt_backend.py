@@ -84,10 +84,11 @@ def _describe(entry) -> str:
     return f"{'input' if is_input else 'output'} {str(dtype).removeprefix('torch.')}"
 
 
-def check_io_tensors(found: dict, learn_sigma: bool = True, guided_rows: bool = True) -> None:
-    """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract."""
-    inputs = input_names(guided_rows)
-    expected = {name: (name in inputs, IO_DTYPES[name]) for name in (*inputs, *output_names(learn_sigma))}
+def check_io_tensors(found: dict, inputs: tuple[str, ...] = input_names(True),
+                     outputs: tuple[str, ...] = output_names(True)) -> None:
+    """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract's I/O
+    (the manifest's input and output names)."""
+    expected = {name: (name in inputs, IO_DTYPES[name]) for name in (*inputs, *outputs)}
     wrong = [f"{name} is {_describe(found.get(name))}, expected {_describe(expected.get(name))}"
              for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
     if wrong:
@@ -132,9 +133,9 @@ def bindable(tensor: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
     return aligned(tensor) if tensor.numel() else spare[:0]
 
 
-def _bind(context, tensors: dict) -> None:
+def _bind(context, tensors: dict, inputs: tuple[str, ...] = (*INPUT_NAMES, GUIDED)) -> None:
     """Set the input shapes and every I/O address (contiguous, 256-byte-aligned torch CUDA tensors)."""
-    for name in (*INPUT_NAMES, GUIDED):
+    for name in inputs:
         if name in tensors and not context.set_input_shape(name, tuple(tensors[name].shape)):
             raise DiTError(f"TensorRT refused shape {tuple(tensors[name].shape)} for input {name}")
     for name, tensor in tensors.items():
@@ -191,7 +192,7 @@ class TensorRTDenoiser(Denoiser):
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         check_io_tensors({name: (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
                                  dtypes.get(self.engine.get_tensor_dtype(name))) for name in names},
-                         self.manifest.learn_sigma, self.manifest.guided_rows)
+                         self.manifest.input_names, self.manifest.output_names)
         self._spare = torch.zeros(1, dtype=torch.int64, device=self.device)  # the address of an empty `guided`
         check_io_shapes(self.manifest, {name: tuple(self.engine.get_tensor_shape(name)) for name in names},
                         self.plan_path)
@@ -249,6 +250,18 @@ class TensorRTDenoiser(Denoiser):
             _bind(self.context, tensors)
             self._execute_ordered(self.context)
             return tensors["eps"], tensors.get("var_values")
+
+    def run_named(self, inputs: dict) -> dict:
+        """Named I/O, run eagerly: what a cached-steps refresh or reuse engine is driven by."""
+        with torch.cuda.device(self.device):
+            tensors = {name: bindable(value.to(self.device, IO_DTYPES[name]).contiguous(), self._spare)
+                       for name, value in inputs.items()}
+            outputs = {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device)
+                       for name, shape in self.output_shapes(inputs).items()}
+            self.context = self.context or self._new_context()
+            _bind(self.context, {**tensors, **outputs}, self.manifest.input_names)
+            self._execute_ordered(self.context)
+            return outputs
 
     def _empty_outputs(self, batch: int) -> dict:
         """Output tensors (B, C, L, L) float32 on the device."""

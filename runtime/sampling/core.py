@@ -149,6 +149,10 @@ def step(denoiser, trajectories: Sequence[Trajectory]) -> None:
     """
     if any(trajectory.done for trajectory in trajectories):
         raise DiTError("internal: a finished trajectory was stepped")
+    if getattr(denoiser, "stateful", False):  # cached steps: it keeps each trajectory's features in its memory
+        for trajectory, (eps, var_values) in zip(trajectories, denoiser.call_trajectories(trajectories)):
+            trajectory.advance(eps, var_values)
+        return
     parts = [trajectory.model_inputs() for trajectory in trajectories]
     inputs = parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]
     eps, var_values = denoiser(*inputs)  # (N, C, L, L) each, N rows of all trajectories

@@ -21,7 +21,7 @@ DEFAULTS = {"seed": 0, "sampler": "ddpm", "steps": None, "cfg_scale": 4.0}  # di
 FIELDS = ("class_labels", *DEFAULTS)
 # How a request's fields are named in its 400s (runtime.plan words each fault once, for every front end).
 HTTP_NAMES = {"class": "class_labels entry", "num_samples": "class_labels", "steps": "steps", "cfg_scale": "cfg_scale",
-              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler"}
+              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler", "guidance_interval": "guidance_interval"}
 
 
 class ServiceError(Exception):

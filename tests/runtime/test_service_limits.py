@@ -1,7 +1,7 @@
 """dit-serve's limits: who gets in (API key), body size (413), a full queue (503 with Retry-After), and the
 refusals at start (one line, exit 1, before Ray starts). One small service with a key: 1 replica,
-batches of 2, 4 images per request, 4 images waiting in the replica (so it holds 2 + 2 + 4 images,
-and Serve's router 4 + 4 more). Every request and wait is bounded.
+up to 2 images a denoiser call, 4 images per request, 4 images waiting in the replica (so it holds
+2 running + 4 waiting, and Serve's router 4 + 4 more). Every request and wait is bounded.
 """
 
 import concurrent.futures
@@ -75,7 +75,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(serv
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, range(8)))
     statuses = sorted(status for status, _, _ in answers)
-    print(f"8 concurrent requests of 4 images (room for 16 at most): {statuses}")
+    print(f"8 concurrent requests of 4 images (room for 14 at most): {statuses}")
     busy = [(headers, answer) for status, headers, answer in answers if status == 503]
     assert busy and 200 in statuses
     for headers, answer in busy:
@@ -156,6 +156,6 @@ def test_help_names_every_option(capsys):
         dit_serve_cli.main(["--help"])
     text = capsys.readouterr().out
     assert exited.value.code == 0
-    for option in ("--host", "--port", "--replicas", "--max-batch", "--batch-wait-ms", "--vae", "--ray", "--api-key",
-                   "--max-images", "--queue-size"):
+    for option in ("--host", "--port", "--replicas", "--max-batch", "--batching", "--batch-wait-ms", "--vae", "--ray",
+                   "--api-key", "--max-images", "--queue-size"):
         assert option in text

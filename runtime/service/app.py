@@ -41,6 +41,7 @@ from runtime.images import png_bytes
 from runtime.sampling.noise import PerSampleNoise
 from runtime.scaleout.cluster import failure_reason
 from runtime.sampling import sampler_from_name
+from runtime.service import schema
 from runtime.service.api import Model, ServiceError, model_summary, parse_generate
 from runtime.service.replica_denoiser import ReplicaDenoiser
 from runtime.service.settings import Settings, key_digest
@@ -174,6 +175,9 @@ class Frontend:
         self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
         self.random_weights = manifest.random_weights
         self.page_html = PAGE.read_text(encoding="utf-8")
+        request_model = schema.generate_request_model(self.model.num_classes, self.model.max_images,
+                                                      self.model.names is not None)
+        self.openapi = schema.openapi_document(api.routes, request_model, settings.api_key_sha256 is not None)
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:
@@ -181,28 +185,38 @@ class Frontend:
         carry the key)."""
         return self.page_html
 
-    @api.get("/v1/health")
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(self, request: HTTPRequest):
+        """This API, described (OpenAPI 3.1); behind the key, as /v1 is."""
+        self.admit(request)
+        return self.openapi
+
+    @api.get("/v1/health", responses=schema.answers(schema.Health, 401, 503))
     async def health(self, request: HTTPRequest):
+        """Whether a replica runs: 200, or 503 while none does."""
         self.admit(request)
         running = await asyncio.to_thread(running_generators, self.settings.app_name)
         body = {"status": "ok" if running else "unavailable",
                 "replicas": {"running": running, "wanted": self.settings.replicas}}
         return JSONResponse(body, 200 if running else 503)
 
-    @api.get("/v1/model")
-    async def model_info(self, request: HTTPRequest) -> dict:
+    @api.get("/v1/model", responses=schema.answers(schema.ModelInfo, 401))
+    async def model_info(self, request: HTTPRequest):
+        """What the service runs and what a request may ask."""
         self.admit(request)
         return self.summary
 
-    @api.get("/v1/classes")
-    async def classes(self, request: HTTPRequest) -> dict:
+    @api.get("/v1/classes", responses=schema.answers(schema.Classes, 401))
+    async def classes(self, request: HTTPRequest):
         """Each class's number and name (names null for a model whose classes have none)."""
         self.admit(request)
         names = self.model.names or [None] * self.model.num_classes
         return {"classes": [{"label": label, "name": name} for label, name in enumerate(names)]}
 
-    @api.post("/v1/generate")
-    async def generate(self, request: HTTPRequest) -> dict:
+    @api.post("/v1/generate", responses=schema.answers(schema.GenerateAnswer, 400, 401, 413, 500, 503),
+              openapi_extra=schema.GENERATE_BODY)
+    async def generate(self, request: HTTPRequest):
+        """One image per class label, each made beside the images of other requests."""
         self.admit(request)
         wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
         sampler = wanted.sampler

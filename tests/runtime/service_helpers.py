@@ -1,5 +1,5 @@
 """Helpers for the dit-serve tests: the service process (benchmarks.serving.Server), images read back and
-compared with dit-run's, and the replicas' processes."""
+compared with dit-run's, the replicas' processes, and answers checked against the OpenAPI document."""
 
 import base64
 import io
@@ -60,3 +60,16 @@ def replica_pids(kind: str, server: Server) -> list[int]:
     rows = [line.split(None, 2) for line in found]
     return [int(pid) for pid, sid, args in rows if int(sid) == server.process.pid and f"ServeReplica:dit:{kind}" in args]
 
+
+def assert_documented(document: dict, method: str, path: str, status: int, answer) -> None:
+    """The status is one the OpenAPI document gives for the endpoint, and the answer has its documented shape:
+    it validates against the schema (every required field present, each of its type), and its fields are
+    exactly the documented ones."""
+    import jsonschema
+
+    responses = document["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered {status}; documented: {sorted(responses)}"
+    schema = responses[str(status)]["content"]["application/json"]["schema"]
+    jsonschema.validate(answer, {**schema, "components": document["components"]})
+    documented = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    assert set(answer) == set(documented["properties"]) == set(documented["required"]), (sorted(answer), documented)

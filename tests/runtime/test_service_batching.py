@@ -1,4 +1,4 @@
-"""dit-serve's step-level batching, for real: one service (its own process, a
+"""dit-serve's step-level batching and its OpenAPI document, for real: one service (its own process, a
 private Ray instance on 127.0.0.1) on the shipped Fashion-MNIST DiT as an FP32 graph, 1 replica (so that
 every request meets every other), up to 4 images a denoiser call.
 
@@ -9,11 +9,13 @@ counted, not inferred from timing. Every image is compared with dit-run --seedin
 """
 
 import concurrent.futures
+import json
 import time
 
 import pytest
 
-from service_helpers import Server, assert_equal_to_dit_run
+from runtime.service.api import DEFAULTS, FIELDS
+from service_helpers import Server, assert_documented, assert_equal_to_dit_run
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
 pytestmark = pytest.mark.slow
@@ -95,6 +97,49 @@ def test_a_request_larger_than_the_batch_joins_as_room_frees(server, fashion_gra
     print(f"6 images, up to {MAX_BATCH} a call: {[(c['first'], c['last']) for c in calls]}")
     assert max(c["first"] for c in calls) > min(c["last"] for c in calls)  # some waited for room
     assert_equal_to_dit_run(asked, answer, fashion_graph, tmp_path)
+
+
+def test_the_openapi_document_describes_every_endpoint_and_answer(server):
+    status, _, document = server.request("GET", "/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    statuses = {path: {method: sorted(int(code) for code in operation["responses"])
+                       for method, operation in operations.items()} for path, operations in document["paths"].items()}
+    assert statuses == {"/": {"get": [200]}, "/v1/health": {"get": [200, 401, 503]},
+                        "/v1/model": {"get": [200, 401]}, "/v1/classes": {"get": [200, 401]},
+                        "/v1/generate": {"post": [200, 400, 401, 413, 500, 503]}}
+    for path in ("/v1/health", "/v1/model", "/v1/classes"):
+        status, _, answer = server.request("GET", path)
+        assert_documented(document, "GET", path, status, answer)
+    asked = ask("ddim", 2, [1, "sneaker"], 0)
+    status, _, answer = server.request("POST", "/v1/generate", json.dumps(asked).encode())
+    assert_documented(document, "POST", "/v1/generate", status, answer)
+    status, _, answer = server.request("POST", "/v1/generate", b'{"class_labels": [10]}')
+    assert status == 400
+    assert_documented(document, "POST", "/v1/generate", status, answer)
+
+
+def test_the_openapi_request_schema_is_the_served_models(server):
+    """Labels as numbers (the model's range) or names, each field's range and default as api.py checks them."""
+    import jsonschema
+
+    document = server.request("GET", "/openapi.json")[2]
+    body = document["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    request = document["components"]["schemas"]["GenerateRequest"]
+    assert body == {"$ref": "#/components/schemas/GenerateRequest"} and set(request["properties"]) == set(FIELDS)
+    assert request["required"] == ["class_labels"] and request["additionalProperties"] is False
+    labels = request["properties"]["class_labels"]
+    assert (labels["minItems"], labels["maxItems"]) == (1, 16)
+    number, name = labels["items"]["anyOf"]
+    assert (number["type"], number["minimum"], number["maximum"], name["type"]) == ("integer", 0, 9, "string")
+    assert {field: request["properties"][field]["default"] for field in DEFAULTS} == DEFAULTS
+    assert request["properties"]["seed"]["maximum"] == 2**63 - 1
+    assert request["properties"]["steps"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    validate = jsonschema.Draft202012Validator(request).is_valid
+    assert validate(ask("ddim", 5, [1, "bag"], 3)) and validate({"class_labels": [9]})
+    for bad in ({"class_labels": [10]}, {"class_labels": []}, {"class_labels": [1], "steps": 1001},
+                {"class_labels": [1], "colour": "red"}, {"class_labels": [1] * 17}, {"class_labels": [1], "seed": -1}):
+        assert not validate(bad)
+        assert server.request("POST", "/v1/generate", json.dumps(bad).encode())[0] == 400
 
 
 def test_request_level_batching_is_kept_for_comparison(fashion_graph, tmp_path):

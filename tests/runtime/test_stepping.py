@@ -172,3 +172,32 @@ def test_the_replica_pads_a_call_to_the_minimum_batch_and_counts_calls():
     simulated = ReplicaDenoiser(inner, simulated_call_ms=1)
     eps, var_values = simulated(x, None, None, None)
     assert inner.rows == [3] and var_values is None and not eps.any() and simulated.calls == 1
+
+
+class NaNFor:
+    """A denoiser whose eps is NaN for the rows of one label."""
+
+    def __init__(self, denoiser, label: int):
+        self.inner, self.label = denoiser, label
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, x, t, y, cfg_scale):
+        eps, var_values = self.inner(x, t, y, cfg_scale)
+        return torch.where((y == self.label)[:, None, None, None], float("nan"), eps), var_values
+
+
+def test_nan_in_one_trajectory_fails_its_images_alone(loaded):
+    from dit_ref.errors import DiTError
+
+    loop = StepLoop(StepBatcher(ReplicaDenoiser(NaNFor(loaded[0], 9)), loaded[1], max_batch=4, replica="test"))
+
+    async def scenario():
+        return await asyncio.gather(make_request(loop, items("ddim", 4, [9], 0)),
+                                    make_request(loop, items("ddpm", 6, [1, 2], 1)), return_exceptions=True)
+
+    bad, good = asyncio.run(scenario())
+    print(f"the NaN request: {bad}")
+    assert isinstance(bad, DiTError) and "NaN or inf at step 1" in str(bad)
+    assert worst_difference(loaded, items("ddpm", 6, [1, 2], 1), good) <= GREY_LEVELS

@@ -102,5 +102,6 @@ def model_summary(manifest: Manifest, backend: str, settings) -> dict:
             "random_weights": manifest.random_weights, "checkpoint": manifest.checkpoint.source,
             "warning": RANDOM_WEIGHTS if manifest.random_weights else None,
             "max_batch": settings.max_batch, "max_images": settings.max_images, "replicas": settings.replicas,
+            "batching": settings.batching, "simulated_call_ms": settings.simulated_call_ms,
             "samplers": sampler_names(), "default_steps": {name: default_steps(name) for name in sampler_names()},
             "defaults": DEFAULTS}

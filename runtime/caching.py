@@ -49,19 +49,19 @@ class CachePolicy:
         return k < EDGE_CALLS or k >= total - EDGE_CALLS or (k - EDGE_CALLS) % self.every == 0
 
 
-def parse_cache(spec) -> CachePolicy | None:
+def parse_cache(spec, what: str = "--cache") -> CachePolicy | None:
     """"fora:3" / "forecast:3:2" / a CachePolicy / None -> CachePolicy or None; DiTError for another spelling."""
     if spec is None or isinstance(spec, CachePolicy):
         return spec
     found = re.fullmatch(r"\s*(fora):(\d+)\s*|\s*(forecast):(\d+):(\d+)\s*", str(spec))
     if not found:
-        raise DiTError(f"--cache {spec!r}: use {SPELLING}")
+        raise DiTError(f"{what} {spec!r}: use {SPELLING}")
     if found.group(1):
         policy = CachePolicy("fora", int(found.group(2)))
     else:
         policy = CachePolicy("forecast", int(found.group(4)), int(found.group(5)))
     if policy.every < 1 or (policy.kind == "forecast" and policy.order not in (1, 2)):
-        raise DiTError(f"--cache {spec!r}: use {SPELLING}")
+        raise DiTError(f"{what} {spec!r}: use {SPELLING}")
     return policy
 
 
@@ -102,11 +102,14 @@ class CachingDenoiser(Denoiser):
 
     stateful = True
 
-    def __init__(self, base: Denoiser, refresh, reuse, policy: CachePolicy):
-        """refresh(inputs) -> outputs and reuse(inputs) -> outputs take and give named tensors (run_named)."""
+    def __init__(self, base: Denoiser, refresh, reuse, policy: CachePolicy | None):
+        """refresh(inputs) -> outputs and reuse(inputs) -> outputs take and give named tensors (run_named).
+        policy: every trajectory's, unless its memory names its own ("policy": a CachePolicy, or None for none,
+        whose calls then go to the base denoiser: a service's requests choose theirs)."""
         self.base, self.refresh, self.reuse, self.policy = base, refresh, reuse, policy
         self.provenance, self.batch_range, self.device = base.provenance, base.batch_range, base.device
-        self.manifest, self.name = base.manifest, f"{base.name}, cache {policy.spec}"
+        self.manifest = base.manifest
+        self.name = f"{base.name}, cache {policy.spec}" if policy else f"{base.name}, cached steps per request"
         self.refreshed_rows = self.reused_rows = 0
 
     def __call__(self, x, t, y, cfg_scale):
@@ -116,8 +119,16 @@ class CachingDenoiser(Denoiser):
         """(eps, var_values) for each trajectory's next call."""
         asks = [self.ask(trajectory) for trajectory in trajectories]
         results = [None] * len(trajectories)
+        plain = [i for i, ask in enumerate(asks) if ask is None]
+        if plain:  # trajectories without a cache policy: the base denoiser, as an uncached step runs them
+            parts = [trajectories[i].model_inputs() for i in plain]
+            eps, var_values = self.base(*[join(list(column)) for column in zip(*parts)])
+            sizes = [len(trajectories[i]) for i in plain]
+            for i, eps_i, var_i in zip(plain, eps.split(sizes), [None] * len(sizes) if var_values is None
+                                       else var_values.split(sizes)):
+                results[i] = (eps_i, var_i)
         for refreshing in (True, False):
-            group = [(i, ask) for i, ask in enumerate(asks) if ask["refresh"] == refreshing]
+            group = [(i, ask) for i, ask in enumerate(asks) if ask is not None and ask["refresh"] == refreshing]
             if group:
                 for (i, ask), outputs in zip(group, self.run_group([ask for _, ask in group], refreshing)):
                     results[i] = (outputs["eps"], outputs.get("var_values"))
@@ -125,17 +136,23 @@ class CachingDenoiser(Denoiser):
                         self.keep(trajectories[i], ask, outputs)
         return results
 
-    def ask(self, trajectory) -> dict:
-        """The trajectory's next call: its inputs, guided rows, and whether it refreshes."""
+    def policy_of(self, trajectory) -> CachePolicy | None:
+        return trajectory.memory["policy"] if "policy" in trajectory.memory else self.policy
+
+    def ask(self, trajectory) -> dict | None:
+        """The trajectory's next call: its inputs, guided rows, and whether it refreshes; None without a policy."""
+        policy = self.policy_of(trajectory)
+        if policy is None:
+            return None
         x, t, y, cfg_scale = trajectory.model_inputs()
         guided = torch.nonzero(cfg_scale != 1).flatten()  # (U,): as every denoiser decides them
         memory = trajectory.memory
-        refresh = (self.policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or not memory.get("snapshots")
+        refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or not memory.get("snapshots")
                    or not torch.equal(memory["guided"], guided))
         ask = {"inputs": {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}, GUIDED: guided, "refresh": refresh}
         if not refresh:
             snapshots = memory["snapshots"]  # [(k, (features (n, ...), null_features (U, ...))), ...]
-            if self.policy.kind == "fora":
+            if policy.kind == "fora":
                 ask["features"] = snapshots[-1][1]
             else:
                 ask["features"] = tuple(forecast([(k, parts[i]) for k, parts in snapshots], trajectory.k)
@@ -166,7 +183,7 @@ class CachingDenoiser(Denoiser):
         features = (outputs["features"], outputs["null_features"])  # (n, depth, 2, T, D), (U, depth, 2, T, D)
         same_rows = "guided" in memory and torch.equal(memory["guided"], ask[GUIDED])
         kept = memory["snapshots"] if same_rows else []  # other guided rows: another layout, start again
-        memory["snapshots"] = (kept + [(trajectory.k, features)])[-self.policy.snapshots:]
+        memory["snapshots"] = (kept + [(trajectory.k, features)])[-self.policy_of(trajectory).snapshots:]
         memory["guided"] = ask[GUIDED]
 
     def close(self) -> None:
@@ -175,7 +192,8 @@ class CachingDenoiser(Denoiser):
 
 def cached_denoiser(denoiser: Denoiser, policy) -> CachingDenoiser:
     """The denoiser with cached steps: the PyTorch reference's own two forms, or the refresh and reuse graphs
-    its manifest names (exported with dit-export --cached-steps), loaded with the same backend and options."""
+    its manifest names (exported with dit-export --cached-steps), loaded with the same backend and options.
+    policy None: each trajectory names its own in its memory (a service's requests)."""
     from runtime.backends import load_denoiser
 
     policy = parse_cache(policy)

@@ -149,9 +149,10 @@ def run_here(path, flags: dict) -> None:
                          columns=flags["grid_columns"]) as output:
             write_samples(denoiser, plan, decoder, output)
     what = "latents" if decoder is None else "images"
+    extras = "".join(f", {key.replace('_', ' ')} {info[key]}" for key in ("guidance_interval", "cache") if key in info)
     click.echo(f"wrote {len(plan.labels)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
-               f"cfg {plan.cfg_scale:g}, seed {plan.seed}){' [' + info['Warning'] + ']' if 'Warning' in info else ''}",
-               err=True)
+               f"cfg {plan.cfg_scale:g}{extras}, seed {plan.seed})"
+               f"{' [' + info['Warning'] + ']' if 'Warning' in info else ''}", err=True)
 
 
 SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler: " \

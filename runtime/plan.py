@@ -29,7 +29,7 @@ MAX_SEED = 2**63 - 1  # per-sample seeding keys numpy's SeedSequence with (seed,
 # How each front end names a plan's fields in its messages: dit-run's flags (the default), dit-serve's JSON fields.
 CLI_NAMES = {"class": "--class", "num_samples": "--num-samples", "steps": "--steps", "cfg_scale": "--cfg-scale",
              "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler",
-             "guidance_interval": "--guidance-interval"}
+             "guidance_interval": "--guidance-interval", "cache": "--cache"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampl
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
     return Plan(None if classes is None else tuple(classes), num_samples, sampler, float(cfg_scale), seed, seeding,
                 batch_size, decoder, first_index, tuple(names.items()),
-                parse_interval(guidance_interval, names["guidance_interval"]), parse_cache(cache))
+                parse_interval(guidance_interval, names["guidance_interval"]), parse_cache(cache, names["cache"]))
 
 
 def parse_interval(value, what: str = "--guidance-interval") -> tuple[int, int] | None:

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException
 
 from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from runtime.backends import backend_for
+from runtime.caching import cached_denoiser
 from runtime.generate import load_with_decoder, sample_batch
 from runtime.images import png_bytes
 from runtime.sampling.noise import PerSampleNoise
@@ -118,6 +119,8 @@ class Generator:
         denoiser, self.decoder = load_with_decoder(settings.path, settings.backend, settings.vae,
                                                    device=settings.device, threads=settings.threads,
                                                    cuda_graphs=settings.cuda_graphs)
+        if denoiser.manifest.cached_steps:  # requests choose their own cache policy, or none
+            denoiser = cached_denoiser(denoiser, None)
         self.denoiser = ReplicaDenoiser(denoiser, settings.simulated_call_ms)
         self.replica = uuid.uuid4().hex[:8]
         facts = denoiser.provenance
@@ -155,9 +158,13 @@ class Generator:
         items = [item for item, _ in group]
         noise = PerSampleNoise([item.seed for item in items], [item.index for item in items], self.denoiser.device)
         first = self.denoiser.calls + 1
-        labels, images = sample_batch(self.denoiser, [item.label for item in items],
+        denoiser = self.denoiser
+        if items[0].cache:  # one policy for the group (it is part of the schedule)
+            denoiser = ReplicaDenoiser(cached_denoiser(self.denoiser.inner.base, items[0].cache))
+        labels, images = sample_batch(denoiser, [item.label for item in items],
                                       sampler_from_name(items[0].sampler, items[0].steps), noise,
-                                      [item.cfg_scale for item in items], self.decoder)
+                                      [item.cfg_scale for item in items], self.decoder,
+                                      guidance_interval=items[0].guidance_interval)
         return [Made(png_bytes(image, self.metadata), int(label), len(items),
                      Calls(self.replica, arrived, first, self.denoiser.calls))
                 for image, label, (_, arrived) in zip(images, labels, group)]
@@ -171,7 +178,7 @@ class Frontend:
     def __init__(self, generator, settings: Settings):
         self.generator, self.settings = generator, settings
         manifest = read_manifest(settings.path)
-        self.model = Model.from_manifest(manifest, settings.max_images)
+        self.model = Model.from_manifest(manifest, settings.max_images, settings.guidance_interval, settings.cache)
         self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
         self.random_weights = manifest.random_weights
         self.page_html = PAGE.read_text(encoding="utf-8")
@@ -220,12 +227,15 @@ class Frontend:
         self.admit(request)
         wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
         sampler = wanted.sampler
-        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale)
-                 for index, label in enumerate(wanted.labels)]
+        cache = wanted.cache.spec if wanted.cache else None
+        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale,
+                      wanted.guidance_interval, cache) for index, label in enumerate(wanted.labels)]
         made = await self.make_all(items)
         return {"images": [base64.b64encode(image.png).decode("ascii") for image in made],
                 "labels": [image.label for image in made], "seed": wanted.seed, "sampler": sampler.name,
-                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale, "model": self.model.name,
+                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale,
+                "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
+                "cache": cache, "model": self.model.name,
                 "image_size": self.summary["image_size"], "random_weights": self.random_weights,
                 "batch_sizes": [image.batch_size for image in made],
                 "denoiser_calls": [image.calls.to_dict() for image in made]}

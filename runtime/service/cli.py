@@ -28,6 +28,8 @@ from dit_ref.machine.cpu import physical_cores
 from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
+from runtime.caching import NO_PAIR, parse_cache
+from runtime.plan import parse_interval
 from runtime.vae import load_decoder
 
 log = logging.getLogger("dit-serve")
@@ -51,6 +53,9 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):  # (the service has no --vae none to offer)
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     load_decoder(vae, manifest.decoder, manifest.latent_channels)  # offline without a local VAE: fail now
+    parse_interval(options.get("guidance_interval"))
+    if parse_cache(options.get("cache")) and not manifest.cached_steps:
+        raise DiTError(f"--cache: {NO_PAIR}")
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
 
@@ -201,6 +206,10 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
               help="Generator replicas, each holding the denoiser (one per GPU where there are GPUs).")
 @click.option("--max-batch", type=click.IntRange(min=1), help="Images per denoiser batch, at most (default: the "
               "manifest's opt batch; within its range). 1 turns batching off.")
+@click.option("--guidance-interval", metavar="LO:HI", help="Requests' default guidance interval (timesteps guided; "
+              "a request's own guidance_interval wins). Default: every step.")
+@click.option("--cache", metavar="POLICY", help="Requests' default cache policy (fora:N, forecast:N:ORDER; a graph "
+              "exported with --cached-steps). Default: none.")
 @click.option("--batching", type=click.Choice(["step", "request"]), default="step", show_default=True,
               help="step: before every denoiser call waiting images join the running ones (any sampler, steps, "
               "cfg), and each is answered when done; request: a gathered batch runs to its end first.")
@@ -229,14 +238,16 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
               "ray://HOST:PORT) instead of starting a private local instance.")
 @click.option("--verbose", is_flag=True, help="Show Ray's and Serve's own logs.")
 def serve(engine_or_graph, host, port, replicas, max_batch, batching, batch_wait_ms, simulated_call_ms, max_images,
-          queue_size, vae, backend, device, threads, gpus_per_replica, cuda_graphs, api_key, ray_address, verbose):
+          queue_size, guidance_interval, cache, vae, backend, device, threads, gpus_per_replica, cuda_graphs, api_key,
+          ray_address, verbose):
     """Serve DiT images from ENGINE_OR_GRAPH (.plan or .onnx) over HTTP: POST /v1/generate, GET /v1/health,
     GET /v1/model, GET /v1/classes, and a page at /."""
     check_exposure(host, api_key)
     settings, manifest = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
                                  gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
                                  batching=batching, batch_wait_ms=batch_wait_ms, simulated_call_ms=simulated_call_ms,
-                                 max_images=max_images, queue_size=queue_size, api_key_sha256=key_digest(api_key))
+                                 max_images=max_images, queue_size=queue_size, guidance_interval=guidance_interval,
+                                 cache=cache, api_key_sha256=key_digest(api_key))
     check_port(host, port)
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)

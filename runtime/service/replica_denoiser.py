@@ -26,6 +26,16 @@ class ReplicaDenoiser:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    @property
+    def stateful(self) -> bool:
+        return getattr(self.inner, "stateful", False)
+
+    def call_trajectories(self, trajectories) -> list:
+        """A caching denoiser's step (runtime.caching), counted; its calls are not padded (graphs of batch
+        minimum 1, the default)."""
+        self.calls += 1
+        return self.inner.call_trajectories(trajectories)
+
     def __call__(self, x, t, y, cfg_scale):
         """(x, t, y, cfg_scale) with n rows -> (eps, var_values) with n rows; the call is padded with copies of
         row 0 up to the graph's minimum batch."""

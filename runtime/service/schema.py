@@ -42,6 +42,8 @@ class GenerateAnswer(BaseModel):
     sampler: str
     steps: int
     cfg_scale: float
+    guidance_interval: list[int] | None = Field(description="The timesteps [LO, HI] guided; null: every step.")
+    cache: str | None = Field(description="The cache policy the images were made with; null: none.")
     model: str
     image_size: int
     random_weights: bool = Field(description="True: the model has random weights; the images are noise.")
@@ -79,6 +81,8 @@ class Defaults(BaseModel):
     sampler: str
     steps: int | None = Field(description="null: the sampler's own (default_steps).")
     cfg_scale: float
+    guidance_interval: str | None = Field(description="The service's (dit-serve --guidance-interval); null: all steps.")
+    cache: str | None = Field(description="The service's (dit-serve --cache); null: no cached steps.")
 
 
 class ModelInfo(BaseModel):
@@ -145,6 +149,12 @@ def generate_request_model(num_classes: int, max_images: int, named: bool) -> ty
         steps=(int | None, Field(DEFAULTS["steps"], ge=1, le=NUM_TIMESTEPS, description="null: the sampler's own "
                                  "(GET /v1/model's default_steps).")),
         cfg_scale=(float, Field(DEFAULTS["cfg_scale"], description="Guidance scale, a finite number.")),
+        guidance_interval=(list[Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)]] | str | None, Field(
+            None, description="Guide only the steps whose timestep t (0..999) has LO <= t <= HI: [LO, HI] or "
+                              "\"LO:HI\" (docs/sampling.md); null: the service's default.")),
+        cache=(str | None, Field(None, pattern=r"^(fora:\d+|forecast:\d+:[12])$", description="Cached steps: "
+                                 "fora:N or forecast:N:ORDER (a graph exported with --cached-steps); null: the "
+                                 "service's default.")),
     )
 
 

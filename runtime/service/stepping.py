@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from runtime.caching import parse_cache
 from runtime.images import png_bytes
 from runtime.sampling import FiniteWatch, Trajectory, sampler_from_name, step
 from runtime.sampling.noise import PerSampleNoise
@@ -42,11 +43,14 @@ class Item:
     sampler: str
     steps: int
     cfg_scale: float
+    guidance_interval: tuple[int, int] | None = None  # the request's (runtime.plan)
+    cache: str | None = None  # the request's cache policy spec (runtime.caching), None: none
 
     @property
     def schedule(self) -> tuple:
-        """What images must share to be one trajectory (the timesteps and the sampler's state)."""
-        return self.sampler, self.steps
+        """What images must share to be one trajectory (the timesteps and the sampler's state, the guidance
+        interval, the cache policy: a trajectory's features are cached together)."""
+        return self.sampler, self.steps, self.guidance_interval or (), self.cache or ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,9 @@ class StepBatcher:
         x, y = noise.draw_batch([item.label for item in items], provenance.latent_shape, provenance.num_classes)
         scale = torch.tensor([item.cfg_scale for item in items], dtype=torch.float32, device=device)  # (n,)
         sampler = sampler_from_name(items[0].sampler, items[0].steps)
-        trajectory = sampler.begin(x, y, scale, noise, backend=self.denoiser.name)
+        trajectory = sampler.begin(x, y, scale, noise, backend=self.denoiser.name,
+                                   guidance_interval=items[0].guidance_interval)
+        trajectory.memory["policy"] = parse_cache(items[0].cache)  # read by a caching replica denoiser
         # NaN or inf is told by result(), for this trajectory alone, never from the middle of a shared step.
         trajectory.watch = FiniteWatch(device, sampler.timesteps, self.denoiser.name, check_every=sys.maxsize,
                                        eager=False)

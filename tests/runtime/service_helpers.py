@@ -29,12 +29,16 @@ def read_pngs(directory: Path) -> list[np.ndarray]:
     return [decode_png(base64.b64encode(path.read_bytes()).decode()) for path in sorted(directory.glob("*.png"))]
 
 
-def dit_run_images(graph, labels, seed, tmp_path, sampler="ddim", steps=STEPS, cfg_scale=4.0) -> list[np.ndarray]:
+def dit_run_images(graph, labels, seed, tmp_path, sampler="ddim", steps=STEPS, cfg_scale=4.0, guidance_interval=None,
+                   cache=None) -> list[np.ndarray]:
     """dit-run's per-sample samples for these labels, read back from its one-PNG-per-sample directory."""
-    out = tmp_path / f"dit-run-seed{seed}-cfg{round(cfg_scale * 100)}"  # no dot: a suffix would name a file
+    tag = f"{guidance_interval or ''}{cache or ''}".replace(":", "-")
+    out = tmp_path / f"dit-run-seed{seed}-cfg{round(cfg_scale * 100)}{tag}"  # no dot: a suffix would name a file
     argv = [str(graph), "--class", ",".join(map(str, labels)), "--seed", str(seed), "--seeding", "per-sample",
             "--sampler", sampler, "--steps", str(steps), "--cfg-scale", str(cfg_scale), "--threads", "1",
             "--out", str(out)]
+    argv += ["--guidance-interval", guidance_interval] if guidance_interval else []
+    argv += ["--cache", cache] if cache else []
     with pytest.raises(SystemExit) as exited:
         dit_run_cli.main(argv)
     assert exited.value.code == 0
@@ -45,7 +49,7 @@ def assert_equal_to_dit_run(asked: dict, answer: dict, graph, tmp_path) -> int:
     """The answer's images against dit-run's for what was asked; returns the largest difference in grey levels."""
     assert answer["labels"] == asked["class_labels"] and answer["seed"] == asked["seed"]
     expected = dit_run_images(graph, asked["class_labels"], asked["seed"], tmp_path, asked["sampler"], asked["steps"],
-                              asked["cfg_scale"])
+                              asked["cfg_scale"], asked.get("guidance_interval"), asked.get("cache"))
     got = [decode_png(image) for image in answer["images"]]
     assert [image.shape for image in got] == [image.shape for image in expected] == [(28, 28, 1)] * len(got)
     worst = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, expected))

@@ -24,10 +24,16 @@ MAX_BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def server(fashion_graph):
-    server = Server(fashion_graph, "--max-batch", str(MAX_BATCH))
+def server(fashion_cached_graph):
+    server = Server(fashion_cached_graph, "--max-batch", str(MAX_BATCH))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def fashion_graph(fashion_cached_graph):
+    """This file's service runs the graph with its cached-steps pair (which dit-run compares with)."""
+    return fashion_cached_graph
 
 
 def ask(sampler, steps, labels, seed, cfg_scale=4.0) -> dict:
@@ -157,3 +163,25 @@ def test_request_level_batching_is_kept_for_comparison(fashion_graph, tmp_path):
         assert_equal_to_dit_run(short, short_answer, fashion_graph, tmp_path)
     finally:
         assert legacy.stop() == 0
+
+
+def test_a_guidance_interval_and_a_cache_policy_travel_with_their_requests(server, fashion_graph, tmp_path):
+    """Requests with an interval, a cache policy, both and neither, sent together: they share denoiser calls
+    (a replica's cached steps go per trajectory), and each equals dit-run with the same options."""
+    asked = [{**ask("ddim", 12, [3, 4], 5), "guidance_interval": [200, 700]},
+             {**ask("ddim", 12, [5], 6), "cache": "fora:2"},
+             {**ask("ddim", 12, [6], 7), "guidance_interval": "82:468", "cache": "forecast:3:2"},
+             ask("ddim", 12, [7], 8)]
+    with concurrent.futures.ThreadPoolExecutor(len(asked)) as pool:
+        answers = list(pool.map(lambda fields: server.generate(**fields), asked))
+    assert all(status == 200 for status, _ in answers), answers
+    answers = [answer for _, answer in answers]
+    assert answers[0]["guidance_interval"] == [200, 700] and answers[1]["cache"] == "fora:2"
+    assert answers[2]["guidance_interval"] == [82, 468] and answers[3]["cache"] is None
+    calls = [answer["denoiser_calls"][0] for answer in answers]
+    print(f"denoiser calls per request: {calls}")
+    assert any(shared_calls(a, b) > 0 for a, b in zip(calls, calls[1:]))  # they met in one call at least
+    for fields, answer in zip(asked, answers):
+        fields = {**fields, "guidance_interval": "{}:{}".format(*answer["guidance_interval"])
+                  if answer["guidance_interval"] else None}
+        assert_equal_to_dit_run(fields, answer, fashion_graph, tmp_path)

@@ -75,8 +75,8 @@ def set_verbosity(verbose: bool) -> None:
               "float32 I/O and float32 islands), int8 or fp8 (Q/DQ graphs, calibrated on sampling runs).")
 @click.option("--fp16", is_flag=True, help="Short for --precision fp16.")
 @click.option("--exclusion-limit", type=click.FloatRange(min=0), help="int8/fp8: a layer kind whose own "
-              f"quantization moves the samples by more than this (relative RMS) stays float (default "
-              f"{EXCLUSION_LIMIT:g}).")
+              f"quantization moves the samples by more than this (relative RMS) stays float (default: "
+              f"{', '.join(f'{p} {limit:g}' for p, limit in EXCLUSION_LIMIT.items())}).")
 @click.option("--cached-steps", is_flag=True, help="Also export the refresh and reuse graphs of cached steps "
               "(every block's attention and MLP outputs given, then taken: dit-run --cache fora:N).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "

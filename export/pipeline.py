@@ -193,7 +193,7 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
     from export.calibration import starts, trajectory_inputs
     from export.onnx_export import export_onnx, graph_file_name, graph_manifest, save_file
 
-    limit = quantize.EXCLUSION_LIMIT if exclusion_limit is None else exclusion_limit
+    limit = quantize.EXCLUSION_LIMIT[precision] if exclusion_limit is None else exclusion_limit
     with stage("calib", f"{calibration.inputs} inputs along {calibration.trajectories} DDIM-{calibration.steps} "
                         f"runs of the float32 reference, cfg {'/'.join(f'{s:g}' for s in calibration.cfg_scales)}"):
         feeds = trajectory_inputs(dit, cfg_channels, calibration)

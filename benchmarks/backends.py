@@ -1,9 +1,10 @@
 """The benchmarked settings, named as the runtime names its backends, and why one cannot run here.
 
 A setting is a registry backend (runtime.backends.BACKENDS) with options: "torch-fp16" is the torch
-backend in float16, "onnxruntime-fp16" ONNX Runtime on the FP16 graph. `skip_reason` says in one
-line why it cannot run here (or None), `prepare` makes the graph or engine it needs once with
-export.export(), and `make_denoiser` loads it through runtime.backends.load_denoiser.
+backend in float16, "onnxruntime-fp16" ONNX Runtime on the FP16 graph, "openvino-bf16-compute"
+OpenVINO on the FP32 graph with its own bfloat16 compute. `skip_reason` says in one line why it
+cannot run here (or None), `prepare` makes the graph or engine it needs once with export.export(),
+and `make_denoiser` loads it through runtime.backends.load_denoiser.
 """
 
 import importlib.util
@@ -13,7 +14,9 @@ from pathlib import Path
 import torch
 
 from dit_ref.contract import BatchRange
+from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import cpu_has
+from dit_ref.machine.openvino_stack import import_openvino
 
 
 @dataclass(frozen=True)
@@ -21,16 +24,25 @@ class Setting:
     backend: str  # a runtime.backends.BACKENDS name
     description: str
     options: dict = field(default_factory=dict)  # load_denoiser options
-    precision: str | None = None  # the graph it runs ("fp32"/"fp16"), None for the PyTorch reference
+    precision: str | None = None  # the graph it runs (an export precision), None for the PyTorch reference
+    compute: str = "fp32"  # what its matmuls compute in on a CPU: bf16 and int8 are also held against the bf16 peak
 
 
 SETTINGS = {
     "torch": Setting("torch", "PyTorch eager, float32 (the baseline)"),
-    "torch-fp16": Setting("torch", "PyTorch eager, float16 (float32 islands kept)", {"dtype": "float16"}),
-    "torch-bf16": Setting("torch", "PyTorch eager, bfloat16 (float32 islands kept)", {"dtype": "bfloat16"}),
+    "torch-fp16": Setting("torch", "PyTorch eager, float16 (float32 islands kept)", {"dtype": "float16"}, None, "fp16"),
+    "torch-bf16": Setting("torch", "PyTorch eager, bfloat16 (float32 islands kept)", {"dtype": "bfloat16"}, None, "bf16"),
     "torch-compile": Setting("torch", "torch.compile of the guided forward, float32", {"compile": True}),
     "onnxruntime": Setting("onnxruntime", "ONNX Runtime, FP32 graph", precision="fp32"),
     "onnxruntime-fp16": Setting("onnxruntime", "ONNX Runtime, FP16-typed graph", precision="fp16"),
+    "onnxruntime-int8": Setting("onnxruntime", "ONNX Runtime, INT8 Q/DQ graph", precision="int8", compute="int8"),
+    "openvino": Setting("openvino", "OpenVINO, FP32 graph, float32 inference", precision="fp32"),
+    "openvino-fp16": Setting("openvino", "OpenVINO, FP16-typed graph, float32 inference", precision="fp16"),
+    "openvino-bf16": Setting("openvino", "OpenVINO, BF16-typed graph, float32 inference (float32 islands kept)",
+                             precision="bf16", compute="bf16"),
+    "openvino-bf16-compute": Setting("openvino", "OpenVINO, FP32 graph, its own bfloat16 compute (islands dropped)",
+                                     {"dtype": "bfloat16"}, "fp32", "bf16"),
+    "openvino-int8": Setting("openvino", "OpenVINO, INT8 Q/DQ graph", precision="int8", compute="int8"),
     "tensorrt": Setting("tensorrt", "TensorRT engine from the FP16 graph", precision="fp16"),
 }
 BACKENDS = {name: setting.description for name, setting in SETTINGS.items()}
@@ -53,10 +65,28 @@ def skip_reason(name: str) -> str | None:
         return "this GPU does not support bfloat16 (needs Ampere or newer)"
     if name == "torch-compile" and importlib.util.find_spec("triton") is None and on_gpu:
         return "torch.compile needs triton on a GPU"
+    backend = SETTINGS[name].backend
+    if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        return "ONNX Runtime is not installed: pip install -e '.[cpu]'"
+    if backend == "openvino":
+        return openvino_reason(name, on_gpu)
     if name == "tensorrt":
         from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
 
         return engine_unavailable_reason()
+    return None
+
+
+def openvino_reason(name: str, on_gpu: bool) -> str | None:
+    """Why an OpenVINO setting cannot run here: OpenVINO missing, a GPU run, bf16 compute without bf16 units."""
+    try:
+        import_openvino()
+    except DiTError as error:
+        return str(error)
+    if on_gpu:
+        return "OpenVINO runs on the CPU and this run measures the GPU; run it on a machine without CUDA"
+    if SETTINGS[name].options.get("dtype") == "bfloat16" and not cpu_has("avx512_bf16", "amx_bf16"):
+        return "this CPU has no bfloat16 units (avx512_bf16 / amx_bf16): OpenVINO would emulate bfloat16 compute"
     return None
 
 
@@ -87,15 +117,14 @@ def prepare(name: str, model: str, image_size: int, batch: BatchRange, work_dir:
     return wanted
 
 
-def make_denoiser(name: str, model: str, image_size: int, artifact: str | None):
-    """The denoiser to time, on this machine's device."""
+def make_denoiser(name: str, model: str, image_size: int, artifact: str | None, threads: int | None = None):
+    """The denoiser to time, on this machine's device (with `threads` CPU threads when given)."""
     from runtime.backends import load_denoiser
 
     setting = SETTINGS[name]
+    options = dict(setting.options, **({"threads": threads} if threads else {}))
     if artifact is not None:
-        options = dict(setting.options)
         if setting.backend == "onnxruntime" and device().type == "cuda":
             options["device"] = "cuda"  # on a GPU machine: CUDA, or the one-line reason it cannot (never CPU quietly)
         return load_denoiser(artifact, setting.backend, **options)
-    return load_denoiser(None, "torch", device=device(), model=model, image_size=image_size, random_init=0,
-                         **setting.options)
+    return load_denoiser(None, "torch", device=device(), model=model, image_size=image_size, random_init=0, **options)

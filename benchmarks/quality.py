@@ -53,20 +53,60 @@ class Setting:
     options: dict = field(default_factory=dict)  # runtime.generate.generate(**), e.g. a guidance interval
 
 
-# The deployed path (ONNX Runtime on the FP16 graph) under every sampler and guidance scale, and the
-# FP32 graph and the PyTorch reference at sample.py's setting (DDPM 250, cfg 4) to compare against.
-# Names: backend[-variant]-<sampler><steps>[-cfg<scale> when not 4][-<option>].
+# The FP32 reference and the paths deployed before the precision, guidance-interval and cached-steps work
+# (ONNX Runtime on the FP16 graph: the demo; on the FP32 graph at DDIM 50), then every precision, interval
+# and cache policy on the frontier. Names: backend[-precision]-<sampler><steps>[-cfg<scale> when not 4]
+# [-gi<LO>-<HI>][-<cache policy>]. OpenVINO computes in float32 unless a setting says bf16compute.
+BF16_COMPUTE = {"dtype": "bfloat16"}  # OpenVINO's own bfloat16 compute (its default on a CPU with bf16 units)
+PAPER_INTERVAL = "82:468"  # Kynkaenniemi et al. 2024's EDM2 interval sigma (0.28, 2.9] on DiT's schedule
+
+
+def row(name, backend, precision, sampler, steps, cfg=4.0, load=None, **options) -> Setting:
+    return Setting(name, backend, precision, sampler, steps, cfg, load or {}, options)
+
+
 SETTINGS = {setting.name: setting for setting in (
-    Setting("torch-ddpm250", "torch", "fp32", "ddpm", 250, 4.0),
-    Setting("onnxruntime-ddpm250", "onnxruntime", "fp32", "ddpm", 250, 4.0),
-    Setting("onnxruntime-fp16-ddpm250-cfg1", "onnxruntime", "fp16", "ddpm", 250, 1.0),
-    Setting("onnxruntime-fp16-ddpm250-cfg1.5", "onnxruntime", "fp16", "ddpm", 250, 1.5),
-    Setting("onnxruntime-fp16-ddpm250", "onnxruntime", "fp16", "ddpm", 250, 4.0),
-    Setting("onnxruntime-fp16-ddpm50", "onnxruntime", "fp16", "ddpm", 50, 4.0),
-    Setting("onnxruntime-fp16-ddim50", "onnxruntime", "fp16", "ddim", 50, 4.0),
-    Setting("onnxruntime-fp16-ddim25", "onnxruntime", "fp16", "ddim", 25, 4.0),
-    Setting("onnxruntime-fp16-ddim25-cfg1.5", "onnxruntime", "fp16", "ddim", 25, 1.5),
-    Setting("onnxruntime-fp16-dpm++20", "onnxruntime", "fp16", "dpm++", 20, 4.0),
+    row("torch-ddpm250", "torch", "fp32", "ddpm", 250),
+    row("onnxruntime-ddpm250", "onnxruntime", "fp32", "ddpm", 250),
+    row("onnxruntime-fp16-ddpm250-cfg1", "onnxruntime", "fp16", "ddpm", 250, 1.0),
+    row("onnxruntime-fp16-ddpm250-cfg1.5", "onnxruntime", "fp16", "ddpm", 250, 1.5),
+    row("onnxruntime-fp16-ddpm250", "onnxruntime", "fp16", "ddpm", 250),
+    row("onnxruntime-fp16-ddpm50", "onnxruntime", "fp16", "ddpm", 50),
+    row("onnxruntime-fp16-ddim50", "onnxruntime", "fp16", "ddim", 50),
+    row("onnxruntime-fp16-ddim25", "onnxruntime", "fp16", "ddim", 25),
+    row("onnxruntime-fp16-ddim25-cfg1.5", "onnxruntime", "fp16", "ddim", 25, 1.5),
+    row("onnxruntime-fp16-dpm++20", "onnxruntime", "fp16", "dpm++", 20),
+    # precisions
+    row("onnxruntime-ddim50", "onnxruntime", "fp32", "ddim", 50),
+    row("openvino-ddim50", "openvino", "fp32", "ddim", 50),
+    row("openvino-fp16-ddpm250", "openvino", "fp16", "ddpm", 250),
+    row("openvino-fp16-ddim50", "openvino", "fp16", "ddim", 50),
+    row("openvino-bf16-ddpm250", "openvino", "bf16", "ddpm", 250),
+    row("openvino-bf16-ddim50", "openvino", "bf16", "ddim", 50),
+    row("openvino-bf16compute-ddpm250", "openvino", "fp32", "ddpm", 250, load=BF16_COMPUTE),
+    row("openvino-bf16compute-ddim50", "openvino", "fp32", "ddim", 50, load=BF16_COMPUTE),
+    row("onnxruntime-int8-ddim50", "onnxruntime", "int8", "ddim", 50),
+    row("openvino-int8-ddim50", "openvino", "int8", "ddim", 50),
+    row("onnxruntime-fp8-ddim50", "onnxruntime", "fp8", "ddim", 50),
+    # guidance intervals (timesteps LO:HI guided; docs/sampling.md)
+    row("openvino-ddpm250-gi82-468", "openvino", "fp32", "ddpm", 250, guidance_interval=PAPER_INTERVAL),
+    row("openvino-ddim50-gi82-468", "openvino", "fp32", "ddim", 50, guidance_interval=PAPER_INTERVAL),
+    row("openvino-ddim50-gi0-600", "openvino", "fp32", "ddim", 50, guidance_interval="0:600"),
+    row("openvino-ddim50-gi200-800", "openvino", "fp32", "ddim", 50, guidance_interval="200:800"),
+    row("openvino-ddim50-gi400-999", "openvino", "fp32", "ddim", 50, guidance_interval="400:999"),
+    # cached steps
+    row("openvino-ddpm250-fora3", "openvino", "fp32", "ddpm", 250, cache="fora:3"),
+    row("openvino-ddim50-fora2", "openvino", "fp32", "ddim", 50, cache="fora:2"),
+    row("openvino-ddim50-fora3", "openvino", "fp32", "ddim", 50, cache="fora:3"),
+    row("openvino-ddim50-forecast3-2", "openvino", "fp32", "ddim", 50, cache="forecast:3:2"),
+    row("openvino-dpm++20", "openvino", "fp32", "dpm++", 20),
+    row("openvino-dpm++20-fora2", "openvino", "fp32", "dpm++", 20, cache="fora:2"),
+    row("openvino-dpm++20-forecast3-2", "openvino", "fp32", "dpm++", 20, cache="forecast:3:2"),
+    # everything at once: the fastest precision that holds accuracy, the paper's interval, a cache policy
+    row("openvino-bf16-ddim50-gi82-468-fora3", "openvino", "bf16", "ddim", 50, guidance_interval=PAPER_INTERVAL,
+        cache="fora:3"),
+    row("openvino-bf16-ddpm250-gi82-468-fora3", "openvino", "bf16", "ddpm", 250, guidance_interval=PAPER_INTERVAL,
+        cache="fora:3"),
 )}
 
 # generate() arguments a setting may not override: they are what makes the rows comparable.
@@ -162,7 +202,9 @@ def artifact(setting: Setting, work_dir: Path) -> Path | None:
     wanted = graph.with_suffix(".plan") if setting.backend == "tensorrt" else graph
     if not wanted.exists():
         engine = "required" if setting.backend == "tensorrt" else "skip"
-        result = export(MODEL, ckpt="auto", precision=setting.precision, out=work_dir, engine=engine)
+        cached_steps = setting.precision in ("fp32", "fp16", "bf16")  # the cache rows need the pair beside it
+        result = export(MODEL, ckpt="auto", precision=setting.precision, out=work_dir, engine=engine,
+                        cached_steps=cached_steps)
         wanted = result.engine if setting.backend == "tensorrt" else result.graph
     return wanted
 

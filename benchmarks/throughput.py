@@ -7,7 +7,10 @@ Per backend, model and batch: ms per denoising step (one guided call over the do
 median and p90 over --repeats after --warmup, CUDA-synchronised on a GPU), images per second for
 a full DDPM run of --steps steps, the runtime's own overhead per step (the full run's time per step
 minus the denoiser's), peak memory, and the speed-up over PyTorch eager float32 (the headline).
-On a GPU also the achieved TFLOP/s and the fraction of the GPU's dense FP16 peak.
+On a GPU also the achieved TFLOP/s and the fraction of the GPU's dense FP16 peak. On a CPU the
+achieved GFLOP/s and its fraction of the large-GEMM peaks measured in the same run, with the same
+threads, by OpenVINO (oneDNN): the fp32 peak for every setting, the bf16 peak too for those that
+compute in bf16 or int8.
 
 Each measurement runs in a fresh process, so peak memory is that backend's alone and a backend
 that crashes cannot take the others with it. Weights are random (seed 0): speed does not depend
@@ -28,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks import backends  # noqa: E402
 from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
+from dit_ref.machine.cpu import physical_cores  # noqa: E402
 
-DEFAULT_BACKENDS = "torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxruntime-fp16,tensorrt"
+DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxruntime-fp16,onnxruntime-int8,openvino,"
+                    "openvino-fp16,openvino-bf16,openvino-bf16-compute,openvino-int8,tensorrt")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,23 +48,35 @@ DEFAULT_BACKENDS = "torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxru
 @click.option("--warmup", default=3, show_default=True, help="Untimed calls first (compilation, caches).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path.home() / ".cache/dit-deploy/benchmarks",
               show_default=True, help="Where graphs and engines are made once and reused.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads of every setting and of the GEMM peak "
+              "[default: this machine's physical cores]")
+@click.option("--gemm-size", default=2048, show_default=True, type=click.IntRange(min=16),
+              help="n of the n x n x n MatMul whose speed is the CPU's GEMM peak.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write one record per measurement.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Plot images/s by batch (PNG).")
-def main(models, image_size, batches, backend_list, steps, repeats, warmup, work_dir, json_path, plot_path):
+def main(models, image_size, batches, backend_list, steps, repeats, warmup, work_dir, threads, gemm_size,
+         json_path, plot_path):
     """Measure every backend on this machine and print them side by side."""
     try:
         image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
         chosen = [name.strip() for name in backend_list.split(",") if name.strip()]
         if "torch" not in chosen:
             chosen.insert(0, "torch")  # the baseline every ratio is taken against
+        on_cpu = backends.device().type == "cpu"
+        threads = (threads or physical_cores()) if on_cpu else None
+        peaks = measure_gemm_peaks(gemm_size, threads) if on_cpu else None  # again after the settings: the higher
         records = []
         for model in [name.strip() for name in models.split(",")]:
-            settings = dict(model=model, image_size=image_size, steps=steps, repeats=repeats, warmup=warmup)
+            settings = dict(model=model, image_size=image_size, steps=steps, repeats=repeats, warmup=warmup,
+                            threads=threads)
             records += run_model(settings, chosen, batch_sizes, work_dir)
         add_ratios(records)
-        print_report(records)
+        if peaks is not None:
+            peaks = higher_peaks(peaks, measure_gemm_peaks(gemm_size, threads))
+            add_peak_fractions(records, peaks)
+        print_report(records, peaks)
         if json_path:
-            write_json(json_path, records)
+            write_json(json_path, records, peaks)
         if plot_path:
             plot(records, plot_path)
     except DiTError as error:
@@ -100,6 +117,25 @@ def run_model(settings: dict, chosen: list[str], batch_sizes: list[int], work_di
     return records
 
 
+def measure_gemm_peaks(size: int, threads: int) -> dict:
+    """The CPU's fp32 (and bf16) large-GEMM peaks in GFLOP/s, in a fresh process; {"skipped": why} without OpenVINO."""
+    reason = backends.openvino_reason("openvino", on_gpu=False)
+    if reason is not None:
+        return {"skipped": reason}
+    click.echo(f"measuring the GEMM peaks ({size}^3 MatMul, {threads} threads) ...", err=True)
+    return run_worker({"gemm_peaks": size, "threads": threads})
+
+
+def higher_peaks(before: dict, after: dict) -> dict:
+    """The higher of two GEMM-peak measurements, each precision on its own (another process's load on a
+    shared machine can only lower a peak); both kept in "runs"."""
+    if "skipped" in before or "skipped" in after:
+        return after if "skipped" in before else before
+    best = {key: max((value for value in (before[key], after[key]) if value is not None), default=None)
+            for key in ("fp32", "bf16")}
+    return {**before, **best, "runs": [before, after]}
+
+
 def run_worker(spec: dict) -> dict:
     """One measurement in a fresh Python process; its last stdout line is the JSON record."""
     command = [sys.executable, "-m", "benchmarks.measure", json.dumps(spec)]
@@ -123,37 +159,69 @@ def add_ratios(records: list[dict]) -> None:
         record["ratio_vs_torch"] = torch_record["ms_per_step_median"] / record["ms_per_step_median"]
 
 
+def add_peak_fractions(records: list[dict], peaks: dict) -> None:
+    """percent_of_fp32_peak: a CPU record's GFLOP/s over the fp32 GEMM peak; percent_of_bf16_peak: over the
+    bf16 one, for the settings that compute in bf16 or int8 (None elsewhere, or where a peak is missing)."""
+    for record in records:
+        gflops, setting = record.get("gflops"), backends.SETTINGS.get(record["backend"])
+        fp32, bf16 = peaks.get("fp32"), peaks.get("bf16")
+        low_precision = setting is not None and setting.compute in ("bf16", "int8")
+        record["percent_of_fp32_peak"] = 100 * gflops / fp32 if gflops and fp32 else None
+        record["percent_of_bf16_peak"] = 100 * gflops / bf16 if gflops and bf16 and low_precision else None
+
+
 COLUMNS = [  # (header, key, format)
     ("backend", "backend", "{}"), ("model", "model", "{}"), ("batch", "batch", "{}"),
     ("ms/step med", "ms_per_step_median", "{:.1f}"), ("p90", "ms_per_step_p90", "{:.1f}"),
     ("img/s", "images_per_s", "{:.3f}"), ("overhead ms/step", "overhead_ms_per_step", "{:.2f}"),
     ("overhead %", "overhead_percent", "{:.1f}"), ("peak MB", "peak_mem_mb", "{:.0f}"),
-    ("vs torch", "ratio_vs_torch", "{:.2f}x"), ("TFLOP/s", "tflops", "{:.1f}"), ("% peak", "percent_of_peak", "{:.1f}"),
+    ("vs torch", "ratio_vs_torch", "{:.2f}x"),
 ]
+GPU_COLUMNS = [("TFLOP/s", "tflops", "{:.1f}"), ("% peak", "percent_of_peak", "{:.1f}")]
+CPU_COLUMNS = [("GFLOP/s", "gflops", "{:.1f}"), ("% fp32 peak", "percent_of_fp32_peak", "{:.1f}"),
+               ("% bf16 peak", "percent_of_bf16_peak", "{:.1f}")]
 
 
-def print_report(records: list[dict]) -> None:
-    """A readable table: measured rows, then skipped backends with their reasons."""
+def print_report(records: list[dict], peaks: dict | None = None) -> None:
+    """A readable table: the machine (and its GEMM peaks), measured rows, then skipped backends with their reasons."""
     measured = [r for r in records if "skipped" not in r]
+    on_gpu = bool(measured) and measured[0]["device"] == "cuda"
     if measured:
         first = measured[0]
         click.echo(f"\n{first['device_name']} ({first['device']}), {date.today()}, torch {first['torch']}, "
                    f"{first['image_size']} px, {first['steps']} DDPM steps per full run, random weights")
-    rows = [[header for header, _, _ in COLUMNS]]
+    if peaks is not None:
+        click.echo(peaks_line(peaks))
+    columns = COLUMNS + (GPU_COLUMNS if on_gpu else CPU_COLUMNS)
+    rows = [[header for header, _, _ in columns]]
     for record in measured:
-        rows.append([fmt.format(record[key]) if record.get(key) is not None else "-" for _, key, fmt in COLUMNS])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+        rows.append([fmt.format(record[key]) if record.get(key) is not None else "-" for _, key, fmt in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for row in rows:
         click.echo("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
     skipped = {(r["backend"], r["skipped"]) for r in records if "skipped" in r}
     for backend, reason in sorted(skipped):
         click.echo(f"skipped {backend}: {reason}")
-    if measured and measured[0]["device"] == "cuda":
-        click.echo("TFLOP/s counts 2 FLOPs per multiply-accumulate of the paper's Gflops, x2 for the guidance doubling.")
+    unit = "TFLOP/s" if on_gpu else "GFLOP/s"
+    click.echo(f"{unit} counts 2 FLOPs per multiply-accumulate of the paper's Gflops, x2 for the guidance doubling, "
+               f"over the median step." + ("" if on_gpu else " % fp32 peak: of the fp32 GEMM peak; % bf16 peak: of "
+                                           "the bf16 GEMM peak, for the settings computing in bf16 or int8."))
 
 
-def write_json(path: Path, records: list[dict]) -> None:
-    meta = {"date": str(date.today()), "machine": platform.node(), "processor": platform.processor()}
+def peaks_line(peaks: dict) -> str:
+    """"GEMM peaks (...): fp32 430 GFLOP/s, bf16 850 GFLOP/s", or why there are none."""
+    if "skipped" in peaks:
+        return f"GEMM peaks: not measured ({peaks['skipped']})"
+    bf16 = f"{peaks['bf16']:.0f} GFLOP/s" if peaks.get("bf16") else f"not measured ({peaks.get('bf16_skipped')})"
+    size, runs = peaks["gemm_size"], len(peaks.get("runs", [peaks]))
+    return (f"GEMM peaks (one {size}x{size} by {size}x{size} MatMul in OpenVINO/oneDNN, {peaks['threads']} threads, "
+            f"fastest of {peaks['repeats']} calls{', higher of before and after the settings' if runs > 1 else ''}): "
+            f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {bf16}")
+
+
+def write_json(path: Path, records: list[dict], peaks: dict | None = None) -> None:
+    meta = {"date": str(date.today()), "machine": platform.node(), "processor": platform.processor(),
+            "gemm_peaks": peaks}
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps([{**meta, **r} for r in records], indent=1))
     temporary.replace(path)

@@ -9,9 +9,11 @@ The guided graph (docs/manifest.md):
              t (B,) int64             original timestep 0..999
              y (B,) int64             class label 0..num_classes-1
              cfg_scale (B,) float32   guidance scale per sample
-    outputs  eps (B, C, L, L) float32         guided noise prediction
+             guided (U,) int64        the rows to guide, 0 <= U <= B (format 4 graphs: guided_rows)
+    outputs  eps (B, C, L, L) float32         guided noise prediction (a row not guided: conditional)
              var_values (B, C, L, L) float32  learned-range values (learned-sigma models only)
-I/O stays float32 in the FP16 graph. B is dynamic within the manifest's batch range.
+I/O stays float32 in every precision. B is dynamic within the manifest's batch range, U within 0..B:
+the transformer runs over B + U rows. Graphs of older formats have no `guided` and guide every row.
 
 The VAE decoder graph (dit-export --vae) has a manifest of its own kind (DecoderManifest, format
 dit-deploy-decoder/1): latents (B, C, L, L) float32 in, images (B, 3, 8L, 8L) float32 in about [-1, 1] out,
@@ -30,22 +32,42 @@ from dit_ref.configs import VAE_DOWNSAMPLE
 from dit_ref.errors import DiTError
 from dit_ref.files import write_text_atomic
 
-INPUT_NAMES = ("x", "t", "y", "cfg_scale")
+INPUT_NAMES = ("x", "t", "y", "cfg_scale")  # one row per image (the batch B)
+GUIDED = "guided"  # (U,) the indices of the rows to guide
 OUTPUT_NAMES = ("eps", "var_values")  # var_values only for learned-sigma models
+# Cached steps (dit_ref.cached): a "refresh" graph also gives, and a "reuse" graph takes, every block's branch
+# outputs: features (B, depth, 2, T, D) of the conditional rows, null_features (U, depth, 2, T, D) of the guided
+# rows' null-class pass. The "guided" graph is the plain one.
+FEATURES = ("features", "null_features")
+ROLES = ("guided", "refresh", "reuse")
 IO_DTYPES = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale": torch.float32,
-             "eps": torch.float32, "var_values": torch.float32}
+             GUIDED: torch.int64, "eps": torch.float32, "var_values": torch.float32,
+             "features": torch.float32, "null_features": torch.float32}
 
 
-def output_names(learn_sigma: bool) -> tuple[str, ...]:
-    """The graph's outputs: eps and var_values, or eps alone for a model without learned sigma."""
-    return OUTPUT_NAMES if learn_sigma else OUTPUT_NAMES[:1]
+def input_names(guided_rows: bool, role: str = "guided") -> tuple[str, ...]:
+    """The graph's inputs: the per-image ones, `guided` for a graph that guides only some rows, and the
+    features for a reuse graph."""
+    names = (*INPUT_NAMES, GUIDED) if guided_rows else INPUT_NAMES
+    return (*names, *FEATURES) if role == "reuse" else names
 
 
-def io_shapes(latent_channels: int, latent_size: int, learn_sigma: bool) -> dict[str, tuple]:
-    """Name -> shape without the batch: x/eps/var_values (C, L, L), t/y/cfg_scale ()."""
+def output_names(learn_sigma: bool, role: str = "guided") -> tuple[str, ...]:
+    """The graph's outputs: eps and var_values (eps alone without learned sigma), and the features of a refresh."""
+    names = OUTPUT_NAMES if learn_sigma else OUTPUT_NAMES[:1]
+    return (*names, *FEATURES) if role == "refresh" else names
+
+
+def io_shapes(latent_channels: int, latent_size: int, learn_sigma: bool, guided_rows: bool = True,
+              role: str = "guided", feature_shape: tuple | None = None) -> dict[str, tuple]:
+    """Name -> shape without the first (batch) dimension: x/eps/var_values (C, L, L), t/y/cfg_scale/guided (),
+    features and null_features (depth, 2, T, D)."""
     image = (latent_channels, latent_size, latent_size)
-    shapes = {name: image if name == "x" else () for name in INPUT_NAMES}
-    shapes.update({name: image for name in output_names(learn_sigma)})
+    shapes = {name: image if name == "x" else () for name in input_names(guided_rows, role)}
+    shapes.update({name: image for name in output_names(learn_sigma, role)})
+    for name in FEATURES:
+        if name in shapes:
+            shapes[name] = tuple(feature_shape)
     return shapes
 
 
@@ -104,9 +126,10 @@ DEFAULT_BATCH = BatchRange()
 
 # --- the manifest ------------------------------------------------------------------------------------
 
-FORMAT = "dit-deploy-manifest/3"  # the schema version; docs/manifest.md lists the fields
-# Older versions this one reads: 2 lacks `quantization` (its graphs are fp32 or fp16, never Q/DQ).
-READABLE = (FORMAT, "dit-deploy-manifest/2")
+FORMAT = "dit-deploy-manifest/4"  # the schema version; docs/manifest.md lists the fields
+# Older versions this one reads as they are: their graphs have no `guided` input (they guide every row),
+# and 2 lacks `quantization` (its graphs are fp32 or fp16, never Q/DQ).
+READABLE = (FORMAT, "dit-deploy-manifest/3", "dit-deploy-manifest/2")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")  # fp16/bf16: typed graphs; int8/fp8: Q/DQ graphs
 DECODERS = ("vae", "pixels")  # latents for the SD VAE (8x upsampling), or samples that are images
 
@@ -164,10 +187,18 @@ class Manifest:
     graph: GraphRecord | None = None  # filled when the graph is written
     engine: EngineRecord | None = None  # filled when an engine is built
     quantization: dict | None = None  # int8/fp8: tool, form, calibration, the sweep and the excluded layer kinds
+    guided_rows: bool = False  # True: the graph takes `guided` and runs the null pass for those rows only
+    role: str = "guided"  # one of ROLES: the plain graph, or a cached-steps refresh or reuse graph
+    feature_shape: tuple | None = None  # refresh and reuse graphs: one row's features (depth, 2, T, D)
+    cached_steps: dict | None = None  # a guided graph exported with its pair: {"refresh": file, "reuse": file}
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return output_names(self.learn_sigma)
+        return output_names(self.learn_sigma, self.role)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return input_names(self.guided_rows, self.role)
 
     @property
     def random_weights(self) -> bool:
@@ -192,7 +223,9 @@ class Manifest:
             found = record.get("format") if isinstance(record, dict) else None
             raise DiTError(f"{where} is not a {FORMAT} manifest (format {found!r}); {remedy}")
         fields = {field.name for field in dataclasses.fields(cls)}
-        missing = [name for name in fields if name not in record and name not in ("graph", "engine", "quantization")]
+        optional = ("graph", "engine", "quantization", "guided_rows", "role", "feature_shape",
+                    "cached_steps")  # absent from older formats, or until filled
+        missing = [name for name in fields if name not in record and name not in optional]
         if missing:
             raise DiTError(f"{where} lacks {', '.join(sorted(missing))}; {remedy}")
         values = {name: record[name] for name in fields if name in record}
@@ -201,6 +234,8 @@ class Manifest:
             values["checkpoint"] = Checkpoint(**record["checkpoint"])
             values["graph"] = GraphRecord(**record["graph"]) if record.get("graph") else None
             values["engine"] = EngineRecord(**record["engine"]) if record.get("engine") else None
+            if record.get("feature_shape") is not None:
+                values["feature_shape"] = tuple(int(size) for size in record["feature_shape"])
             for name in ("image_size", "latent_size", "latent_channels", "num_classes", "patch_size",
                          "cfg_channels", "opset"):
                 values[name] = int(values[name])
@@ -214,6 +249,11 @@ class Manifest:
         """DiTError unless the manifest agrees with itself: a known precision, and its image size is what its
         latent size makes through its decoder (the SD VAE upsamples 8x; pixel models make images of their
         input's size)."""
+        if self.role not in ROLES:
+            raise DiTError(f"{where} names role {self.role!r}, not one of {', '.join(ROLES)}; re-export the graph")
+        if (self.role != "guided") != (self.feature_shape is not None):
+            raise DiTError(f"{where}: a {self.role} graph {'needs' if self.role != 'guided' else 'has no'} a feature "
+                           f"shape; re-export the graph with dit-export")
         if self.precision not in PRECISIONS:
             raise DiTError(f"{where} names precision {self.precision!r}, not one of {', '.join(PRECISIONS)}; "
                            f"re-export the graph with dit-export")
@@ -273,7 +313,8 @@ def check_io_shapes(manifest: Manifest, found: dict[str, tuple], path) -> None:
     The file is the truth: a manifest edited (or copied from another export) to claim another
     size, channel count or output set is refused, naming which file to trust.
     """
-    expected = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)
+    expected = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma, manifest.guided_rows,
+                         manifest.role, manifest.feature_shape)
     name = Path(path).name
     if set(found) != set(expected):
         raise DiTError(f"{name} has tensors {sorted(found)} but its manifest describes {sorted(expected)}; "

@@ -155,13 +155,27 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x, c):  # x (N, T, D) the float32 residual stream, c (N, D) in the weights' dtype
+        return self.forward_branches(x, c)[0]  # (N, T, D) float32
+
+    def forward_branches(self, x, c):
+        """The block and its two branch outputs: (x (N, T, D) float32, attention (N, T, D), MLP (N, T, D)), the
+        branches before their gates (what a cached step reuses, dit_ref.cached)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c).chunk(6, dim=1)  # each (N, D)
         )
         h = modulate(layer_norm(x, LAYER_NORM_EPS, c.dtype), shift_msa, scale_msa)  # (N, T, D)
-        x = x + (gate_msa.unsqueeze(1) * self.attn(h)).float()  # (N, T, D) float32
+        attention = self.attn(h)  # (N, T, D)
+        x = x + (gate_msa.unsqueeze(1) * attention).float()  # (N, T, D) float32
         h = modulate(layer_norm(x, self.mlp_norm_eps, c.dtype), shift_mlp, scale_mlp)  # (N, T, D)
-        return x + (gate_mlp.unsqueeze(1) * self.mlp(h)).float()  # (N, T, D) float32
+        mlp = self.mlp(h)  # (N, T, D)
+        return x + (gate_mlp.unsqueeze(1) * mlp).float(), attention, mlp
+
+    def forward_reusing(self, x, c, attention, mlp):
+        """The block with its branch outputs given (an earlier step's, or a forecast): only the modulation,
+        the gates and the residual sums are computed. x (N, T, D) float32, attention and mlp (N, T, D)."""
+        _, _, gate_msa, _, _, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # each (N, D)
+        x = x + (gate_msa.unsqueeze(1) * attention.to(c.dtype)).float()  # (N, T, D) float32
+        return x + (gate_mlp.unsqueeze(1) * mlp.to(c.dtype)).float()
 
 
 class FinalLayer(nn.Module):
@@ -233,35 +247,60 @@ class DiT(nn.Module):
         half = x[: len(x) // 2]  # (N, C, L, L)
         out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2N, C_out, L, L)
         scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=x.device)
-        guided = guide(out, scale, cfg_channels, self.config.latent_channels)[:, :cfg_channels]  # (N, cfg_channels, L, L)
+        cond, uncond = out.unflatten(0, (2, -1)).unbind(0)  # each (N, C_out, L, L)
+        guided = guide(cond, uncond, scale, cfg_channels, self.config.latent_channels)[:, :cfg_channels]
         guided = torch.cat([guided, guided], dim=0)  # (2N, cfg_channels, L, L)
         return torch.cat([guided, out[:, cfg_channels:]], dim=1)  # (2N, C_out, L, L)
 
-    def guided_forward(self, x, t, y, cfg_scale, cfg_channels=3):
-        """The graph contract: x (B, C, L, L), t (B,), y (B,), cfg_scale (B,) -> (eps[, var_values]).
+    def guided_forward(self, x, t, y, cfg_scale, cfg_channels=3, guided=None):
+        """The graph contract: x (B, C, L, L), t (B,), y (B,), cfg_scale (B,), guided (U,) -> (eps[, var_values]).
 
-        Doubles the batch with the null class, runs the transformer once over 2B, guides the first
-        cfg_channels eps channels, and splits the conditional half into eps (B, C, L, L) and, for a
-        learned-sigma model, the learned-range values var_values (B, C, L, L), all float32.
+        guided holds the indices of the rows to guide (0 <= U <= B; None: every row). The transformer
+        runs once over B + U rows: the conditional pass of every row, then the null-class pass of the
+        guided ones; the first cfg_channels eps channels of a guided row are uncond + s (cond - uncond),
+        an unguided row gets its conditional output. The result is split into eps (B, C, L, L) and, for a
+        learned-sigma model, var_values (B, C, L, L), all float32. With every row guided this is the
+        doubled batch of sample.py, row for row.
         """
-        null = torch.full_like(y, self.config.null_class)
-        out = self.forward(
-            torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), torch.cat([y, null], dim=0)
-        )  # (2B, C_out, L, L)
-        guided = guide(out, cfg_scale.float(), cfg_channels, self.config.latent_channels)  # (B, C_out, L, L)
-        return guided.split(self.config.latent_channels, dim=1)  # (eps, var_values) or (eps,)
+        guided = torch.arange(x.shape[0], device=x.device) if guided is None else guided  # (U,)
+        out = self.forward(*self.guided_batch(x, t, y, guided))  # (B + U, C_out, L, L)
+        return self.split_guided(out, x.shape[0], guided, cfg_scale, cfg_channels)
+
+    def guided_batch(self, x, t, y, guided):
+        """The B + U rows of a guided pass: every row, then the guided rows with the null class."""
+        null = torch.full_like(guided, self.config.null_class)  # (U,)
+        return torch.cat([x, x[guided]], dim=0), torch.cat([t, t[guided]], dim=0), torch.cat([y, null], dim=0)
+
+    def split_guided(self, out, batch: int, guided, cfg_scale, cfg_channels):
+        """(eps[, var_values]) from the B + U rows' output: guidance on the guided rows, float32."""
+        cond = out[:batch]  # (B, C_out, L, L)
+        uncond = out[unconditional_rows(guided, batch)]  # (B, C_out, L, L); an unguided row's is its cond row
+        guided_out = guide(cond, uncond, cfg_scale.float(), cfg_channels, self.config.latent_channels)
+        return guided_out.split(self.config.latent_channels, dim=1)  # (eps, var_values) or (eps,)
 
 
-def guide(out, cfg_scale, cfg_channels, latent_channels=configs.LATENT_CHANNELS):
+def unconditional_rows(guided, batch):
+    """For each of the batch's rows, where its unconditional output is in the B + U pass: B + k for the k-th
+    guided row, the row itself (its conditional output) for an unguided one. guided (U,) -> (B,) int64.
+
+    A (B, U) match table summed over U, not a scatter: U may be 0 (nothing guided), which every runtime
+    sums to zeros.
+    """
+    rows = torch.arange(batch, device=guided.device)  # (B,)
+    match = (guided.unsqueeze(0) == rows.unsqueeze(1)).to(torch.int64)  # (B, U)
+    offsets = batch + torch.arange(guided.shape[0], device=guided.device).unsqueeze(0) - rows.unsqueeze(1)  # (B, U)
+    return rows + (match * offsets).sum(dim=1)  # (B,)
+
+
+def guide(cond, uncond, cfg_scale, cfg_channels, latent_channels=configs.LATENT_CHANNELS):
     """Classifier-free guidance on the first cfg_channels channels, in float32.
 
-    out (2B, C_out, L, L) with the conditional half first; cfg_scale a scalar or (B,) ->
-    (B, C_out, L, L): channels < cfg_channels are uncond + s (cond - uncond), the rest the
+    cond, uncond (B, C_out, L, L); cfg_scale a scalar or (B,) -> (B, C_out, L, L): channels <
+    cfg_channels are uncond + s (cond - uncond) (cond itself where uncond is cond), the rest the
     conditional output. Only eps channels (< latent_channels) may be guided.
     """
     configs.check_cfg_channels(cfg_channels, latent_channels)
-    # unflatten, not chunk: chunk's size arithmetic makes torch.export specialise a dynamic batch to 2.
-    cond, uncond = out.float().unflatten(0, (2, -1)).unbind(0)  # each (B, C_out, L, L)
+    cond, uncond = cond.float(), uncond.float()
     scale = cfg_scale.reshape(-1, 1, 1, 1) if cfg_scale.ndim else cfg_scale
     guided_eps = uncond[:, :cfg_channels] + scale * (cond[:, :cfg_channels] - uncond[:, :cfg_channels])
     return torch.cat([guided_eps, cond[:, cfg_channels:]], dim=1)  # (B, C_out, L, L)

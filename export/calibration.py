@@ -8,6 +8,7 @@ the statistics real trajectories have (random inputs never show t near 999 with 
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from dit_ref import DiT
@@ -48,8 +49,9 @@ def ddim_sample(eps_of, x, y, cfg_scale, steps: int, on_call=None) -> torch.Tens
     with torch.no_grad():
         for i in reversed(range(len(schedule))):
             t = torch.full((len(x),), int(schedule.timesteps[i]), dtype=torch.int64)
-            if on_call is not None:
-                on_call({"x": x.numpy().copy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy()})
+            if on_call is not None:  # every row guided (the calibration's cfg scales are not 1)
+                on_call({"x": x.numpy().copy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy(),
+                         "guided": np.arange(len(x), dtype=np.int64)})
             x = ddim_step(schedule, i, x, eps_of(x, t, y, cfg_scale))  # (n, C, L, L)
     return x
 

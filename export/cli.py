@@ -100,8 +100,10 @@ def set_verbosity(verbose: bool) -> None:
               "float32 I/O and float32 islands), int8 or fp8 (Q/DQ graphs, calibrated on sampling runs).")
 @click.option("--fp16", is_flag=True, help="Short for --precision fp16.")
 @click.option("--exclusion-limit", type=click.FloatRange(min=0), help="int8/fp8: a layer kind whose own "
-              f"quantization moves the samples by more than this (relative RMS) stays float (default "
-              f"{EXCLUSION_LIMIT:g}).")
+              f"quantization moves the samples by more than this (relative RMS) stays float (default: "
+              f"{', '.join(f'{p} {limit:g}' for p, limit in EXCLUSION_LIMIT.items())}).")
+@click.option("--cached-steps", is_flag=True, help="Also export the refresh and reuse graphs of cached steps "
+              "(every block's attention and MLP outputs given, then taken: dit-run --cache fora:N).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "
               "4-channel latents), 4 = textbook; other models: all latent channels (default).")
 @click.option("--batch", "batch_text", default=str(DEFAULT_BATCH), show_default=True, metavar="MIN:OPT:MAX",
@@ -124,8 +126,9 @@ def set_verbosity(verbose: bool) -> None:
               "up to the images the runtime decodes per call: 1:8:8 at 256 px, 1:2:2 at 512 px).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
-def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cfg_channels, batch_text, out,
-        engine, opt_level, timing_cache, no_check, list_models, num_classes, vae, vae_batch_text, verbose):
+def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cached_steps, cfg_channels,
+        batch_text, out, engine, opt_level, timing_cache, no_check, list_models, num_classes, vae, vae_batch_text,
+        verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
     \b
@@ -156,7 +159,8 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
     graph = None
     if model is not None:
         result = export(model, image_size, ckpt=ckpt, random_init=random_init, precision=precision,
-                        exclusion_limit=exclusion_limit, cfg_channels=None if cfg_channels is None else int(cfg_channels),
+                        exclusion_limit=exclusion_limit, cached_steps=cached_steps,
+                        cfg_channels=None if cfg_channels is None else int(cfg_channels),
                         batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
                         opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)
         summary(result)
@@ -175,11 +179,11 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file.")
 def build(graph, batch_text, opt_level, timing_cache):
     """Build a TensorRT engine (.plan, beside it) from an exported GRAPH."""
-    from export.engine import build_engine
+    from export.engine import build_engines
 
     batch = BatchRange.parse(batch_text) if batch_text else None
-    with stage("engine", f"TensorRT engine from {graph}, level {opt_level}") as result:
-        result["done"] = str(build_engine(graph, batch, opt_level, timing_cache))
+    with stage("engine", f"TensorRT engine from {graph} (and its cached-steps pair), level {opt_level}") as result:
+        result["done"] = ", ".join(map(str, build_engines(graph, batch, opt_level, timing_cache)))
 
 
 def main(argv=None) -> None:

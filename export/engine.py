@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from dit_ref.contract import (
-    DECODER_INPUT, INPUT_NAMES, BatchRange, DecoderManifest, EngineRecord, io_shapes, read_any_manifest, write_manifest,
+    DECODER_INPUT, GUIDED, INPUT_NAMES, BatchRange, DecoderManifest, EngineRecord, io_shapes, read_any_manifest,
+    write_manifest,
 )
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
@@ -32,12 +33,20 @@ def network_flags(trt) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(latent_shape: tuple[int, int, int], batch: BatchRange, guided_rows: bool = True,
+                   role: str = "guided", feature_shape: tuple | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
     """Input name -> (min, opt, max) shapes for x of (B, C, L, L); B counts images, the CFG doubling
-    happens inside the graph."""
+    happens inside the graph. `guided` (U,) runs from 0 (nothing guided: TensorRT takes empty tensors,
+    IOptimizationProfile::setDimensions allows a minimum of 0) to the largest batch, tuned for every
+    row guided at the opt batch."""
     sizes = (batch.min, batch.opt, batch.max)
     shapes = {"x": tuple((b, *latent_shape) for b in sizes)}
     shapes.update({name: tuple((b,) for b in sizes) for name in INPUT_NAMES if name != "x"})
+    if guided_rows:
+        shapes[GUIDED] = ((0,), (batch.opt,), (batch.max,))
+    if role == "reuse":  # the features of the B conditional rows and of the U guided rows' null pass
+        shapes["features"] = tuple((b, *feature_shape) for b in sizes)
+        shapes["null_features"] = tuple((u, *feature_shape) for u in (0, batch.opt, batch.max))
     return shapes
 
 
@@ -45,7 +54,8 @@ def input_profile(manifest, batch: BatchRange) -> dict[str, tuple[tuple[int, ...
     """Input name -> (min, opt, max) shapes for a DiT graph's manifest or a VAE decoder's (latents (B, C, L, L))."""
     if isinstance(manifest, DecoderManifest):
         return {DECODER_INPUT: tuple((b, *manifest.latent_shape) for b in (batch.min, batch.opt, batch.max))}
-    return profile_shapes(io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"], batch)
+    latent = io_shapes(manifest.latent_channels, manifest.latent_size, manifest.learn_sigma)["x"]
+    return profile_shapes(latent, batch, manifest.guided_rows, manifest.role, manifest.feature_shape)
 
 
 def timing_cache_path(directory: Path, gpu_name: str, compute_capability: str, tensorrt_version: str) -> Path:
@@ -143,6 +153,18 @@ def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_da
         raise DiTError(f"TensorRT failed to build an engine from {graph_path.name} (its log above says why; "
                        "out of GPU memory: lower --batch MAX)")
     return plan, config.get_timing_cache().serialize()
+
+
+def build_engines(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
+                  timing_cache: Path | None = None) -> list[Path]:
+    """The graph's engine, then those of its cached-steps refresh and reuse graphs when its manifest names
+    them (one engine per graph variant)."""
+    graph_path = Path(graph_path)
+    plans = [build_engine(graph_path, batch, optimization_level, timing_cache)]
+    manifest = read_any_manifest(graph_path)  # a decoder's has no cached-steps pair
+    pair = {} if isinstance(manifest, DecoderManifest) else manifest.cached_steps or {}
+    return plans + [build_engine(graph_path.parent / pair[role], batch, optimization_level, timing_cache)
+                    for role in ("refresh", "reuse") if role in pair]
 
 
 def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,

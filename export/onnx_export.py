@@ -18,22 +18,24 @@ from pathlib import Path
 
 import torch
 
-from dit_ref import DiT
+from dit_ref import DiT, cached
 from dit_ref import contract
 from dit_ref.contract import DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import sha256_of_files
 from export import opcheck, typed
-from export.guided import GuidedDiT, example_inputs
+from export.guided import MODULES, example_inputs
 
 TRACED_PRECISIONS = ("fp32", "fp16", "bf16")  # int8 and fp8 are Q/DQ graphs made from the fp32 one (export/quantize.py)
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
-TRACE_BATCH = 2  # torch.export specialises a dimension traced at size 1
+TRACE_BATCH = 4  # torch.export specialises a dimension traced at size 1 (or equal to another)
+TRACE_GUIDED = (0, 2)  # U = 2 of 4 rows guided while tracing: B and U stay two dimensions
 
 
-def graph_file_name(model: DiT, precision: str) -> str:
-    """"DiT-XL-2-256-fp16.onnx"."""
-    return f"{model.config.file_stem}-{model.image_size}-{precision}.onnx"
+def graph_file_name(model: DiT, precision: str, role: str = "guided") -> str:
+    """"DiT-XL-2-256-fp16.onnx"; a cached-steps graph "DiT-XL-2-256-fp16-refresh.onnx" (or -reuse)."""
+    suffix = "" if role == "guided" else f"-{role}"
+    return f"{model.config.file_stem}-{model.image_size}-{precision}{suffix}.onnx"
 
 
 def check_export_options(model: DiT, precision: str, cfg_channels: int, opset: int) -> None:
@@ -61,18 +63,25 @@ def export_module(model: DiT, precision: str, copy_model: bool = True) -> DiT:
 
 
 def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 18,
-                copy_model: bool = True):
-    """Trace the guided forward to an in-memory torch.onnx.ONNXProgram with a dynamic batch."""
+                copy_model: bool = True, role: str = "guided"):
+    """Trace the guided forward (or its cached-steps refresh or reuse form) to an in-memory
+    torch.onnx.ONNXProgram with a dynamic batch and a dynamic count of guided rows."""
     check_export_options(model, precision, cfg_channels, opset)
-    outputs = contract.output_names(model.config.learn_sigma)
-    module = GuidedDiT(export_module(model, precision, copy_model), cfg_channels).eval()
+    outputs = contract.output_names(model.config.learn_sigma, role)
+    module = MODULES[role](export_module(model, precision, copy_model), cfg_channels).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    inputs = example_inputs(model, TRACE_BATCH)
+    guided = torch.export.Dim("guided", min=0, max=4096)
+    inputs = (*example_inputs(model, TRACE_BATCH), torch.tensor(TRACE_GUIDED))
+    dynamic = {name: {0: batch} for name in INPUT_NAMES} | {contract.GUIDED: {0: guided}}
+    if role == "reuse":
+        shape = cached.feature_shape(model)
+        inputs += (torch.randn(TRACE_BATCH, *shape), torch.randn(len(TRACE_GUIDED), *shape))
+        dynamic |= {"features": {0: batch}, "null_features": {0: guided}}
     with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             module, inputs, dynamo=True, opset_version=opset, optimize=True,
-            input_names=list(INPUT_NAMES), output_names=list(outputs),
-            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES}, verbose=False,
+            input_names=list(contract.input_names(True, role)), output_names=list(outputs),
+            dynamic_shapes=dynamic, verbose=False,
         )
     check_dynamic_batch(program)
     return program
@@ -194,7 +203,7 @@ def publish(staging: Path, out_dir: Path, file_name: str, manifest: Manifest) ->
 
 
 def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: BatchRange, opset: int,
-                   checkpoint: Checkpoint | None) -> Manifest:
+                   checkpoint: Checkpoint | None, role: str = "guided") -> Manifest:
     """The manifest known before the graph is written (the graph record is added on save)."""
     config = model.config
     return Manifest(
@@ -203,7 +212,8 @@ def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: BatchRa
         patch_size=config.patch_size, decoder=config.decoder, precision=precision, cfg_channels=cfg_channels,
         numerics=model.numerics, batch=batch, opset=opset,
         checkpoint=checkpoint or Checkpoint("in-memory model (source not recorded)", None, None),
-        versions=package_versions(), created=contract.now_iso(),
+        versions=package_versions(), created=contract.now_iso(), guided_rows=True, role=role,
+        feature_shape=None if role == "guided" else cached.feature_shape(model),
     )
 
 
@@ -221,7 +231,7 @@ def package_versions() -> dict:
 
 def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels: int | None = None,
                 batch: BatchRange = DEFAULT_BATCH, checkpoint: Checkpoint | None = None, opset: int = 18,
-                copy_model: bool = True, stage=None) -> Path:
+                copy_model: bool = True, stage=None, role: str = "guided") -> Path:
     """Export the guided graph of a DiT into out_dir with its manifest; returns the graph path.
 
     cfg_channels: None for the model's default (3 for 4-channel latents, else all). checkpoint: as
@@ -233,10 +243,12 @@ def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels
     cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
     check_export_options(model, precision, cfg_channels, opset)
     check_out_dir(out_dir)
-    manifest = graph_manifest(model, precision, cfg_channels, batch, opset, checkpoint)
-    name = graph_file_name(model, precision)
-    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channel{'s' if cfg_channels > 1 else ''}"):
-        program = trace_graph(model, precision, cfg_channels, opset, copy_model)
+    manifest = graph_manifest(model, precision, cfg_channels, batch, opset, checkpoint, role)
+    name = graph_file_name(model, precision, role)
+    what = "" if role == "guided" else f" ({role} graph of cached steps)"
+    with stage("trace", f"torch.onnx.export (dynamo), {precision}, cfg on {cfg_channels} channel"
+                        f"{'s' if cfg_channels > 1 else ''}{what}"):
+        program = trace_graph(model, precision, cfg_channels, opset, copy_model, role)
     with stage("save", f"{Path(out_dir) / name} + manifest; TensorRT operator check, onnx.checker") as result:
         graph = save_graph(program, Path(out_dir), name, manifest)
         result["done"] = f"{graph.stat().st_size / 1e6:.1f} MB" + (

@@ -114,19 +114,40 @@ def check_stage(graph: Path, reference, precision: str, stage) -> dict:
 
 
 def engine_stage(graph: Path, batch: BatchRange, opt_level: int, timing_cache, stage) -> Path:
-    from export.engine import build_engine
+    """The graph's engine, and its cached-steps pair's when it has one (export.engine.build_engines)."""
+    from export.engine import build_engines
 
     with stage("engine", f"TensorRT, batch {batch}, level {opt_level}") as result:
-        plan = build_engine(graph, batch, opt_level, timing_cache)
-        result["done"] = str(plan)
-    return plan
+        plans = build_engines(graph, batch, opt_level, timing_cache)
+        result["done"] = ", ".join(map(str, plans))
+    return plans[0]
+
+
+def cached_steps_stages(dit, graph: Path, precision: str, cfg_channels: int, batch: BatchRange, checkpoint,
+                        reference, stage) -> None:
+    """The refresh and reuse graphs beside the guided one, checked, and named in its manifest."""
+    from dit_ref.contract import write_manifest
+    from export.onnx_export import export_onnx
+    from export.verify import compare_cached_steps
+
+    pair = {role: export_onnx(dit, graph.parent, precision, cfg_channels, batch, checkpoint, copy_model=False,
+                              stage=stage, role=role) for role in ("refresh", "reuse")}
+    if reference is not None:
+        limit = TOLERANCE[precision]
+        with stage("check", f"cached steps: refresh, and reuse of its own features, vs the reference, limit "
+                            f"{limit:g}") as result:
+            errors = compare_cached_steps(pair["refresh"], pair["reuse"], *reference, bf16=precision == "bf16")
+            result["done"] = ", ".join(f"{name} {value:.2e}" for name, value in errors.items())
+        if max(errors.values()) > limit:
+            raise DiTError(f"the cached-steps graphs disagree with PyTorch (errors {errors}, limit {limit:g})")
+    write_manifest(graph, read_manifest(graph).replace(cached_steps={role: path.name for role, path in pair.items()}))
 
 
 def export(model: str, image_size: int | None = None, *, ckpt: str | None = None, random_init: int | None = None,
            precision: str = "fp16", cfg_channels: int | None = None, batch: BatchRange = DEFAULT_BATCH,
            out=".", engine: str = "auto", check: bool = True, opt_level: int = 3, timing_cache=None,
            num_classes: int | None = None, calibration: Calibration = Calibration(),
-           exclusion_limit: float | None = None, stage=silent_stage) -> ExportResult:
+           exclusion_limit: float | None = None, cached_steps: bool = False, stage=silent_stage) -> ExportResult:
     """Load a DiT (ckpt: path, "auto", "hf:ID"; or random_init=SEED), export its guided graph into
     out with its manifest, check it in ONNX Runtime, and build its TensorRT engine when possible.
 
@@ -135,11 +156,14 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     the samples by more than exclusion_limit stay float). cfg_channels None: the model's default (3
     for the paper's 4-channel latents, else all channels). engine: auto | required | skip.
     num_classes: the class count of a checkpoint that does not carry it (a bare state dict; train.py's
-    carry theirs).
+    carry theirs). cached_steps: also the refresh and reuse graphs of cached steps (dit_ref.cached).
     """
     from export.onnx_export import check_out_dir, export_onnx
 
     image_size = check_request(model, image_size, precision, cfg_channels, ckpt)
+    if cached_steps and precision in QUANTIZED:
+        raise DiTError(f"cached steps come as fp32, fp16 or bf16 graphs, not {precision}; drop --cached-steps or "
+                       f"choose one of those precisions")
     check_out_dir(out)
     reason = engine_reason(engine)  # before any work: --engine required fails fast
     dit, checkpoint = load_stage(model, image_size, ckpt, random_init, stage, num_classes)
@@ -150,6 +174,8 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
                                  exclusion_limit, stage)
     else:
         graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)
+        if cached_steps:
+            cached_steps_stages(dit, graph, precision, cfg_channels, batch, checkpoint, reference, stage)
     del dit  # the graph file holds the weights now (onnxscript 0.7.2 may keep them until exit)
     gc.collect()
     errors = check_stage(graph, reference, precision, stage) if check else None
@@ -167,7 +193,7 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
     from export.calibration import starts, trajectory_inputs
     from export.onnx_export import export_onnx, graph_file_name, graph_manifest, save_file
 
-    limit = quantize.EXCLUSION_LIMIT if exclusion_limit is None else exclusion_limit
+    limit = quantize.EXCLUSION_LIMIT[precision] if exclusion_limit is None else exclusion_limit
     with stage("calib", f"{calibration.inputs} inputs along {calibration.trajectories} DDIM-{calibration.steps} "
                         f"runs of the float32 reference, cfg {'/'.join(f'{s:g}' for s in calibration.cfg_scales)}"):
         feeds = trajectory_inputs(dit, cfg_channels, calibration)

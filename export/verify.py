@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dit_ref import DiT
-from dit_ref.contract import INPUT_NAMES
+from dit_ref.contract import GUIDED
 from export.guided import example_inputs
 
 
@@ -51,6 +51,11 @@ class OpenVinoSession:
 
         self.compiled = compile_graph(graph_path, "f32")
 
+    def get_inputs(self):
+        from dit_ref.machine.openvino_stack import port_name
+
+        return [SimpleNamespace(name=port_name(port)) for port in self.compiled.inputs]
+
     def get_outputs(self):
         from dit_ref.machine.openvino_stack import port_name
 
@@ -65,9 +70,13 @@ def openvino_session(graph_path) -> OpenVinoSession:
     return OpenVinoSession(graph_path)
 
 
-def run_graph(session, x, t, y, cfg_scale) -> list[np.ndarray]:
-    """The graph's outputs (eps[, var_values]) for torch inputs."""
-    feed = {name: value.numpy() for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
+def run_graph(session, x, t, y, cfg_scale, guided=None) -> list[np.ndarray]:
+    """The graph's outputs (eps[, var_values]) for torch inputs; guided (the rows to guide) None: every row,
+    and nothing for a graph of an older format, which has no guided input."""
+    names = {node.name for node in session.get_inputs()}
+    guided = torch.arange(len(x)) if guided is None else guided
+    values = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale, GUIDED: guided}
+    feed = {name: value.numpy() for name, value in values.items() if name in names}
     return session.run([output.name for output in session.get_outputs()], feed)
 
 
@@ -92,3 +101,18 @@ def compare_with_reference(graph_path: Path, model: DiT, cfg_channels: int, batc
     """Relative errors of the graph against model.guided_forward on seeded random inputs."""
     inputs, expected = reference_outputs(model, cfg_channels, batch, seed)
     return compare_outputs(graph_path, inputs, expected, session)
+
+
+def compare_cached_steps(refresh: Path, reuse: Path, inputs, expected, bf16: bool = False) -> dict[str, float]:
+    """Relative errors against expected outputs of the refresh graph's eps, and of the reuse graph's eps fed
+    the refresh's own features (which must give the full forward back)."""
+    make = openvino_session if bf16 else onnxruntime_session
+    refresh_session, reuse_session = make(refresh), make(reuse)
+    x, t, y, cfg_scale = inputs
+    names = [output.name for output in refresh_session.get_outputs()]
+    feed = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy(),
+            GUIDED: np.arange(len(x), dtype=np.int64)}
+    outputs = dict(zip(names, refresh_session.run(names, feed)))
+    reused = reuse_session.run(["eps"], {**feed, "features": outputs["features"],
+                                         "null_features": outputs["null_features"]})[0]
+    return {"refresh eps": relative_error(outputs["eps"], expected[0]), "reuse eps": relative_error(reused, expected[0])}

@@ -56,7 +56,8 @@ def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan,
         raise DiTError(f"--threads must be at least 1, not {flags['threads']}")
     classes = split_classes(flags["classes"]) or None
     asked = make_plan(classes, flags["num_samples"], flags["sampler"], flags["steps"], flags["cfg_scale"],
-                      flags["seed"], seeding, flags["batch_size"], flags["vae"])
+                      flags["seed"], seeding, flags["batch_size"], flags["vae"],
+                      guidance_interval=flags["guidance_interval"], cache=flags["cache"])
     return asked, asked.check(facts)
 
 
@@ -76,6 +77,10 @@ def provenance_info(denoiser, plan: Plan, decoder) -> dict:
             "weights": facts.source, "backend": denoiser.name,
             "sampler": f"{plan.sampler.name} ({plan.sampler.num_calls} denoiser calls)", "seed": plan.seed,
             "cfg_scale": plan.cfg_scale, "vae": decoder.source if decoder else "none"}
+    if plan.guidance_interval:
+        info["guidance_interval"] = "{}:{}".format(*plan.guidance_interval)
+    if plan.cache:
+        info["cache"] = plan.cache.spec
     warnings = []
     if facts.random_weights:
         warnings.append(RANDOM_WEIGHTS)
@@ -147,9 +152,10 @@ def run_here(path, flags: dict) -> None:
                          columns=flags["grid_columns"]) as output:
             write_samples(denoiser, plan, decoder, output)
     what = "latents" if decoder is None else "images"
+    extras = "".join(f", {key.replace('_', ' ')} {info[key]}" for key in ("guidance_interval", "cache") if key in info)
     click.echo(f"wrote {len(plan.labels)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
-               f"cfg {plan.cfg_scale:g}, seed {plan.seed}){' [' + info['Warning'] + ']' if 'Warning' in info else ''}",
-               err=True)
+               f"cfg {plan.cfg_scale:g}{extras}, seed {plan.seed})"
+               f"{' [' + info['Warning'] + ']' if 'Warning' in info else ''}", err=True)
 
 
 SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler: " \
@@ -165,6 +171,12 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--steps", type=int, help="Sampling steps (default per sampler).")
 @click.option("--sampler", default="ddpm", show_default=True, help=SAMPLER_HELP)
 @click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Guidance scale (sample.py: 4.0; FID runs: 1.5).")
+@click.option("--guidance-interval", metavar="LO:HI", help="Guide only the steps whose timestep (0..999 of the training "
+              "schedule) lies in LO..HI; the others run one pass, not two (default: every step, as sample.py). "
+              "82:468 is the paper's EDM2 interval sigma (0.28, 2.9]; docs/sampling.md.")
+@click.option("--cache", metavar="POLICY", help="Cached steps: fora:N (every block's attention and MLP outputs "
+              "refreshed every N calls, reused between) or forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2); "
+              "the first and last 2 calls always refresh. Graphs need dit-export --cached-steps.")
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | DECODER.onnx|.plan (made by dit-export --vae) | random (offline demo) | none (write latents .npy).")
 @click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")

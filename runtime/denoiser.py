@@ -1,14 +1,17 @@
 """What every denoiser backend is: a callable (x, t, y, cfg_scale) -> (eps, var_values) and its facts.
 
 Backends (runtime/backends/) subclass Denoiser; the sampling loop, generate(), the CLI and the
-benchmarks see only this. var_values is None for models without learned sigma.
+benchmarks see only this. var_values is None for models without learned sigma. A row whose cfg scale
+is 1 is not guided (guidance at scale 1 is the conditional output): the denoiser decides the guided
+rows from each call's cfg scales (graph_inputs), so a cfg-1 sample, or a step outside a guidance
+interval (the sampler then passes scale 1), runs the transformer once, not twice.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from dit_ref.contract import BatchRange, Manifest
+from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Denoiser:
     provenance: Provenance
     batch_range: BatchRange  # image batch sizes one call takes
     manifest: Manifest | None = None  # of the graph or engine; None for the PyTorch reference
+    transformer_rows: int = 0  # rows the transformer ran, B + U per call (what guiding fewer rows saves)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -57,7 +61,36 @@ class Denoiser:
 
     def __call__(self, x, t, y, cfg_scale):
         """x (B, C, L, L) float32, t, y (B,) int64, cfg_scale (B,) float32 -> (eps, var_values or None)."""
+        outputs = self.run_named(self.graph_inputs(x, t, y, cfg_scale))
+        return outputs["eps"], outputs.get("var_values")
+
+    def run_named(self, inputs: dict) -> dict:
+        """The graph on named inputs (the manifest's input_names) -> its named outputs; graph backends."""
         raise NotImplementedError
+
+    def output_shapes(self, inputs: dict) -> dict:
+        """The shapes of the graph's outputs for these inputs: eps and var_values (B, C, L, L), the features of a
+        refresh graph (B, ...) and (U, ...)."""
+        batch, guided = len(inputs["x"]), len(inputs.get(GUIDED, ()))
+        rows = {"features": batch, "null_features": guided}
+        return {name: (rows[name], *self.manifest.feature_shape) if name in rows else (batch, *self.latent_shape)
+                for name in self.manifest.output_names}
+
+    def guided_rows(self, cfg_scale: torch.Tensor) -> torch.Tensor:
+        """(U,) int64 indices of the rows to guide: those whose cfg scale is not 1; counts B + U rows."""
+        guided = torch.nonzero(cfg_scale != 1).flatten()  # (U,) on cfg_scale's device
+        self.transformer_rows += len(cfg_scale) + len(guided)
+        return guided
+
+    def graph_inputs(self, x, t, y, cfg_scale) -> dict:
+        """The graph's inputs by name: the per-image ones and, for a graph that takes it, `guided`. A graph of
+        an older manifest format guides every row (it has no `guided`)."""
+        inputs = dict(zip(INPUT_NAMES, (x, t, y, cfg_scale)))
+        if self.manifest is not None and self.manifest.guided_rows:
+            inputs[GUIDED] = self.guided_rows(cfg_scale)
+        else:
+            self.transformer_rows += 2 * len(x)
+        return inputs
 
     def close(self) -> None:
         """Free what the backend holds (sessions, engines, GPU memory). Safe to call twice."""

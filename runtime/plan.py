@@ -20,6 +20,7 @@ from dit_ref import configs
 from dit_ref.class_names import class_names, resolve_label
 from dit_ref.contract import BatchRange, Manifest
 from dit_ref.errors import DiTError
+from runtime.caching import NO_PAIR, CachePolicy, parse_cache
 from runtime.sampling import Sampler, check_steps, sampler_from_name
 from runtime.vae import check_decoder_spec
 
@@ -28,7 +29,8 @@ SEEDINGS = ("official", "per-sample")
 MAX_SEED = 2**63 - 1  # per-sample seeding keys numpy's SeedSequence with (seed, index): non-negative
 # How each front end names a plan's fields in its messages: dit-run's flags (the default), dit-serve's JSON fields.
 CLI_NAMES = {"class": "--class", "num_samples": "--num-samples", "steps": "--steps", "cfg_scale": "--cfg-scale",
-             "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler"}
+             "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler",
+             "guidance_interval": "--guidance-interval", "cache": "--cache"}
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,12 @@ class ModelFacts:
     latent_channels: int | None
     batch_range: BatchRange  # image batch sizes one denoiser call takes
     latent_size: int | None = None  # L of the samples; None: not known before loading (a decoder file is checked then)
+    cached_steps: bool = True  # its refresh and reuse forms exist (graphs: exported with --cached-steps)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ModelFacts":
         return cls(manifest.model, manifest.num_classes, manifest.decoder, manifest.latent_channels, manifest.batch,
-                   manifest.latent_size)
+                   manifest.latent_size, bool(manifest.cached_steps))
 
     @classmethod
     def from_config(cls, model: str, batch_range: BatchRange, num_classes: int | None = None,
@@ -59,8 +62,9 @@ class ModelFacts:
     def of(cls, denoiser) -> "ModelFacts":
         """The facts of a loaded denoiser (its provenance and batch range)."""
         facts = denoiser.provenance
+        manifest = denoiser.manifest
         return cls(facts.model, facts.num_classes, facts.decoder, facts.latent_channels, denoiser.batch_range,
-                   facts.latent_size)
+                   facts.latent_size, manifest is None or bool(manifest.cached_steps))
 
     @property
     def latent_shape(self) -> tuple[int, int, int] | None:
@@ -87,6 +91,8 @@ class Plan:
     decoder: str = "auto"  # a decoder spec, as dit-run --vae ("none": the raw latents)
     first_index: int = 0  # index of this plan's first sample in the run (per-sample seeding keys by it)
     names: tuple = tuple(CLI_NAMES.items())  # how the front end that made it names its fields (messages)
+    guidance_interval: tuple[int, int] | None = None  # (LO, HI) timesteps guided, ends included; None: every step
+    cache: CachePolicy | None = None  # cached steps (runtime.caching); None: every call computes everything
 
     @property
     def labels(self) -> tuple:
@@ -122,6 +128,8 @@ class Plan:
             batches = {min(size, len(labels)), len(labels) % size or size}  # the denoiser batches, as decoded
             identity = check_decoder_spec(self.decoder, facts.decoder, facts.latent_shape, sorted(batches))
             decoder = identity if Path(identity).is_absolute() else decoder
+        if self.cache is not None and not facts.cached_steps:
+            raise DiTError(NO_PAIR)
         return replace(self, classes=tuple(labels), num_samples=None, decoder=decoder)
 
     def choose_batch_size(self, num_samples: int, batch_range: BatchRange) -> int:
@@ -139,7 +147,8 @@ class Plan:
 
 def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampler = "ddpm", steps: int | None = None,
               cfg_scale: float = 4.0, seed: int = 0, seeding: str = "official", batch_size: int | None = None,
-              decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES) -> Plan:
+              decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES,
+              guidance_interval=None, cache=None) -> Plan:
     """A Plan; DiTError (one line, naming the option as `names` does) for a value no model can use."""
     for field, value in (("batch_size", batch_size), ("num_samples", num_samples)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -151,7 +160,26 @@ def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampl
     check_seed(seed, seeding, names["seed"])
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
     return Plan(None if classes is None else tuple(classes), num_samples, sampler, float(cfg_scale), seed, seeding,
-                batch_size, decoder, first_index, tuple(names.items()))
+                batch_size, decoder, first_index, tuple(names.items()),
+                parse_interval(guidance_interval, names["guidance_interval"]), parse_cache(cache, names["cache"]))
+
+
+def parse_interval(value, what: str = "--guidance-interval") -> tuple[int, int] | None:
+    """"LO:HI", (LO, HI) or None -> (LO, HI) timesteps of the 0..999 training schedule, LO <= HI; DiTError else."""
+    if value is None:
+        return None
+    parts = value.split(":") if isinstance(value, str) else value
+    try:
+        if len(parts) != 2 or any(isinstance(part, bool) or isinstance(part, float) for part in parts):
+            raise ValueError
+        low, high = (int(str(part).strip()) for part in parts)
+    except (TypeError, ValueError):
+        raise DiTError(f"{what} {value!r} must be two timesteps LO:HI (0..{configs.NUM_TIMESTEPS - 1}), e.g. "
+                       f"82:468") from None
+    if not 0 <= low <= high <= configs.NUM_TIMESTEPS - 1:
+        raise DiTError(f"{what} {low}:{high} must satisfy 0 <= LO <= HI <= {configs.NUM_TIMESTEPS - 1} "
+                       f"(timesteps of the training schedule)")
+    return low, high
 
 
 def check_label(label: int, num_classes: int, what: str = "class") -> int:

@@ -108,3 +108,12 @@ def fashion_graph(tmp_path_factory):
 
     return export("fashion", ckpt="auto", precision="fp32", out=tmp_path_factory.mktemp("fashion-fp32"),
                   engine="skip", check=False).graph
+
+
+@pytest.fixture(scope="session")
+def fashion_cached_graph(tmp_path_factory):
+    """The shipped Fashion-MNIST DiT as an FP32 graph with its cached-steps refresh and reuse graphs beside it."""
+    from export import export
+
+    return export("fashion", ckpt="auto", precision="fp32", out=tmp_path_factory.mktemp("fashion-cached"),
+                  engine="skip", check=False, cached_steps=True).graph

@@ -179,4 +179,6 @@ def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=No
             raise DiTError(f"{path} not found; pass an engine (.plan) or graph (.onnx) made by dit-export")
         manifest = read_manifest(path)
         check_expected(manifest, path, expected)
-    return importlib.import_module(chosen.module).load(path, manifest, expected, **given)
+    denoiser = importlib.import_module(chosen.module).load(path, manifest, expected, **given)
+    denoiser.path, denoiser.loaded_as = path, (chosen.name, given)  # what loads its cached-steps pair alike
+    return denoiser

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dit_ref.contract import INPUT_NAMES, IO_DTYPES, Manifest, check_io_shapes
+from dit_ref.contract import IO_DTYPES, Manifest, check_io_shapes
 from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import physical_cores
 from dit_ref.machine.openvino_stack import compile_graph, cpu_has_bf16, port_name
@@ -50,19 +50,17 @@ class OpenVinoDenoiser(Denoiser):
     def close(self) -> None:
         self.request = self.compiled = None
 
-    def __call__(self, x, t, y, cfg_scale):
-        feeds = {name: value.to("cpu", IO_DTYPES[name]).contiguous().numpy()
-                 for name, value in zip(INPUT_NAMES, (x, t, y, cfg_scale))}
+    def run_named(self, inputs: dict) -> dict:
+        feeds = {name: value.to("cpu", IO_DTYPES[name]).contiguous().numpy() for name, value in inputs.items()}
         results = self.request.infer(feeds)  # copies of the outputs (share_outputs is off)
-        outputs = [torch.from_numpy(np.asarray(results[self.compiled.output(name)])) for name in self.output_names]
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+        return {name: torch.from_numpy(np.asarray(results[self.compiled.output(name)])) for name in self.output_names}
 
 
 def check_graph_io(compiled, graph_path: Path, manifest: Manifest) -> None:
     """DiTError unless the compiled graph has the guided contract's I/O, of the manifest's shapes."""
     ports = {port_name(port): port for port in [*compiled.inputs, *compiled.outputs]}
     inputs = sorted(port_name(port) for port in compiled.inputs)
-    if not set(INPUT_NAMES) <= set(ports) or len(compiled.inputs) != len(INPUT_NAMES) or "eps" not in ports:
+    if sorted(inputs) != sorted(manifest.input_names) or "eps" not in ports:
         raise DiTError(f"{graph_path} is not a guided DiT graph (inputs {inputs}); export it with dit-export")
     shapes = {name: tuple(dimension.get_length() if dimension.is_static else "B"
                           for dimension in port.get_partial_shape()) for name, port in ports.items()}

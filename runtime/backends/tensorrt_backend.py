@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from dit_ref.contract import (
-    INPUT_NAMES, IO_DTYPES, BatchRange, Manifest, check_io_shapes, output_names, read_manifest,
+    GUIDED, INPUT_NAMES, IO_DTYPES, BatchRange, Manifest, check_io_shapes, input_names, output_names, read_manifest,
 )
 from dit_ref.errors import DiTError
 from dit_ref.machine.tensorrt_stack import (
@@ -84,9 +84,11 @@ def _describe(entry) -> str:
     return f"{'input' if is_input else 'output'} {str(dtype).removeprefix('torch.')}"
 
 
-def check_io_tensors(found: dict, learn_sigma: bool = True) -> None:
-    """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract."""
-    expected = {name: (name in INPUT_NAMES, IO_DTYPES[name]) for name in (*INPUT_NAMES, *output_names(learn_sigma))}
+def check_io_tensors(found: dict, inputs: tuple[str, ...] = input_names(True),
+                     outputs: tuple[str, ...] = output_names(True)) -> None:
+    """found: name -> (is_input, torch dtype or None); DiTError unless it is exactly the graph contract's I/O
+    (the manifest's input and output names)."""
+    expected = {name: (name in inputs, IO_DTYPES[name]) for name in (*inputs, *outputs)}
     wrong = [f"{name} is {_describe(found.get(name))}, expected {_describe(expected.get(name))}"
              for name in sorted(set(found) | set(expected)) if found.get(name) != expected.get(name)]
     if wrong:
@@ -125,10 +127,16 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
     return buffer[start:start + size].view(tensor.dtype).view(tensor.shape).copy_(tensor)
 
 
-def _bind(context, tensors: dict) -> None:
+def bindable(tensor: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+    """tensor, 256-byte aligned; an empty one (nothing guided: U = 0) as a view of `spare`, a real allocation,
+    since set_tensor_address wants a valid address even for an empty tensor."""
+    return aligned(tensor) if tensor.numel() else spare[:0]
+
+
+def _bind(context, tensors: dict, inputs: tuple[str, ...] = (*INPUT_NAMES, GUIDED)) -> None:
     """Set the input shapes and every I/O address (contiguous, 256-byte-aligned torch CUDA tensors)."""
-    for name in INPUT_NAMES:
-        if not context.set_input_shape(name, tuple(tensors[name].shape)):
+    for name in inputs:
+        if name in tensors and not context.set_input_shape(name, tuple(tensors[name].shape)):
             raise DiTError(f"TensorRT refused shape {tuple(tensors[name].shape)} for input {name}")
     for name, tensor in tensors.items():
         if not context.set_tensor_address(name, tensor.data_ptr()):
@@ -184,7 +192,8 @@ class TensorRTDenoiser(Denoiser):
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         check_io_tensors({name: (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
                                  dtypes.get(self.engine.get_tensor_dtype(name))) for name in names},
-                         self.manifest.learn_sigma)
+                         self.manifest.input_names, self.manifest.output_names)
+        self._spare = torch.zeros(1, dtype=torch.int64, device=self.device)  # the address of an empty `guided`
         check_io_shapes(self.manifest, {name: tuple(self.engine.get_tensor_shape(name)) for name in names},
                         self.plan_path)
         low, opt, high = (int(shape[0]) for shape in self.engine.get_tensor_profile_shape("x", 0))
@@ -229,18 +238,30 @@ class TensorRTDenoiser(Denoiser):
     def __call__(self, x, t, y, cfg_scale):
         """Guided (eps, var_values or None), each (B, C, L, L) float32 on self.device, fresh tensors."""
         batch = check_inputs(x, t, y, cfg_scale, self.latent_shape, self.batch_range)
-        inputs = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}
         with torch.cuda.device(self.device):
+            inputs = self.graph_inputs(x, t, y, cfg_scale.to(self.device))  # `guided` too, for a format 4 engine
             if self.cuda_graphs:
                 return self._replay(batch, inputs)
             # Temporaries and outputs come from torch's caching allocator on the caller's stream, which
             # TensorRT runs on or waits for, so their memory is not reused before the engine is done.
-            tensors = {name: aligned(value.to(self.device, IO_DTYPES[name]).contiguous())
+            tensors = {name: bindable(value.to(self.device, IO_DTYPES[name]).contiguous(), self._spare)
                        for name, value in inputs.items()}
             tensors.update(self._empty_outputs(batch))
             _bind(self.context, tensors)
             self._execute_ordered(self.context)
             return tensors["eps"], tensors.get("var_values")
+
+    def run_named(self, inputs: dict) -> dict:
+        """Named I/O, run eagerly: what a cached-steps refresh or reuse engine is driven by."""
+        with torch.cuda.device(self.device):
+            tensors = {name: bindable(value.to(self.device, IO_DTYPES[name]).contiguous(), self._spare)
+                       for name, value in inputs.items()}
+            outputs = {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device)
+                       for name, shape in self.output_shapes(inputs).items()}
+            self.context = self.context or self._new_context()
+            _bind(self.context, {**tensors, **outputs}, self.manifest.input_names)
+            self._execute_ordered(self.context)
+            return outputs
 
     def _empty_outputs(self, batch: int) -> dict:
         """Output tensors (B, C, L, L) float32 on the device."""
@@ -248,8 +269,10 @@ class TensorRTDenoiser(Denoiser):
         return {name: torch.empty(shape, dtype=IO_DTYPES[name], device=self.device) for name in self.output_names}
 
     def _replay(self, batch: int, inputs: dict):
-        """Copy the inputs into this batch size's persistent tensors, replay its graph (or run it eagerly)."""
-        entry = self._captured.get(batch) or self._capture(batch)
+        """Copy the inputs into this (batch, guided rows) pair's persistent tensors, replay its graph (or run it
+        eagerly). One graph per pair: a graph freezes its shapes, and U is a shape."""
+        key = (batch, len(inputs[GUIDED]) if GUIDED in inputs else None)
+        entry = self._captured.get(key) or self._capture(*key)
         self._follow_previous(entry.context, torch.cuda.current_stream(self.device))  # the last call's stream
         for name, value in inputs.items():
             entry.tensors[name].copy_(value)  # (B, ...) into the addresses the graph was captured with
@@ -260,17 +283,20 @@ class TensorRTDenoiser(Denoiser):
         var_values = entry.tensors.get("var_values")  # the next call overwrites them: clone
         return entry.tensors["eps"].clone(), None if var_values is None else var_values.clone()
 
-    def _capture(self, batch: int) -> _Captured:
-        """Context and persistent I/O for one batch size and its CUDA graph (None: capture failed, stay eager)."""
+    def _capture(self, batch: int, guided: int | None) -> _Captured:
+        """Context and persistent I/O for one batch size (and count of guided rows) and its CUDA graph (None:
+        capture failed, stay eager)."""
         tensors = {name: torch.zeros((batch, *self.latent_shape) if name == "x" else (batch,),
                                      dtype=IO_DTYPES[name], device=self.device)
                    for name in INPUT_NAMES}
         tensors["cfg_scale"].fill_(1.0)
+        if guided is not None:
+            tensors[GUIDED] = bindable(torch.arange(guided, device=self.device), self._spare)  # (U,)
         tensors.update(self._empty_outputs(batch))
         context = self._new_context()
         _bind(context, tensors)  # frozen into the graph: never rebind this context
-        self._captured[batch] = _Captured(context, tensors, self._capture_graph(context, batch))
-        return self._captured[batch]
+        self._captured[(batch, guided)] = _Captured(context, tensors, self._capture_graph(context, batch))
+        return self._captured[(batch, guided)]
 
     def _capture_graph(self, context, batch: int) -> "torch.cuda.CUDAGraph | None":
         """One eager run, then the capture, both on one new stream (as trtexec warms up); None on failure.

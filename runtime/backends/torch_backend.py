@@ -55,12 +55,37 @@ class TorchDenoiser(Denoiser):
         kind = "torch.compile" if compile else f"torch-{self.device.type}"
         self.name = f"{kind} {str(self.dtype).removeprefix('torch.')}"
 
-    def _guided(self, x, t, y, cfg_scale):
-        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels)
+    def _guided(self, x, t, y, cfg_scale, guided):
+        return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels, guided)
+
+    def cached_forms(self):
+        """(refresh, reuse) of cached steps on this model (dit_ref.cached): named tensors in and out."""
+        from dit_ref import cached
+
+        outputs = ("eps", "var_values") if self.model.config.learn_sigma else ("eps",)
+
+        def refresh(inputs):
+            with torch.inference_mode():
+                *results, features = cached.guided_refresh(self.model, *self._row_inputs(inputs), inputs["guided"])
+            self.transformer_rows += len(features)
+            rows = len(inputs["x"])
+            return {**dict(zip(outputs, results)), "features": features[:rows], "null_features": features[rows:]}
+
+        def reuse(inputs):
+            features = torch.cat([inputs["features"], inputs["null_features"]])
+            with torch.inference_mode():
+                results = cached.guided_reuse(self.model, *self._row_inputs(inputs), inputs["guided"], features)
+            return dict(zip(outputs, results))
+
+        return refresh, reuse
+
+    def _row_inputs(self, inputs):
+        return inputs["x"], inputs["t"], inputs["y"], inputs["cfg_scale"], self.cfg_channels
 
     def __call__(self, x, t, y, cfg_scale):
         with torch.inference_mode():
-            outputs = self.forward(x, t, y, cfg_scale)  # (eps, var_values) or (eps,), each (B, C, L, L)
+            guided = self.guided_rows(cfg_scale)  # (U,): the rows whose cfg scale is not 1
+            outputs = self.forward(x, t, y, cfg_scale, guided)  # (eps, var_values) or (eps,), each (B, C, L, L)
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 

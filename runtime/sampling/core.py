@@ -9,7 +9,7 @@
         step(denoiser, [a, b])                         # one denoiser call for both, each at its own step
 
 A Trajectory is a group of samples that started together with one sampler: its latents, labels, cfg
-scales, noise source and its own step index k. step() stacks the model inputs of any number of
+scales, guidance interval, noise source and its own step index k. step() stacks the model inputs of any number of
 trajectories, each at its own timestep, into one denoiser call, splits the outputs and lets each
 take its step: samples at different steps, of different samplers and step counts share a call (the
 service's step-level batching, and cached steps, build on it). The whole-loop call is one
@@ -71,15 +71,19 @@ class Sampler:
         """Denoiser calls per run (for progress bars)."""
         return len(self.timesteps)
 
-    def begin(self, x, y, cfg_scale, noise_source, callback: Callback | None = None,
-              backend: str = "denoiser") -> "Trajectory":
-        """A Trajectory of these samples at step 0 (backend: the denoiser's name, for error messages)."""
+    def begin(self, x, y, cfg_scale, noise_source, callback: Callback | None = None, backend: str = "denoiser",
+              guidance_interval: tuple[int, int] | None = None) -> "Trajectory":
+        """A Trajectory of these samples at step 0 (backend: the denoiser's name, for error messages;
+        guidance_interval (LO, HI): guide only the calls whose timestep t has LO <= t <= HI)."""
         run = self.start(self.timesteps, x, noise_source)
-        return Trajectory(self, run, run.x, y, cfg_scale, FiniteWatch(x.device, self.timesteps, backend), callback)
+        watch = FiniteWatch(x.device, self.timesteps, backend)
+        return Trajectory(self, run, run.x, y, cfg_scale, watch, callback, guidance_interval=guidance_interval)
 
-    def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None):
+    def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None,
+                 guidance_interval: tuple[int, int] | None = None):
         """The whole loop: x (n, C, L, L) initial latents -> the final latents."""
-        trajectory = self.begin(x, y, cfg_scale, noise_source, callback, getattr(denoiser, "name", "denoiser"))
+        trajectory = self.begin(x, y, cfg_scale, noise_source, callback, getattr(denoiser, "name", "denoiser"),
+                                guidance_interval)
         while not trajectory.done:
             step(denoiser, [trajectory])
         return trajectory.result()
@@ -98,6 +102,7 @@ class Trajectory:
     callback: Callback | None = None
     k: int = 0  # denoiser calls made
     memory: dict = field(default_factory=dict)  # what a stateful denoiser keeps for these samples
+    guidance_interval: tuple[int, int] | None = None  # (LO, HI): guided only where LO <= t <= HI; None: always
 
     def __len__(self) -> int:
         return len(self.x)
@@ -112,8 +117,15 @@ class Trajectory:
         return self.sampler.timesteps[self.k]
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
-        """(x, t, y, cfg_scale) of this trajectory's next denoiser call, each with n rows."""
-        return self.run.model_input(self.k, self.x), torch.full_like(self.y, self.t), self.y, self.cfg_scale
+        """(x, t, y, cfg_scale) of this trajectory's next denoiser call, each with n rows; outside the guidance
+        interval the cfg scale is 1 (the denoiser then runs no unconditional pass for these rows)."""
+        return self.run.model_input(self.k, self.x), torch.full_like(self.y, self.t), self.y, self.call_cfg_scale()
+
+    def call_cfg_scale(self) -> torch.Tensor:
+        """(n,) the cfg scales of the next call: the samples' own inside the interval, 1 outside it."""
+        if self.guidance_interval is None or guided_at(self.t, self.guidance_interval):
+            return self.cfg_scale
+        return torch.ones_like(self.cfg_scale)
 
     def advance(self, eps, var_values) -> None:
         """Take step k with the denoiser's outputs for these samples."""
@@ -137,6 +149,10 @@ def step(denoiser, trajectories: Sequence[Trajectory]) -> None:
     """
     if any(trajectory.done for trajectory in trajectories):
         raise DiTError("internal: a finished trajectory was stepped")
+    if getattr(denoiser, "stateful", False):  # cached steps: it keeps each trajectory's features in its memory
+        for trajectory, (eps, var_values) in zip(trajectories, denoiser.call_trajectories(trajectories)):
+            trajectory.advance(eps, var_values)
+        return
     parts = [trajectory.model_inputs() for trajectory in trajectories]
     inputs = parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]
     eps, var_values = denoiser(*inputs)  # (N, C, L, L) each, N rows of all trajectories
@@ -145,6 +161,11 @@ def step(denoiser, trajectories: Sequence[Trajectory]) -> None:
     var_parts = var_values.split(sizes) if var_values is not None else [None] * len(sizes)
     for trajectory, eps_k, var_k in zip(trajectories, eps_parts, var_parts):
         trajectory.advance(eps_k, var_k)
+
+
+def guided_at(t: int, interval: tuple[int, int]) -> bool:
+    """Whether timestep t (0..999) lies in the guidance interval (LO, HI), both ends included."""
+    return interval[0] <= t <= interval[1]
 
 
 def descending(timesteps) -> tuple[int, ...]:

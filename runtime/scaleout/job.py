@@ -163,6 +163,8 @@ def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
             "cfg_scale": wanted.cfg_scale, "seed": wanted.seed, "seeding": wanted.seeding,
+            "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
+            "cache": wanted.cache.spec if wanted.cache else None,
             "decoder": decoder_identity(wanted.decoder, manifest), "labels": labels_digest(wanted.labels),
             "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
 

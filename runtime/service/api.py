@@ -17,11 +17,14 @@ from dit_ref.errors import DiTError
 from runtime.plan import ModelFacts, Plan, make_plan
 from runtime.sampling import default_steps, sampler_names
 
-DEFAULTS = {"seed": 0, "sampler": "ddpm", "steps": None, "cfg_scale": 4.0}  # dit-run's (steps: the sampler's)
+# dit-run's defaults (steps: the sampler's); a guidance interval and a cache policy default to the service's own
+# (dit-serve --guidance-interval, --cache), none unless it was started with them.
+DEFAULTS = {"seed": 0, "sampler": "ddpm", "steps": None, "cfg_scale": 4.0, "guidance_interval": None, "cache": None}
 FIELDS = ("class_labels", *DEFAULTS)
 # How a request's fields are named in its 400s (runtime.plan words each fault once, for every front end).
 HTTP_NAMES = {"class": "class_labels entry", "num_samples": "class_labels", "steps": "steps", "cfg_scale": "cfg_scale",
-              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler"}
+              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler", "guidance_interval": "guidance_interval",
+              "cache": "cache"}
 
 
 class ServiceError(Exception):
@@ -40,17 +43,23 @@ class Model:
     num_classes: int
     names: tuple[str, ...] | None  # one name line per class, or None (numbers only)
     max_images: int
+    guidance_interval: str | None = None  # the service's default for a request that names none
+    cache: str | None = None  # likewise
+    cached_steps: bool = False  # the graph has its cached-steps pair: requests may ask for a cache policy
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, max_images: int) -> "Model":
-        return cls(manifest.model, manifest.num_classes, class_names(manifest.model, manifest.num_classes), max_images)
+    def from_manifest(cls, manifest: Manifest, max_images: int, guidance_interval: str | None = None,
+                      cache: str | None = None) -> "Model":
+        return cls(manifest.model, manifest.num_classes, class_names(manifest.model, manifest.num_classes), max_images,
+                   guidance_interval, cache, bool(manifest.cached_steps))
 
     @property
     def facts(self) -> ModelFacts:
         """What a request's plan is checked against: its classes; a replica pads a request to the graph's
         minimum batch and splits it into batches of --max-batch, so any count up to max_images fits; the
         decoder is the service's (checked when it starts), so the plan asks for none of its own."""
-        return ModelFacts(self.name, self.num_classes, None, None, BatchRange(1, 1, self.max_images))
+        return ModelFacts(self.name, self.num_classes, None, None, BatchRange(1, 1, self.max_images),
+                          cached_steps=self.cached_steps)
 
 
 def bad_request(message: str) -> ServiceError:
@@ -70,11 +79,12 @@ def parse_generate(body: bytes, model: Model) -> Plan:
     unknown = [key for key in fields if key not in FIELDS]
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
-    fields = {**DEFAULTS, **fields}
+    fields = {**DEFAULTS, "guidance_interval": model.guidance_interval, "cache": model.cache, **fields}
     try:
         labels = check_label_list(fields.get("class_labels"), model)
         plan = make_plan(labels, sampler=fields["sampler"], steps=fields["steps"], cfg_scale=fields["cfg_scale"],
-                         seed=fields["seed"], seeding="per-sample", decoder="none", names=HTTP_NAMES)
+                         seed=fields["seed"], seeding="per-sample", decoder="none", names=HTTP_NAMES,
+                         guidance_interval=fields["guidance_interval"], cache=fields["cache"])
         return plan.check(model.facts)
     except DiTError as error:
         raise bad_request(str(error)) from None
@@ -102,5 +112,6 @@ def model_summary(manifest: Manifest, backend: str, settings) -> dict:
             "random_weights": manifest.random_weights, "checkpoint": manifest.checkpoint.source,
             "warning": RANDOM_WEIGHTS if manifest.random_weights else None,
             "max_batch": settings.max_batch, "max_images": settings.max_images, "replicas": settings.replicas,
+            "batching": settings.batching, "simulated_call_ms": settings.simulated_call_ms,
             "samplers": sampler_names(), "default_steps": {name: default_steps(name) for name in sampler_names()},
-            "defaults": DEFAULTS}
+            "defaults": {**DEFAULTS, "guidance_interval": settings.guidance_interval, "cache": settings.cache}}

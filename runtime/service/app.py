@@ -1,11 +1,14 @@
 """dit-serve's Ray Serve application: a Frontend (the HTTP API, FastAPI behind Serve's proxy) and a pool of
-Generator replicas that each hold the denoiser and stack the images of concurrent requests into one batch.
+Generator replicas that each hold the denoiser and batch the images of concurrent requests.
 
     HTTP -> Serve proxy -> Frontend: key, body size, request checks (runtime.service.api)
                            -> one Generator.make call per image (Serve queues them, bounded)
-                        -> Generator (--replicas): @serve.batch gathers up to --max-batch images within
-                           --batch-wait-ms, groups them by (sampler, steps), runs each group as one
-                           denoiser batch with per-sample seeding, answers a PNG per image
+                        -> Generator (--replicas), --batching step (the default): a loop of denoiser calls
+                           (runtime.service.stepping); before each, waiting images join the running set
+                           (up to --max-batch), every image at its own timestep, sampler, steps and cfg
+                           scale; an image is answered, a PNG, as soon as its last step is decoded
+                           --batching request: @serve.batch gathers up to --max-batch images within
+                           --batch-wait-ms, groups them by (sampler, steps) and runs each group to its end
 
 Each image carries its request's seed and its index in the request, so its generator is keyed by
 (seed, i) whatever it is batched with: image i is sample i of `dit-run --seeding per-sample`.
@@ -17,8 +20,8 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray.exceptions
@@ -33,13 +36,17 @@ from starlette.exceptions import HTTPException
 
 from dit_ref.contract import RANDOM_WEIGHTS, read_manifest
 from runtime.backends import backend_for
+from runtime.caching import cached_denoiser
 from runtime.generate import load_with_decoder, sample_batch
 from runtime.images import png_bytes
 from runtime.sampling.noise import PerSampleNoise
 from runtime.scaleout.cluster import failure_reason
 from runtime.sampling import sampler_from_name
+from runtime.service import schema
 from runtime.service.api import Model, ServiceError, model_summary, parse_generate
+from runtime.service.replica_denoiser import ReplicaDenoiser
 from runtime.service.settings import Settings, key_digest
+from runtime.service.stepping import Calls, Item, Made, StepBatcher, StepLoop
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_BODY_BYTES = 64 * 1024  # a request is a few hundred bytes of JSON; beyond this: 413
@@ -59,33 +66,12 @@ async def answer_http_error(request, error: HTTPException):
     return JSONResponse({"error": f"{error.detail}: {request.method} {request.url.path}"}, error.status_code)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One image of one request."""
-
-    label: int
-    seed: int  # the request's
-    index: int  # the image's position in its request: its per-sample key is (seed, index)
-    sampler: str
-    steps: int
-    cfg_scale: float
-
-
-@dataclass(frozen=True)
-class Made:
-    """One finished image."""
-
-    png: bytes
-    label: int
-    batch_size: int  # the denoiser batch it was made in (images of any request)
-
-
 def compatible_groups(items: list[Item]) -> list[list[int]]:
-    """Positions of the items that can share a denoiser batch (same sampler and steps; cfg and seeds differ
+    """Positions of the items that can share a request-level batch (the same schedule; cfg and seeds differ
     freely: the graph takes one cfg scale per sample), in order of first appearance."""
     groups = defaultdict(list)
     for position, item in enumerate(items):
-        groups[(item.sampler, item.steps)].append(position)
+        groups[item.schedule].append(position)
     return list(groups.values())
 
 
@@ -126,41 +112,62 @@ def running_generators(app_name: str) -> int:
 
 @serve.deployment
 class Generator:
-    """A replica: the denoiser and decoder, loaded once; batches of images out."""
+    """A replica: the denoiser and decoder, loaded once; images out, batched at the step (or the request)."""
 
     def __init__(self, settings: Settings):
         torch.set_num_threads(settings.threads)
-        self.denoiser, self.decoder = load_with_decoder(settings.path, settings.backend, settings.vae,
-                                                        device=settings.device, threads=settings.threads,
-                                                        cuda_graphs=settings.cuda_graphs)
-        facts = self.denoiser.provenance
+        denoiser, self.decoder = load_with_decoder(settings.path, settings.backend, settings.vae,
+                                                   device=settings.device, threads=settings.threads,
+                                                   cuda_graphs=settings.cuda_graphs)
+        if denoiser.manifest.cached_steps:  # requests choose their own cache policy, or none
+            denoiser = cached_denoiser(denoiser, None)
+        self.denoiser = ReplicaDenoiser(denoiser, settings.simulated_call_ms)
+        self.replica = uuid.uuid4().hex[:8]
+        facts = denoiser.provenance
         self.metadata = {"Software": "dit-serve", "model": f"{facts.model} {facts.image_size}px"}
         if facts.random_weights:
             self.metadata["Warning"] = RANDOM_WEIGHTS
-        self.make.set_max_batch_size(settings.max_batch)
-        self.make.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
+        self.step_loop = None
+        if settings.batching == "step":
+            self.step_loop = StepLoop(StepBatcher(self.denoiser, self.decoder, settings.max_batch, self.replica,
+                                                  self.metadata))
+        self.make_batched.set_max_batch_size(settings.max_batch)
+        self.make_batched.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
+
+    async def make(self, item: Item) -> Made:
+        """One image, made beside the images of other requests."""
+        if self.step_loop is not None:
+            return await self.step_loop.make(item)
+        return await self.make_batched((item, self.denoiser.calls))
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)  # both set per service in __init__
-    async def make(self, items: list[Item]) -> list[Made]:
-        # In a thread, so the replica keeps taking (and queueing) requests while a batch runs.
-        return await asyncio.to_thread(self.make_now, items)
+    async def make_batched(self, jobs: list[tuple[Item, int]]) -> list[Made]:
+        """--batching request: the (item, calls when it arrived) gathered; in a thread, so the replica keeps
+        taking (and queueing) requests while a batch runs."""
+        return await asyncio.to_thread(self.make_now, jobs)
 
-    def make_now(self, items: list[Item]) -> list[Made]:
-        made = [None] * len(items)
-        for positions in compatible_groups(items):
-            for position, result in zip(positions, self.make_group([items[p] for p in positions])):
+    def make_now(self, jobs: list[tuple[Item, int]]) -> list[Made]:
+        made = [None] * len(jobs)
+        for positions in compatible_groups([item for item, _ in jobs]):
+            for position, result in zip(positions, self.make_group([jobs[p] for p in positions])):
                 made[position] = result
         return made
 
-    def make_group(self, group: list[Item]) -> list[Made]:
-        """One denoiser batch; padded with copies of its first image up to the graph's minimum batch."""
-        padded = group + [group[0]] * (self.denoiser.batch_range.min - len(group))
-        noise = PerSampleNoise([item.seed for item in padded], [item.index for item in padded], self.denoiser.device)
-        labels, images = sample_batch(self.denoiser, [item.label for item in padded],
-                                      sampler_from_name(group[0].sampler, group[0].steps), noise,
-                                      [item.cfg_scale for item in padded], self.decoder)
-        return [Made(png_bytes(image, self.metadata), int(label), len(group))
-                for image, label in zip(images[:len(group)], labels)]
+    def make_group(self, group: list[tuple[Item, int]]) -> list[Made]:
+        """One denoiser batch, run to its end (ReplicaDenoiser pads it to the graph's minimum batch)."""
+        items = [item for item, _ in group]
+        noise = PerSampleNoise([item.seed for item in items], [item.index for item in items], self.denoiser.device)
+        first = self.denoiser.calls + 1
+        denoiser = self.denoiser
+        if items[0].cache:  # one policy for the group (it is part of the schedule)
+            denoiser = ReplicaDenoiser(cached_denoiser(self.denoiser.inner.base, items[0].cache))
+        labels, images = sample_batch(denoiser, [item.label for item in items],
+                                      sampler_from_name(items[0].sampler, items[0].steps), noise,
+                                      [item.cfg_scale for item in items], self.decoder,
+                                      guidance_interval=items[0].guidance_interval)
+        return [Made(png_bytes(image, self.metadata), int(label), len(items),
+                     Calls(self.replica, arrived, first, self.denoiser.calls))
+                for image, label, (_, arrived) in zip(images, labels, group)]
 
 
 @serve.deployment
@@ -171,10 +178,13 @@ class Frontend:
     def __init__(self, generator, settings: Settings):
         self.generator, self.settings = generator, settings
         manifest = read_manifest(settings.path)
-        self.model = Model.from_manifest(manifest, settings.max_images)
+        self.model = Model.from_manifest(manifest, settings.max_images, settings.guidance_interval, settings.cache)
         self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
         self.random_weights = manifest.random_weights
         self.page_html = PAGE.read_text(encoding="utf-8")
+        request_model = schema.generate_request_model(self.model.num_classes, self.model.max_images,
+                                                      self.model.names is not None)
+        self.openapi = schema.openapi_document(api.routes, request_model, settings.api_key_sha256 is not None)
 
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:
@@ -182,39 +192,53 @@ class Frontend:
         carry the key)."""
         return self.page_html
 
-    @api.get("/v1/health")
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(self, request: HTTPRequest):
+        """This API, described (OpenAPI 3.1); behind the key, as /v1 is."""
+        self.admit(request)
+        return self.openapi
+
+    @api.get("/v1/health", responses=schema.answers(schema.Health, 401, 503))
     async def health(self, request: HTTPRequest):
+        """Whether a replica runs: 200, or 503 while none does."""
         self.admit(request)
         running = await asyncio.to_thread(running_generators, self.settings.app_name)
         body = {"status": "ok" if running else "unavailable",
                 "replicas": {"running": running, "wanted": self.settings.replicas}}
         return JSONResponse(body, 200 if running else 503)
 
-    @api.get("/v1/model")
-    async def model_info(self, request: HTTPRequest) -> dict:
+    @api.get("/v1/model", responses=schema.answers(schema.ModelInfo, 401))
+    async def model_info(self, request: HTTPRequest):
+        """What the service runs and what a request may ask."""
         self.admit(request)
         return self.summary
 
-    @api.get("/v1/classes")
-    async def classes(self, request: HTTPRequest) -> dict:
+    @api.get("/v1/classes", responses=schema.answers(schema.Classes, 401))
+    async def classes(self, request: HTTPRequest):
         """Each class's number and name (names null for a model whose classes have none)."""
         self.admit(request)
         names = self.model.names or [None] * self.model.num_classes
         return {"classes": [{"label": label, "name": name} for label, name in enumerate(names)]}
 
-    @api.post("/v1/generate")
-    async def generate(self, request: HTTPRequest) -> dict:
+    @api.post("/v1/generate", responses=schema.answers(schema.GenerateAnswer, 400, 401, 413, 500, 503),
+              openapi_extra=schema.GENERATE_BODY)
+    async def generate(self, request: HTTPRequest):
+        """One image per class label, each made beside the images of other requests."""
         self.admit(request)
         wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
         sampler = wanted.sampler
-        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale)
-                 for index, label in enumerate(wanted.labels)]
+        cache = wanted.cache.spec if wanted.cache else None
+        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale,
+                      wanted.guidance_interval, cache) for index, label in enumerate(wanted.labels)]
         made = await self.make_all(items)
         return {"images": [base64.b64encode(image.png).decode("ascii") for image in made],
                 "labels": [image.label for image in made], "seed": wanted.seed, "sampler": sampler.name,
-                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale, "model": self.model.name,
+                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale,
+                "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
+                "cache": cache, "model": self.model.name,
                 "image_size": self.summary["image_size"], "random_weights": self.random_weights,
-                "batch_sizes": [image.batch_size for image in made]}
+                "batch_sizes": [image.batch_size for image in made],
+                "denoiser_calls": [image.calls.to_dict() for image in made]}
 
     async def make_all(self, items: list[Item]) -> list[Made]:
         """Every item through the Generator pool; ServiceError 503 when its queue is full or a replica died."""
@@ -240,26 +264,32 @@ class Frontend:
                                {"WWW-Authenticate": "Bearer"})
 
 
+def replica_capacity(settings: Settings) -> int:
+    """Images one Generator replica holds at once: --batching step, the max_batch it runs and queue_size
+    waiting to join; --batching request, the batch it runs, the one it gathers and queue_size waiting in
+    its batch queue (which a batch drains as soon as it is free)."""
+    running = settings.max_batch if settings.batching == "step" else 2 * settings.max_batch
+    return running + settings.queue_size
+
+
 def build_app(settings: Settings):
     """The application dit-serve runs: Frontend over settings.replicas Generators, every queue bounded.
 
-    A Generator replica takes up to 2 x max_batch + queue_size images at once: the batch it runs, the
-    one it gathers and queue_size waiting in its own batch queue, which a batch drains as soon as it
-    is free. Serve's router holds the images not yet handed to a replica: in a burst, until it has
-    placed them; when every replica is full, until one has room (it polls with a back-off of up to
-    0.5 s, which is why the replicas hold the queue). It holds at most as many as the replicas wait
-    for together plus one request's; beyond that, 503.
+    A Generator replica takes replica_capacity() images at once. Serve's router holds the images not yet
+    handed to a replica: in a burst, until it has placed them; when every replica is full, until one
+    has room (it polls with a back-off of up to 0.5 s, which is why the replicas hold the queue). It
+    holds at most as many as the replicas wait for together plus one request's; beyond that, 503.
     """
     router_queue = settings.replicas * settings.queue_size + settings.max_images
     generator = Generator.options(
         num_replicas=settings.replicas,
-        max_ongoing_requests=2 * settings.max_batch + settings.queue_size,
+        max_ongoing_requests=replica_capacity(settings),
         max_queued_requests=router_queue,  # beyond it, BackPressureError -> our 503
         ray_actor_options={"num_cpus": settings.threads, "num_gpus": settings.gpus_per_replica or 0},
     ).bind(settings)
     # Room for every request the replicas can hold, plus health and model calls; beyond it the proxy
     # itself answers 503 with Retry-After, so nothing queues without bound in front of us.
-    ongoing = settings.replicas * (2 * settings.max_batch + settings.queue_size) + router_queue + 8
+    ongoing = settings.replicas * replica_capacity(settings) + router_queue + 8
     return Frontend.options(
         num_replicas=1, max_ongoing_requests=ongoing, max_queued_requests=ongoing,  # a burst is placed one by one
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),

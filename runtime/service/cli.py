@@ -28,6 +28,8 @@ from dit_ref.machine.cpu import physical_cores
 from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
+from runtime.caching import NO_PAIR, parse_cache
+from runtime.plan import parse_interval
 from runtime.vae import check_decoder_spec, load_decoder
 
 log = logging.getLogger("dit-serve")
@@ -54,6 +56,9 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     identity = check_decoder_spec(vae, manifest.decoder, latent_shape, range(manifest.batch.min, max_batch + 1))
     vae = identity if Path(identity).is_absolute() else vae  # the replicas may start elsewhere
     load_decoder(vae, manifest.decoder, manifest.latent_channels, latent_size=manifest.latent_size)  # offline: fail now
+    parse_interval(options.get("guidance_interval"))
+    if parse_cache(options.get("cache")) and not manifest.cached_steps:
+        raise DiTError(f"--cache: {NO_PAIR}")
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
 
@@ -72,10 +77,13 @@ def check_port(host: str, port: int) -> None:
 def serving_line(settings: Settings, manifest: Manifest, host: str, port: int) -> str:
     replicas = f"{settings.replicas} replica{'s' * (settings.replicas > 1)}"
     url_host = f"[{host.strip('[]')}]" if ":" in host else host  # an IPv6 address
-    return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, batches of up "
-            f"to {settings.max_batch} images gathered for {settings.batch_wait_ms:g} ms, {settings.max_images} images "
-            f"per request, {settings.queue_size} waiting per replica at most) on http://{url_host}:{port}/"
-            f"{'; requests need the API key' if settings.api_key_sha256 else ''} -- Ctrl-C stops")
+    batching = f"batches of up to {settings.max_batch} images gathered for {settings.batch_wait_ms:g} ms"
+    if settings.batching == "step":
+        batching = f"up to {settings.max_batch} images a denoiser call, joining at every step"
+    keyed = "; requests need the API key" if settings.api_key_sha256 else ""
+    return (f"serving {manifest.model} {manifest.image_size}px ({Path(settings.path).name}, {replicas}, {batching}, "
+            f"{settings.max_images} images per request, {settings.queue_size} waiting per replica at most) on "
+            f"http://{url_host}:{port}/{keyed} -- Ctrl-C stops")
 
 
 def start(settings: Settings, host: str, port: int, verbose: bool) -> None:
@@ -201,8 +209,17 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
               help="Generator replicas, each holding the denoiser (one per GPU where there are GPUs).")
 @click.option("--max-batch", type=click.IntRange(min=1), help="Images per denoiser batch, at most (default: the "
               "manifest's opt batch; within its range). 1 turns batching off.")
+@click.option("--guidance-interval", metavar="LO:HI", help="Requests' default guidance interval (timesteps guided; "
+              "a request's own guidance_interval wins). Default: every step.")
+@click.option("--cache", metavar="POLICY", help="Requests' default cache policy (fora:N, forecast:N:ORDER; a graph "
+              "exported with --cached-steps). Default: none.")
+@click.option("--batching", type=click.Choice(["step", "request"]), default="step", show_default=True,
+              help="step: before every denoiser call waiting images join the running ones (any sampler, steps, "
+              "cfg), and each is answered when done; request: a gathered batch runs to its end first.")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="How long a replica waits for more images before running a batch.")
+              help="--batching request: how long a replica waits for more images before running a batch.")
+@click.option("--simulated-call-ms", type=click.FloatRange(min=0), hidden=True,
+              help="Benchmarks only: a stand-in denoiser whose every call takes this long, any batch; no images.")
 @click.option("--max-images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images one request may ask for (more: 400).")
 @click.option("--queue-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -224,18 +241,23 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
 @click.option("--ray", "ray_address", metavar="ADDRESS", help="Join a Ray cluster (auto, HOST:PORT, "
               "ray://HOST:PORT) instead of starting a private local instance.")
 @click.option("--verbose", is_flag=True, help="Show Ray's and Serve's own logs.")
-def serve(engine_or_graph, host, port, replicas, max_batch, batch_wait_ms, max_images, queue_size, vae, backend,
-          device, threads, gpus_per_replica, cuda_graphs, api_key, ray_address, verbose):
+def serve(engine_or_graph, host, port, replicas, max_batch, batching, batch_wait_ms, simulated_call_ms, max_images,
+          queue_size, guidance_interval, cache, vae, backend, device, threads, gpus_per_replica, cuda_graphs, api_key,
+          ray_address, verbose):
     """Serve DiT images from ENGINE_OR_GRAPH (.plan or .onnx) over HTTP: POST /v1/generate, GET /v1/health,
     GET /v1/model, GET /v1/classes, and a page at /."""
     check_exposure(host, api_key)
     settings, manifest = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
                                  gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
-                                 batch_wait_ms=batch_wait_ms, max_images=max_images, queue_size=queue_size,
-                                 api_key_sha256=key_digest(api_key))
+                                 batching=batching, batch_wait_ms=batch_wait_ms, simulated_call_ms=simulated_call_ms,
+                                 max_images=max_images, queue_size=queue_size, guidance_interval=guidance_interval,
+                                 cache=cache, api_key_sha256=key_digest(api_key))
     check_port(host, port)
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
+    if simulated_call_ms is not None:
+        click.secho(f"warning: SIMULATION: a stand-in denoiser, {simulated_call_ms:g} ms a call for any batch; the "
+                    f"images are nothing", fg="red", bold=True, err=True)
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")  # the replicas' logs go to Ray's files, not here

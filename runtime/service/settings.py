@@ -24,8 +24,13 @@ class Settings:
     gpus_per_replica: float | None = None  # None: 1 where the cluster has GPUs, else 0
     cuda_graphs: bool = False
     replicas: int = 1  # Generator replicas
-    max_batch: int = 8  # images per denoiser batch, at most
-    batch_wait_ms: float = 10.0  # how long a replica waits for more images before running a batch
+    max_batch: int = 8  # images per denoiser call, at most
+    batching: str = "step"  # "step": images join and leave a running batch at every call; "request": the old
+    # way, a gathered batch runs to its end before the next (kept for comparison: benchmarks/serve_load.py)
+    batch_wait_ms: float = 10.0  # request batching: how long a replica waits for more images before a batch
+    simulated_call_ms: float | None = None  # benchmarks only: a stand-in denoiser, this long a call, no images
+    guidance_interval: str | None = None  # requests' default (dit-serve --guidance-interval)
+    cache: str | None = None  # requests' default cache policy (dit-serve --cache; needs the cached-steps pair)
     max_images: int = 16  # per request
     queue_size: int = 64  # images a Generator replica holds waiting; when every replica is full: 503
     api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process

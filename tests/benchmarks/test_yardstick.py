@@ -150,7 +150,7 @@ def test_plot_frontier_writes_a_png(tmp_path):
 
 def test_default_settings_have_unique_names_and_are_valid():
     names = [setting.name for setting in quality.SETTINGS.values()]
-    assert len(set(names)) == len(names) == 10 and list(quality.SETTINGS) == names
+    assert len(set(names)) == len(names) == 35 and list(quality.SETTINGS) == names
     for setting in quality.SETTINGS.values():
         quality.check_setting(setting)
     assert quality.select_settings(None) == list(quality.SETTINGS.values())

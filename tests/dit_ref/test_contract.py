@@ -62,7 +62,7 @@ def test_manifest_round_trip(tmp_path):
 
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m.pop("num_classes"), "lacks num_classes"),
-    (lambda m: m.update(format="dit-deploy-manifest/1"), "is not a dit-deploy-manifest/3 manifest"),
+    (lambda m: m.update(format="dit-deploy-manifest/1"), "is not a dit-deploy-manifest/4 manifest"),
     (lambda m: m.update(latent_size="big"), "malformed field"),
     (lambda m: m.update(batch={"min": 4, "opt": 2, "max": 8}), "min <= opt <= max"),
 ])

@@ -72,12 +72,12 @@ def test_guided_forward_is_conditional_half_of_official_cfg(tiny_model, cfg_chan
 def test_guidance_formula():
     out = torch.randn(4, 8, 2, 2)
     scale = torch.tensor([2.0, 0.5])
-    guided = guide(out, scale, 3)
     cond, uncond = out[:2], out[2:]
+    guided = guide(cond, uncond, scale, 3)
     expected = uncond[:, :3] + scale.view(-1, 1, 1, 1) * (cond[:, :3] - uncond[:, :3])
     assert torch.allclose(guided[:, :3], expected) and torch.equal(guided[:, 3:], cond[:, 3:])
     with pytest.raises(DiTError, match="cfg_channels must be 3"):
-        guide(out, scale, 5)
+        guide(cond, uncond, scale, 5)
 
 
 def test_scale_one_guidance_is_conditional_output(tiny_model):

@@ -92,10 +92,12 @@ def test_network_flags_come_from_the_enum(value, flags):
 
 def test_profile_shapes_cover_the_batch_range_of_images():
     shapes = engine.profile_shapes((4, 32, 32), BatchRange(1, 8, 32))
-    assert set(shapes) == set(INPUT_NAMES)
-    assert shapes["x"] == ((1, 4, 32, 32), (8, 4, 32, 32), (32, 4, 32, 32))  # B images; 2B inside the graph
+    assert set(shapes) == {*INPUT_NAMES, "guided"}
+    assert shapes["x"] == ((1, 4, 32, 32), (8, 4, 32, 32), (32, 4, 32, 32))  # B images; B + U inside the graph
     for name in ("t", "y", "cfg_scale"):
         assert shapes[name] == ((1,), (8,), (32,))
+    assert shapes["guided"] == ((0,), (8,), (32,))  # U = 0 (nothing guided) .. every row of the largest batch
+    assert set(engine.profile_shapes((4, 32, 32), BatchRange(1, 8, 32), guided_rows=False)) == set(INPUT_NAMES)
 
 
 @pytest.mark.parametrize("batch", [{"min": 4, "opt": 2, "max": 8}, {"min": 0, "opt": 1, "max": 1},

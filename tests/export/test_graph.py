@@ -39,10 +39,11 @@ def input_types_by_op(graph_path) -> dict[str, collections.Counter]:
 def test_io_contract_and_dynamic_batch(exported_graph, precision):
     model = onnx.load(str(exported_graph(NAME, 512, precision)))
     inputs, outputs = io_signature(model.graph.input), io_signature(model.graph.output)
-    batch = inputs["x"][1][0]
-    assert isinstance(batch, str), "the batch dimension must be symbolic"
+    batch, guided = inputs["x"][1][0], inputs["guided"][1][0]
+    assert isinstance(batch, str) and isinstance(guided, str), "the batch and guided dimensions must be symbolic"
+    assert batch != guided  # two dimensions: U rows of B are guided
     assert inputs == {"x": (FLOAT, (batch, 4, 64, 64)), "t": (INT64, (batch,)),
-                      "y": (INT64, (batch,)), "cfg_scale": (FLOAT, (batch,))}
+                      "y": (INT64, (batch,)), "cfg_scale": (FLOAT, (batch,)), "guided": (INT64, (guided,))}
     assert set(outputs) == {"eps", "var_values"}
     for element_type, shape in outputs.values():
         assert element_type == FLOAT and shape[1:] == (4, 64, 64) and isinstance(shape[0], str)

@@ -52,6 +52,25 @@ def tiny_graph(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_cached_graph(tmp_path_factory):
+    """The tiny model with its cached-steps refresh and reuse graphs beside it (dit-export --cached-steps)."""
+    import dit_ref
+    from dit_ref import DiTConfig
+    from dit_ref.contract import read_manifest, write_manifest
+    from export.onnx_export import export_onnx
+
+    model = dit_ref.DiT(DiTConfig(family="T", depth=2, hidden_size=64, num_heads=4, patch_size=8), 256)
+    model = dit_ref.randomize_weights_(model, 0).eval()
+    folder, checkpoint = tmp_path_factory.mktemp("tiny-cached"), {"source": "random init (seed 0)", "sha256": None,
+                                                                   "random_weights": True}
+    graphs = {role: export_onnx(model, folder, "fp32", checkpoint=checkpoint, role=role)
+              for role in ("guided", "refresh", "reuse")}
+    manifest = read_manifest(graphs["guided"])
+    write_manifest(graphs["guided"], manifest.replace(cached_steps={r: graphs[r].name for r in ("refresh", "reuse")}))
+    return graphs["guided"]
+
+
+@pytest.fixture(scope="module")
 def ray_instance(tmp_path_factory):
     """A local Ray instance for the file; yields the crash file a worker removes before it dies (tests arm it)."""
     import logging
@@ -89,9 +108,10 @@ def one_machine(tiny_graph):
         return np.concatenate([batch.samples for batch in batches])
 
 
-def ray_run(graph, out, seed=SEED, batch_size=BATCH_SIZE, on_shard=None, **options):
-    plan = make_plan(LABELS, sampler="ddim", steps=STEPS, seed=seed, seeding="per-sample", batch_size=batch_size,
-                     decoder="none")
+def ray_run(graph, out, seed=SEED, batch_size=BATCH_SIZE, on_shard=None, guidance_interval=None, cache=None,
+            steps=STEPS, **options):
+    plan = make_plan(LABELS, sampler="ddim", steps=steps, seed=seed, seeding="per-sample", batch_size=batch_size,
+                     decoder="none", guidance_interval=guidance_interval, cache=cache)
     options = {"shard_size": SHARD_SIZE, "threads": 1, **options}
     summary = run_on_ray(Job(path=str(graph), plan=plan), out, RayOptions(**options), progress=False,
                          on_shard=on_shard)
@@ -105,6 +125,25 @@ def test_one_and_two_workers_give_one_machines_samples_bitwise(ray_instance, tin
         assert summary.images == NUM_SAMPLES and len(summary.per_worker) == workers  # every worker had work
         assert np.array_equal(np.load(tmp_path / f"w{workers}.npy"), one_machine)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["w1.npy", "w2.npy"]  # shards removed
+
+
+def test_a_guidance_interval_run_equals_one_machines_per_sample_run(ray_instance, tiny_graph, tmp_path):
+    interval = "100:600"  # DDIM 2 calls at t 500 (guided) and 0 (not)
+    with load_denoiser(tiny_graph, threads=1) as denoiser:
+        batches = generate(denoiser, list(LABELS), sampler_from_name("ddim", STEPS), seed=SEED, batch_size=BATCH_SIZE,
+                           seeding="per-sample", guidance_interval=interval)
+        expected = np.concatenate([batch.samples for batch in batches])
+    ray_run(tiny_graph, tmp_path / "interval.npy", workers=2, guidance_interval=interval)
+    assert np.array_equal(np.load(tmp_path / "interval.npy"), expected)
+
+
+def test_a_cache_policy_run_equals_one_machines_per_sample_run(ray_instance, tiny_cached_graph, tmp_path):
+    with load_denoiser(tiny_cached_graph, threads=1) as denoiser:
+        batches = generate(denoiser, list(LABELS), sampler_from_name("ddim", 8), seed=SEED, batch_size=BATCH_SIZE,
+                           seeding="per-sample", cache="fora:2")
+        expected = np.concatenate([batch.samples for batch in batches])
+    ray_run(tiny_cached_graph, tmp_path / "cached.npy", workers=2, cache="fora:2", steps=8)
+    assert np.array_equal(np.load(tmp_path / "cached.npy"), expected)
 
 
 def test_another_batch_size_gives_the_same_samples_within_tolerance(ray_instance, tiny_graph, one_machine, tmp_path):

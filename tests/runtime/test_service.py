@@ -13,18 +13,15 @@ import os
 import signal
 import time
 
-import numpy as np
 import pytest
 
-import runtime.cli as dit_run_cli
 from runtime.backends import auto_backend
-from service_helpers import Server, decode_png, read_pngs, replica_pids
+from service_helpers import STEPS, Server, assert_equal_to_dit_run, replica_pids
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'ray[serve]' (in the dev extra)")
 pytestmark = pytest.mark.slow
 
-MAX_BATCH, REPLICAS, STEPS = 4, 2, 4
-GREY_LEVELS = 1  # the largest pixel difference allowed against dit-run (see the docstring)
+MAX_BATCH, REPLICAS = 4, 2
 
 
 @pytest.fixture(scope="module")
@@ -32,30 +29,6 @@ def server(fashion_graph):
     server = Server(fashion_graph, "--replicas", str(REPLICAS), "--max-batch", str(MAX_BATCH))
     yield server
     server.stop()
-
-
-def dit_run_images(graph, labels, seed, tmp_path, sampler="ddim", steps=STEPS, cfg_scale=4.0) -> list[np.ndarray]:
-    """dit-run's per-sample samples for these labels, read back from its one-PNG-per-sample directory."""
-    out = tmp_path / f"dit-run-seed{seed}-cfg{round(cfg_scale * 100)}"  # no dot: a suffix would name a file
-    argv = [str(graph), "--class", ",".join(map(str, labels)), "--seed", str(seed), "--seeding", "per-sample",
-            "--sampler", sampler, "--steps", str(steps), "--cfg-scale", str(cfg_scale), "--threads", "1",
-            "--out", str(out)]
-    with pytest.raises(SystemExit) as exited:
-        dit_run_cli.main(argv)
-    assert exited.value.code == 0
-    return read_pngs(out)
-
-
-def assert_equal_to_dit_run(asked: dict, answer: dict, graph, tmp_path) -> int:
-    """The answer's images against dit-run's for what was asked; returns the largest difference in grey levels."""
-    assert answer["labels"] == asked["class_labels"] and answer["seed"] == asked["seed"]
-    expected = dit_run_images(graph, asked["class_labels"], asked["seed"], tmp_path, asked["sampler"], asked["steps"],
-                              asked["cfg_scale"])
-    got = [decode_png(image) for image in answer["images"]]
-    assert [image.shape for image in got] == [image.shape for image in expected] == [(28, 28, 1)] * len(got)
-    worst = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(got, expected))
-    assert worst <= GREY_LEVELS
-    return worst
 
 
 def test_health_and_model_say_what_is_served(server, fashion_graph):

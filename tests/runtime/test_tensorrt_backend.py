@@ -71,7 +71,8 @@ def test_dtype_table_maps_by_member_not_by_number():
 
 
 def _io(**changes) -> dict:
-    io = {name: (name in ("x", "t", "y", "cfg_scale"), dtype) for name, dtype in backend.IO_DTYPES.items()}
+    names = (*backend.input_names(True), *backend.output_names(True))  # the guided graph's I/O
+    io = {name: (name in ("x", "t", "y", "cfg_scale", "guided"), backend.IO_DTYPES[name]) for name in names}
     io.update(changes)
     return io
 

@@ -24,8 +24,12 @@ def plain_tick(value: float, _position=None) -> str:
     return f"{value:g}" if leading in "125" else ""
 
 
+MARKERS = {"ddpm": "s", "ddim": "o", "dpm++": "^"}  # by sampler; another sampler: a diamond
+
+
 def draw_panel(axes, rows: list[dict], key: str, label: str, higher_is_better: bool, scale: float) -> None:
-    """One metric against seconds per image: every setting with its interval, named, and the front as a staircase."""
+    """One metric against seconds per image: every setting with its interval, numbered as in the key, and the front
+    as a staircase."""
     x = [row["seconds_per_image"] for row in rows]
     y = [scale * row[key] for row in rows]
     low = [max(value - scale * row[f"{key}_interval"][0], 0.0) for value, row in zip(y, rows)]
@@ -33,17 +37,25 @@ def draw_panel(axes, rows: list[dict], key: str, label: str, higher_is_better: b
     front = pareto_front(x, y, higher_is_better)
     for k, row in enumerate(rows):
         color = "tab:blue" if front[k] else "tab:gray"
-        axes.errorbar(x[k], y[k], yerr=[[low[k]], [high[k]]], fmt="o", color=color, capsize=3, markersize=5)
-        axes.annotate(row["name"], (x[k], y[k]), xytext=(5, 3), textcoords="offset points", fontsize=7, color=color)
+        axes.errorbar(x[k], y[k], yerr=[[low[k]], [high[k]]], fmt=MARKERS.get(row["sampler"], "D"), color=color,
+                      capsize=3, markersize=5)
+        axes.annotate(str(k + 1), (x[k], y[k]), xytext=(4, 2), textcoords="offset points", fontsize=7, color=color)
     on_front = sorted((x[k], y[k]) for k in range(len(rows)) if front[k])
     axes.plot(*zip(*on_front), drawstyle="steps-post", color="tab:blue", linewidth=1, alpha=0.6, label="Pareto front")
-    axes.set(xscale="log", xlabel="seconds per image (this run, this machine)", ylabel=label)
-    axes.margins(x=0.25)  # room for the names of the slowest settings
+    for sampler, marker in MARKERS.items():
+        axes.plot([], [], marker, color="black", label=sampler)
+    axes.set(xscale="log", xlabel="seconds per image (this machine)", ylabel=label)
+    axes.margins(x=0.1)
     axes.xaxis.set_major_formatter(plain_tick)
     axes.xaxis.set_minor_formatter(plain_tick)
     axes.tick_params(axis="x", which="minor", labelsize=7)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, loc="best")
+
+
+def key_text(rows: list[dict]) -> str:
+    """The numbered names of the settings, one per line, for the key beside the panels."""
+    return "\n".join(f"{k + 1:>2}  {row['name']}" for k, row in enumerate(rows))
 
 
 def plot_frontier(report: dict, path: Path) -> None:
@@ -56,13 +68,66 @@ def plot_frontier(report: dict, path: Path) -> None:
     from dit_ref.files import atomic_path
 
     rows = report["rows"]
-    figure, panels = pyplot.subplots(1, 2, figsize=(13, 5.5))
+    figure, panels = pyplot.subplots(1, 2, figsize=(15, 6.5))
+    figure.subplots_adjust(right=0.8)
     for axes, metric in zip(panels, METRICS):
         draw_panel(axes, rows, *metric)
     n = rows[0]["n"] if rows else 0
     figure.suptitle(f"{report['model']} DiT: quality against speed, {n} samples per setting, 95% bootstrap intervals"
                     f"\n{report['machine']}, {report['date']}", fontsize=10)
     figure.text(0.5, 0.005, report["note"], ha="center", fontsize=8, style="italic")
+    figure.text(0.81, 0.5, key_text(rows), va="center", fontsize=7, family="monospace")
     with atomic_path(path, suffix=".tmp.png") as temporary:
         figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
     pyplot.close(figure)
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report of several yardstick runs made one after another on one machine: their rows in order (each
+    with its run's number), the first run's record otherwise. Refused when the runs differ in machine, model,
+    samples per row or seed: their rows would not compare."""
+    same = ("machine", "model", "per_class", "seed", "versions")
+    for report in reports[1:]:
+        differing = [key for key in same if report.get(key) != reports[0].get(key)]
+        if differing:
+            raise ValueError(f"the runs differ in {', '.join(differing)}: their rows do not compare")
+    rows = [{**row, "run": number} for number, report in enumerate(reports, 1) for row in report["rows"]]
+    dates = sorted({report["date"] for report in reports})
+    note = reports[0]["note"] if len(reports) == 1 else (
+        f"{len(reports)} runs one after another on this machine, {', '.join(dates)}; s/image is wall time there: "
+        "compare it between these rows only")
+    return {**reports[0], "runs": len(reports), "note": note, "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    """python benchmarks/frontier.py RUN.json [RUN.json ...] --json OUT.json --plot OUT.png: the runs' rows as
+    one frontier (benchmarks/quality.py writes each run's JSON)."""
+    import argparse
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+    from dit_ref.files import write_text_atomic
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="yardstick JSON records (quality.py --json)")
+    parser.add_argument("--json", type=Path, help="write the merged record here")
+    parser.add_argument("--plot", type=Path, help="draw the merged frontier here (PNG)")
+    arguments = parser.parse_args(argv)
+    try:
+        report = merge([json.loads(path.read_text()) for path in arguments.runs])
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if arguments.json:
+        write_text_atomic(arguments.json, json.dumps(report, indent=1) + "\n")
+    if arguments.plot:
+        plot_frontier(report, arguments.plot)
+    print(f"{len(report['rows'])} rows from {report['runs']} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

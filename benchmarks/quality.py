@@ -59,6 +59,7 @@ class Setting:
 # [-gi<LO>-<HI>][-<cache policy>]. OpenVINO computes in float32 unless a setting says bf16compute.
 BF16_COMPUTE = {"dtype": "bfloat16"}  # OpenVINO's own bfloat16 compute (its default on a CPU with bf16 units)
 PAPER_INTERVAL = "82:468"  # Kynkaenniemi et al. 2024's EDM2 interval sigma (0.28, 2.9] on DiT's schedule
+RECOMMENDED_INTERVAL = "0:600"  # the project's, chosen on the frontier of 2026-12-02 (docs/sampling.md)
 
 
 def row(name, backend, precision, sampler, steps, cfg=4.0, load=None, **options) -> Setting:
@@ -78,6 +79,7 @@ SETTINGS = {setting.name: setting for setting in (
     row("onnxruntime-fp16-dpm++20", "onnxruntime", "fp16", "dpm++", 20),
     # precisions
     row("onnxruntime-ddim50", "onnxruntime", "fp32", "ddim", 50),
+    row("openvino-ddpm250", "openvino", "fp32", "ddpm", 250),
     row("openvino-ddim50", "openvino", "fp32", "ddim", 50),
     row("openvino-fp16-ddpm250", "openvino", "fp16", "ddpm", 250),
     row("openvino-fp16-ddim50", "openvino", "fp16", "ddim", 50),
@@ -91,13 +93,15 @@ SETTINGS = {setting.name: setting for setting in (
     # guidance intervals (timesteps LO:HI guided; docs/sampling.md)
     row("openvino-ddpm250-gi82-468", "openvino", "fp32", "ddpm", 250, guidance_interval=PAPER_INTERVAL),
     row("openvino-ddim50-gi82-468", "openvino", "fp32", "ddim", 50, guidance_interval=PAPER_INTERVAL),
-    row("openvino-ddim50-gi0-600", "openvino", "fp32", "ddim", 50, guidance_interval="0:600"),
+    row("openvino-ddpm250-gi0-600", "openvino", "fp32", "ddpm", 250, guidance_interval=RECOMMENDED_INTERVAL),
+    row("openvino-ddim50-gi0-600", "openvino", "fp32", "ddim", 50, guidance_interval=RECOMMENDED_INTERVAL),
     row("openvino-ddim50-gi200-800", "openvino", "fp32", "ddim", 50, guidance_interval="200:800"),
     row("openvino-ddim50-gi400-999", "openvino", "fp32", "ddim", 50, guidance_interval="400:999"),
     # cached steps
     row("openvino-ddpm250-fora3", "openvino", "fp32", "ddpm", 250, cache="fora:3"),
     row("openvino-ddim50-fora2", "openvino", "fp32", "ddim", 50, cache="fora:2"),
     row("openvino-ddim50-fora3", "openvino", "fp32", "ddim", 50, cache="fora:3"),
+    row("openvino-ddim50-fora4", "openvino", "fp32", "ddim", 50, cache="fora:4"),
     row("openvino-ddim50-forecast3-2", "openvino", "fp32", "ddim", 50, cache="forecast:3:2"),
     row("openvino-dpm++20", "openvino", "fp32", "dpm++", 20),
     row("openvino-dpm++20-fora2", "openvino", "fp32", "dpm++", 20, cache="fora:2"),
@@ -107,6 +111,11 @@ SETTINGS = {setting.name: setting for setting in (
         cache="fora:3"),
     row("openvino-bf16-ddpm250-gi82-468-fora3", "openvino", "bf16", "ddpm", 250, guidance_interval=PAPER_INTERVAL,
         cache="fora:3"),
+    row("openvino-bf16compute-ddim50-fora3", "openvino", "fp32", "ddim", 50, load=BF16_COMPUTE, cache="fora:3"),
+    row("openvino-bf16compute-ddim50-gi0-600-fora3", "openvino", "fp32", "ddim", 50, load=BF16_COMPUTE,
+        guidance_interval=RECOMMENDED_INTERVAL, cache="fora:3"),
+    row("openvino-bf16compute-ddpm250-gi0-600-fora3", "openvino", "fp32", "ddpm", 250, load=BF16_COMPUTE,
+        guidance_interval=RECOMMENDED_INTERVAL, cache="fora:3"),
 )}
 
 # generate() arguments a setting may not override: they are what makes the rows comparable.

@@ -58,9 +58,10 @@ class Expected:
 
 
 # --backend auto for a graph on a CPU, by the graph's precision: the backend the yardstick found fastest at
-# equal accuracy on this project's CPUs (docs/benchmarks.md). A bf16 graph runs only in OpenVINO (ONNX
-# Runtime has no bfloat16 CPU kernels).
-CPU_CHOICE = {"fp32": "openvino", "fp16": "openvino", "bf16": "openvino", "int8": "onnxruntime", "fp8": "onnxruntime"}
+# equal accuracy (the frontier of 2026-12-02, AMD EPYC with AVX-512 BF16/VNNI, docs/benchmarks.md: OpenVINO
+# 1.6x ONNX Runtime in FP32, 1.7x in FP16, 1.8x in INT8). A bf16 graph runs only in OpenVINO (ONNX Runtime
+# has no bfloat16 CPU kernels); an fp8 one only in ONNX Runtime (emulated).
+CPU_CHOICE = {"fp32": "openvino", "fp16": "openvino", "bf16": "openvino", "int8": "openvino", "fp8": "onnxruntime"}
 
 
 def backend_for(path, backend: str = "auto") -> str:

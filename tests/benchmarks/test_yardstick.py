@@ -17,7 +17,7 @@ from benchmarks import quality
 from benchmarks.bootstrap import (accuracy_interval, bias_corrected_bounds, frechet_interval, frechet_replicates,
                                   percentile_bounds, resample_indices)
 from benchmarks.fashion_classifier import frechet_distance, frechet_distances, statistics
-from benchmarks.frontier import pareto_front, plot_frontier
+from benchmarks.frontier import merge, pareto_front, plot_frontier
 from benchmarks.quality import Setting
 from dit_ref import DiTError, fashion_mnist
 
@@ -148,9 +148,22 @@ def test_plot_frontier_writes_a_png(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["frontier.png"]  # no temporary left beside it
 
 
+def test_runs_merge_into_one_frontier_and_foreign_runs_are_refused():
+    base = {"model": "fashion", "machine": "test CPU", "date": "2026-12-02", "note": quality.SPEED_NOTE,
+            "per_class": 100, "seed": 0, "versions": {"torch": "2.13.0"}}
+    first = {**base, "rows": [row("a", 1.0, 0.9, 50.0)]}
+    second = {**base, "rows": [row("b", 0.5, 0.8, 60.0), row("c", 0.2, 0.7, 70.0)]}
+    merged = merge([first, second])
+    print(merged["note"])
+    assert [(r["name"], r["run"]) for r in merged["rows"]] == [("a", 1), ("b", 2), ("c", 2)]
+    assert merged["runs"] == 2 and "2 runs" in merged["note"]
+    with pytest.raises(ValueError, match="differ in machine"):
+        merge([first, {**second, "machine": "another CPU"}])
+
+
 def test_default_settings_have_unique_names_and_are_valid():
     names = [setting.name for setting in quality.SETTINGS.values()]
-    assert len(set(names)) == len(names) == 35 and list(quality.SETTINGS) == names
+    assert len(set(names)) == len(names) == 41 and list(quality.SETTINGS) == names
     for setting in quality.SETTINGS.values():
         quality.check_setting(setting)
     assert quality.select_settings(None) == list(quality.SETTINGS.values())

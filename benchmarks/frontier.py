@@ -86,7 +86,7 @@ def merge(reports: list[dict]) -> dict:
     """One report of several yardstick runs made one after another on one machine: their rows in order (each
     with its run's number), the first run's record otherwise. Refused when the runs differ in machine, model,
     samples per row or seed: their rows would not compare."""
-    same = ("machine", "model", "per_class", "seed", "versions")
+    same = ("machine", "device", "threads", "model", "per_class", "seed", "versions")
     for report in reports[1:]:
         differing = [key for key in same if report.get(key) != reports[0].get(key)]
         if differing:

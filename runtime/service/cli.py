@@ -53,7 +53,8 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     if manifest.decoder == "pixels" and vae not in ("auto", "pixels"):  # (the service has no --vae none to offer)
         raise DiTError(f"--vae {vae}: {manifest.model} makes pixels, not latents; drop --vae")
     latent_shape = (manifest.latent_channels, manifest.latent_size, manifest.latent_size)
-    identity = check_decoder_spec(vae, manifest.decoder, latent_shape, range(manifest.batch.min, max_batch + 1))
+    # a finished group of images decodes unpadded: any size from 1 to --max-batch
+    identity = check_decoder_spec(vae, manifest.decoder, latent_shape, range(1, max_batch + 1))
     vae = identity if Path(identity).is_absolute() else vae  # the replicas may start elsewhere
     load_decoder(vae, manifest.decoder, manifest.latent_channels, latent_size=manifest.latent_size)  # offline: fail now
     parse_interval(options.get("guidance_interval"))

@@ -42,7 +42,8 @@ def test_backend_from_suffix_or_name(path, backend, expected):
 
 @pytest.mark.parametrize("cuda, openvino, precision, expected", [
     (True, True, "fp16", "onnxruntime"), (False, True, "fp32", "openvino"), (False, True, "fp16", "openvino"),
-    (False, True, "bf16", "openvino"), (False, True, "int8", "onnxruntime"), (False, False, "fp16", "onnxruntime"),
+    (False, True, "bf16", "openvino"), (False, True, "int8", "openvino"), (False, True, "fp8", "onnxruntime"),
+    (False, False, "fp16", "onnxruntime"),
 ])
 def test_auto_picks_a_graphs_backend_by_machine_and_precision(monkeypatch, cuda, openvino, precision, expected):
     import runtime.backends as registry

@@ -15,7 +15,6 @@ when they run on the same device (the noise generators live there).
 A setting is one line in SETTINGS; options it gives to generate() or load_denoiser() need no code here.
 """
 
-import importlib.metadata
 import inspect
 import json
 import platform
@@ -250,13 +249,10 @@ def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path =
 
 def package_versions() -> dict:
     """Versions of what made and scored the samples (None for a package that is not installed)."""
-    versions = {"python": platform.python_version()}
-    for package in ("dit-deploy", "torch", "onnxruntime", "openvino", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+    from dit_ref.machine.gpu_stack import installed
+
+    packages = ("dit-deploy", "torch", "onnxruntime", "openvino", "numpy")
+    return {"python": platform.python_version(), **{package: installed(package) for package in packages}}
 
 
 def record(rows: list[dict], per_class: int, seed: int, resamples: int, threads: int | None, device: str) -> dict:

@@ -194,18 +194,14 @@ def mixed_table(rows: list[dict]) -> str:
 
 def machine() -> dict:
     """What the figures were measured on: the CPU (dit_ref.machine.cpu.cpu_summary) and the versions."""
-    import importlib.metadata
     import platform
 
     from dit_ref.machine.cpu import cpu_summary
+    from dit_ref.machine.gpu_stack import installed
 
-    versions = {"python": platform.python_version()}
-    for package in ("ray", "torch", "openvino", "onnxruntime", "fastapi"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu_summary(), "versions": versions}
+    packages = ("ray", "torch", "openvino", "onnxruntime", "fastapi")
+    return {"cpu": cpu_summary(),
+            "versions": {"python": platform.python_version(), **{package: installed(package) for package in packages}}}
 
 
 def table(rows: list[dict]) -> str:

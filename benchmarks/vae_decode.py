@@ -36,9 +36,9 @@ SAMPLERS = (("ddpm", 250), ("ddim", 25), ("dpm++", 20))
 
 
 def package_versions() -> dict:
-    import importlib.metadata
+    from dit_ref.machine.gpu_stack import installed
 
-    return {name: importlib.metadata.version(name) for name in ("torch", "diffusers", "onnxruntime", "openvino")}
+    return {name: installed(name) for name in ("torch", "diffusers", "onnxruntime", "openvino")}
 
 
 def measure(spec: dict) -> dict:

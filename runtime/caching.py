@@ -11,7 +11,9 @@ The first and last EDGE_CALLS calls of a trajectory always refresh (the coarse s
 first, the details last), and so does a call whose guided rows differ from the cached ones (a
 guidance interval's edge). fora:1 refreshes every call: the plain guided forward. The policy is
 pure (refreshes(k, total)); CachingDenoiser keeps each trajectory's features in its memory, so a
-sample's cache travels with it in any batch (dit_ref.cached is what a refresh and a reuse compute).
+sample's cache travels with it in any batch (dit_ref.cached is what a refresh and a reuse compute). A
+forecast's divided differences are brought up to date once per refresh (Newton), so a reuse costs one
+multiply-add of the features per order, not the whole table again.
 """
 
 import re
@@ -40,8 +42,8 @@ class CachePolicy:
         return f"fora:{self.every}" if self.kind == "fora" else f"forecast:{self.every}:{self.order}"
 
     @property
-    def snapshots(self) -> int:
-        """Refreshed feature sets kept per trajectory."""
+    def kept(self) -> int:
+        """Feature-sized tensors kept per trajectory and part: one difference per order, and the features."""
         return self.order + 1
 
     def refreshes(self, k: int, total: int) -> bool:
@@ -65,16 +67,35 @@ def parse_cache(spec, what: str = "--cache") -> CachePolicy | None:
     return policy
 
 
-def forecast(snapshots: list[tuple[int, torch.Tensor]], k: int) -> torch.Tensor:
-    """Newton's divided-difference polynomial through (k_i, features_i) evaluated at call k."""
-    points = [index for index, _ in snapshots]
-    table = [features for _, features in snapshots]  # the differences of order 0
-    value, product = table[-1].clone(), 1.0
-    for order in range(1, len(snapshots)):
-        table = [(table[i + 1] - table[i]) / (points[i + order] - points[i]) for i in range(len(table) - 1)]
-        product *= k - points[-order]
-        value += product * table[-1]
-    return value
+@dataclass(frozen=True)
+class Newton:
+    """Newton's divided differences of one trajectory's features through its last refreshes, kept as each refresh
+    arrives so that a reuse costs one multiply-add per order: points are the refreshed calls (newest last), and
+    diagonal[o] the difference of order o through the newest o + 1 of them, f[p_-o-1, ..., p_-1]. Order 0 (one
+    point) is FORA's reuse of the last features as they are."""
+
+    points: tuple[int, ...]
+    diagonal: tuple[torch.Tensor, ...]
+
+    @staticmethod
+    def start(k: int, features: torch.Tensor) -> "Newton":
+        return Newton((k,), (features,))
+
+    def add(self, k: int, features: torch.Tensor, order: int) -> "Newton":
+        """Through (k, features) and the newest `order` points kept: f[p_-o, ..., k] = (f[p_-o+1, ..., k] -
+        f[p_-o, ..., p_-1]) / (k - p_-o), one difference per order."""
+        diagonal = [features]
+        for o in range(1, min(order, len(self.points)) + 1):
+            diagonal.append((diagonal[-1] - self.diagonal[o - 1]) / (k - self.points[-o]))
+        return Newton((*self.points, k)[-(order + 1):], tuple(diagonal))
+
+    def at(self, k: int) -> torch.Tensor:
+        """The polynomial through the points at call k, by Horner's rule in Newton's form (the newest features
+        themselves at order 0, not a copy)."""
+        value = self.diagonal[-1]
+        for o in reversed(range(len(self.diagonal) - 1)):
+            value = torch.add(self.diagonal[o], value, alpha=k - self.points[-o - 1])
+        return value
 
 
 def join(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -83,12 +104,12 @@ def join(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def cache_bytes_per_image(feature_shape: tuple, policy: CachePolicy, guided: bool = True) -> int:
-    """Float32 bytes a trajectory's cache holds per image: its snapshots of features, for the conditional row
-    and (guided) the null-class row."""
+    """Float32 bytes a trajectory's cache holds per image: its features and their differences, for the
+    conditional row and (guided) the null-class row."""
     values = 1
     for size in feature_shape:
         values *= size
-    return 4 * values * policy.snapshots * (2 if guided else 1)
+    return 4 * values * policy.kept * (2 if guided else 1)
 
 
 class CachingDenoiser(Denoiser):
@@ -147,16 +168,11 @@ class CachingDenoiser(Denoiser):
         x, t, y, cfg_scale = trajectory.model_inputs()
         guided = torch.nonzero(cfg_scale != 1).flatten()  # (U,): as every denoiser decides them
         memory = trajectory.memory
-        refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or not memory.get("snapshots")
+        refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or "newton" not in memory
                    or not torch.equal(memory["guided"], guided))
         ask = {"inputs": {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}, GUIDED: guided, "refresh": refresh}
-        if not refresh:
-            snapshots = memory["snapshots"]  # [(k, (features (n, ...), null_features (U, ...))), ...]
-            if policy.kind == "fora":
-                ask["features"] = snapshots[-1][1]
-            else:
-                ask["features"] = tuple(forecast([(k, parts[i]) for k, parts in snapshots], trajectory.k)
-                                        for i in range(2))
+        if not refresh:  # (features (n, ...), null_features (U, ...)) at this call: kept (fora) or forecast
+            ask["features"] = tuple(newton.at(trajectory.k) for newton in memory["newton"])
         return ask
 
     def run_group(self, asks: list[dict], refreshing: bool) -> list[dict]:
@@ -178,12 +194,13 @@ class CachingDenoiser(Denoiser):
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(asks))]
 
     def keep(self, trajectory, ask: dict, outputs: dict) -> None:
-        """A refreshed trajectory's features (its rows, then its null rows) as its newest snapshot."""
-        memory = trajectory.memory
+        """A refreshed trajectory's features (its rows, then its null rows) added to its differences."""
+        memory, order, k = trajectory.memory, self.policy_of(trajectory).order, trajectory.k
         features = (outputs["features"], outputs["null_features"])  # (n, depth, 2, T, D), (U, depth, 2, T, D)
-        same_rows = "guided" in memory and torch.equal(memory["guided"], ask[GUIDED])
-        kept = memory["snapshots"] if same_rows else []  # other guided rows: another layout, start again
-        memory["snapshots"] = (kept + [(trajectory.k, features)])[-self.policy_of(trajectory).snapshots:]
+        if "guided" in memory and torch.equal(memory["guided"], ask[GUIDED]):
+            memory["newton"] = tuple(newton.add(k, part, order) for newton, part in zip(memory["newton"], features))
+        else:  # the first refresh, or other guided rows (another layout): start again
+            memory["newton"] = tuple(Newton.start(k, part) for part in features)
         memory["guided"] = ask[GUIDED]
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from export import export
 from runtime.backends import load_denoiser
-from runtime.caching import EDGE_CALLS, CachePolicy, cache_bytes_per_image, cached_denoiser, forecast, parse_cache
+from runtime.caching import EDGE_CALLS, CachePolicy, Newton, cache_bytes_per_image, cached_denoiser, parse_cache
 from runtime.generate import generate
 from runtime.sampling import sampler_from_name
 from testing_utils import max_rel_error, random_model
@@ -90,15 +90,30 @@ def test_each_policy_refreshes_the_calls_its_rule_names(reference, spec, monkeyp
     assert refreshed == literal_refreshes(policy, sampler.num_calls) and np.isfinite(batch.samples).all()
 
 
-def test_the_forecast_is_exact_for_polynomials_of_its_order():
-    def snapshots(points, polynomial):
-        return [(k, torch.full((2,), float(polynomial(k)))) for k in points]
+def newton_through(points, polynomial, order) -> Newton:
+    """The differences as a trajectory's refreshes at `points` leave them."""
+    values = [torch.full((2,), float(polynomial(k))) for k in points]
+    newton = Newton.start(points[0], values[0])
+    for k, value in zip(points[1:], values[1:]):
+        newton = newton.add(k, value, order)
+    return newton
 
-    line = lambda k: 3 - 2 * k  # noqa: E731
-    parabola = lambda k: 1 + k - 0.5 * k * k  # noqa: E731
-    assert torch.allclose(forecast(snapshots([2, 5], line), 7), torch.full((2,), float(line(7))))
-    assert torch.allclose(forecast(snapshots([0, 1, 4], parabola), 6), torch.full((2,), float(parabola(6))))
-    assert torch.equal(forecast(snapshots([3], line), 9), torch.full((2,), float(line(3))))  # one point: reuse
+
+def test_the_forecast_is_exact_for_polynomials_of_its_order():
+    line = lambda k: 3 - 2 * k
+    parabola = lambda k: 1 + k - 0.5 * k * k
+    cubic = lambda k: k**3 - 4 * k
+    assert torch.allclose(newton_through([2, 5], line, 1).at(7), torch.full((2,), float(line(7))))
+    assert torch.allclose(newton_through([0, 1, 4], parabola, 2).at(6), torch.full((2,), float(parabola(6))))
+    # older points leave the table: order 2 through the last three of five (-1, 2, 3, 5, 8) is the parabola there
+    newton = newton_through([-1, 2, 3, 5, 8], cubic, 2)
+    through = [(3, cubic(3)), (5, cubic(5)), (8, cubic(8))]
+    expected = sum(value * np.prod([(9 - other) / (k - other) for other, _ in through if other != k])
+                   for k, value in through)  # Lagrange's form of the same parabola, at 9
+    print(f"order 2 through 3, 5, 8 of k^3 - 4k at 9: {float(newton.at(9)[0]):.4f}, Lagrange {expected:.4f}")
+    assert newton.points == (3, 5, 8) and torch.allclose(newton.at(9), torch.full((2,), float(expected)))
+    one = newton_through([3, 6], line, 0)  # order 0 (fora): the last features themselves
+    assert one.at(9) is one.diagonal[0] and torch.equal(one.at(9), torch.full((2,), float(line(6))))
 
 
 def test_the_cache_holds_what_its_accounting_says(reference):
@@ -115,7 +130,7 @@ def test_the_cache_holds_what_its_accounting_says(reference):
 
     while not trajectory.done:
         step(denoiser, [trajectory])
-    held = sum(part.numel() * part.element_size() for _, parts in trajectory.memory["snapshots"] for part in parts)
+    held = sum(part.numel() * part.element_size() for newton in trajectory.memory["newton"] for part in newton.diagonal)
     expected = cache_bytes_per_image(cached.feature_shape(model), policy) * 2  # two images
     print(f"forecast:3:2 on S/8: {held / 2 / 1e6:.2f} MB per image held, {expected / 2 / 1e6:.2f} MB accounted")
     assert held == expected

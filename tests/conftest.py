@@ -53,6 +53,15 @@ def pytest_runtest_setup(item):
         pytest.fail(f"DIT_REQUIRE_GPU=1 but {reason}", pytrace=False)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The machine under the summary: a failure that only one CPU shows (a native library's kernels) says where."""
+    from dit_ref.machine.cpu import cpu_summary
+    from dit_ref.machine.gpu_stack import installed
+
+    versions = ", ".join(f"{name} {installed(name)}" for name in ("torch", "onnxruntime", "openvino"))
+    terminalreporter.write_line(f"machine: {cpu_summary()}; {versions}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """Factory for cached random models: tiny_model("S/8", 256, seed=0)."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dit_ref.machine.cpu import cpu_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```sh offline\n(.*?)^```", re.S | re.M)
@@ -32,10 +34,12 @@ def test_the_pages_that_need_checking_have_commands():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=[page.stem for page in PAGES])
 def test_offline_commands_run(page, tmp_path):
+    # faulthandler: a crash in a native library (a signal) prints the Python stack it happened under
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                   "HF_HUB_OFFLINE": "1"}
+                   "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
     for command in offline_commands(page):
         done = subprocess.run(command, shell=True, cwd=tmp_path, env=environment, capture_output=True, text=True,
                               timeout=SECONDS_PER_COMMAND)
         print(f"$ {command}\n{done.stderr[-1500:]}")
-        assert done.returncode == 0, f"{page.name}: `{command}` exited {done.returncode}:\n{done.stderr[-1500:]}"
+        assert done.returncode == 0, (f"{page.name}: `{command}` exited {done.returncode} on {cpu_summary()}:\n"
+                                      f"{done.stdout[-500:]}{done.stderr[-3000:]}")

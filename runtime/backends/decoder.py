@@ -2,7 +2,7 @@
 (n, C, L, L) float32 -> images (n, 3, 8L, 8L) float32, as runtime.vae.GraphDecoder calls it.
 
 A .plan runs in TensorRT on a CUDA GPU; a .onnx in ONNX Runtime on a GPU where its CUDA provider is, else on the
-CPU in CPU_CHOICE's backend for its precision (the faster one measured, docs/sampling.md). Not in the denoiser
+CPU in CPU_CHOICE's backend for its precision (docs/benchmarks.md, VAE decode). Not in the denoiser
 registry (runtime.backends.BACKENDS): a decoder has one input, one output and no sampling loop around it. Latents
 and images cross to the host for ONNX Runtime and OpenVINO (the images go there anyway, as PNGs); TensorRT runs
 on torch CUDA tensors (written against its documented API, not run on a GPU here).
@@ -18,8 +18,12 @@ from dit_ref.errors import DiTError
 from dit_ref.machine.cpu import physical_cores
 from runtime.backends import onnxruntime_cuda_here, openvino_here
 
-# By measurement (benchmarks/vae_decode.py, docs/sampling.md): the faster CPU runtime for each precision.
-CPU_CHOICE = {"fp32": "openvino", "fp16": "openvino", "bf16": "openvino"}
+# The CPU runtime of each precision. FP32 and FP16 decode in ONNX Runtime: OpenVINO was at most 8% faster there
+# (benchmarks/vae_decode.py, AMD EPYC: 1463 against 1505 ms at 256 px in FP32, slower in FP16 at 512 px), but
+# dit-run with the FP16 SD VAE decoder in OpenVINO died of SIGSEGV in CI on another machine (not reproduced on
+# the EPYC, nor under qemu's Haswell emulation), and ONNX Runtime is the runtime every decoder check uses. BF16
+# runs in OpenVINO only (ONNX Runtime has no bfloat16 CPU kernels), 1.9x faster than FP32 in ONNX Runtime.
+CPU_CHOICE = {"fp32": "onnxruntime", "fp16": "onnxruntime", "bf16": "openvino"}
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
@@ -29,11 +33,9 @@ def decoder_backend(path: Path, manifest: DecoderManifest, device: torch.device)
         return "tensorrt", device if device.type == "cuda" else torch.device("cuda")
     if device.type == "cuda" and onnxruntime_cuda_here():
         return "onnxruntime", device
-    if openvino_here():
-        return CPU_CHOICE[manifest.precision], torch.device("cpu")
-    if manifest.precision == "bf16":
+    if CPU_CHOICE[manifest.precision] == "openvino" and not openvino_here():
         raise DiTError(f"{path.name} is a bf16 decoder, which runs on a CPU in OpenVINO only: pip install -e '.[cpu]'")
-    return "onnxruntime", torch.device("cpu")
+    return CPU_CHOICE[manifest.precision], torch.device("cpu")
 
 
 def load_decoder_runner(path: Path, manifest: DecoderManifest, device="cpu", threads: int | None = None):

@@ -73,10 +73,27 @@ def test_chunked_decode_equals_one_shot_decode(exported_decoder, random_vae):
     float_error = max_rel_error(graph.images(latents[:2]), graph.images(latents)[:2])
     print(f"graph: chunks of 2 vs one call of 5 differ by {np.abs(chunked.astype(int) - one_shot).max()} grey levels "
           f"(float images {float_error:.1e}); PyTorch VAE: {np.abs(torch_chunked.astype(int) - torch_one_shot).max()}")
-    assert np.array_equal(chunked, one_shot) and float_error == 0  # OpenVINO: bitwise
+    assert np.array_equal(chunked, one_shot) and float_error == 0  # the graph in ONNX Runtime: bitwise
     # PyTorch's convolutions sum a batch of 5 in another order than one of 2: a value on a grey level's edge may
     # truncate to either side of it
     assert np.abs(torch_chunked.astype(int) - torch_one_shot).max() <= 1
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", "onnxruntime"), ("fp16", "onnxruntime"),
+                                                 ("bf16", "openvino")])
+def test_a_decoder_graph_decodes_on_the_cpu_runtime_of_its_precision(exported_decoder, precision, expected):
+    decoder = load_decoder(str(exported_decoder(precision).graph), "vae", 4, latent_size=32, threads=1)
+    images = decoder.images(torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)))
+    print(f"{precision} decoder graph on {decoder.backend}: images {tuple(images.shape)}, std {images.std():.3f}")
+    assert decoder.backend == f"{expected}-cpu" and images.shape == (1, 3, 256, 256) and images.std() > 0
+
+
+def test_a_bf16_decoder_without_openvino_is_refused_in_one_line(exported_decoder, monkeypatch):
+    import runtime.backends.decoder as decoders
+
+    monkeypatch.setattr(decoders, "openvino_here", lambda: False)
+    with pytest.raises(DiTError, match="bf16 decoder, which runs on a CPU in OpenVINO only: pip install"):
+        load_decoder(str(exported_decoder("bf16").graph), "vae", 4, latent_size=32)
 
 
 def test_a_decoder_of_another_latent_size_is_refused_in_one_line(graphs, exported_decoder, capsys, tmp_path):

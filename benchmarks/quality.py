@@ -17,7 +17,6 @@ A setting is one line in SETTINGS; options it gives to generate() or load_denois
 
 import inspect
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -249,10 +248,9 @@ def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path =
 
 def package_versions() -> dict:
     """Versions of what made and scored the samples (None for a package that is not installed)."""
-    from dit_ref.machine.gpu_stack import installed
+    from dit_ref.machine.gpu_stack import versions
 
-    packages = ("dit-deploy", "torch", "onnxruntime", "openvino", "numpy")
-    return {"python": platform.python_version(), **{package: installed(package) for package in packages}}
+    return versions("dit-deploy", "torch", "onnxruntime", "openvino", "numpy")
 
 
 def record(rows: list[dict], per_class: int, seed: int, resamples: int, threads: int | None, device: str) -> dict:

@@ -194,14 +194,10 @@ def mixed_table(rows: list[dict]) -> str:
 
 def machine() -> dict:
     """What the figures were measured on: the CPU (dit_ref.machine.cpu.cpu_summary) and the versions."""
-    import platform
-
     from dit_ref.machine.cpu import cpu_summary
-    from dit_ref.machine.gpu_stack import installed
+    from dit_ref.machine.gpu_stack import versions
 
-    packages = ("ray", "torch", "openvino", "onnxruntime", "fastapi")
-    return {"cpu": cpu_summary(),
-            "versions": {"python": platform.python_version(), **{package: installed(package) for package in packages}}}
+    return {"cpu": cpu_summary(), "versions": versions("ray", "torch", "openvino", "onnxruntime", "fastapi")}
 
 
 def table(rows: list[dict]) -> str:

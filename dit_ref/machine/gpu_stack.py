@@ -46,6 +46,11 @@ def installed(distribution: str) -> str | None:
         return None
 
 
+def versions(*distributions: str) -> dict:
+    """Python's version and each distribution's (None where it is not installed): what a benchmark records."""
+    return {"python": platform.python_version(), **{name: installed(name) for name in distributions}}
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

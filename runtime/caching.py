@@ -72,14 +72,10 @@ class Newton:
     """Newton's divided differences of one trajectory's features through its last refreshes, kept as each refresh
     arrives so that a reuse costs one multiply-add per order: points are the refreshed calls (newest last), and
     diagonal[o] the difference of order o through the newest o + 1 of them, f[p_-o-1, ..., p_-1]. Order 0 (one
-    point) is FORA's reuse of the last features as they are."""
+    point) is FORA's reuse of the last features as they are; Newton() is the empty table before the first refresh."""
 
-    points: tuple[int, ...]
-    diagonal: tuple[torch.Tensor, ...]
-
-    @staticmethod
-    def start(k: int, features: torch.Tensor) -> "Newton":
-        return Newton((k,), (features,))
+    points: tuple[int, ...] = ()
+    diagonal: tuple[torch.Tensor, ...] = ()
 
     def add(self, k: int, features: torch.Tensor, order: int) -> "Newton":
         """Through (k, features) and the newest `order` points kept: f[p_-o, ..., k] = (f[p_-o+1, ..., k] -
@@ -197,10 +193,9 @@ class CachingDenoiser(Denoiser):
         """A refreshed trajectory's features (its rows, then its null rows) added to its differences."""
         memory, order, k = trajectory.memory, self.policy_of(trajectory).order, trajectory.k
         features = (outputs["features"], outputs["null_features"])  # (n, depth, 2, T, D), (U, depth, 2, T, D)
-        if "guided" in memory and torch.equal(memory["guided"], ask[GUIDED]):
-            memory["newton"] = tuple(newton.add(k, part, order) for newton, part in zip(memory["newton"], features))
-        else:  # the first refresh, or other guided rows (another layout): start again
-            memory["newton"] = tuple(Newton.start(k, part) for part in features)
+        same_rows = "guided" in memory and torch.equal(memory["guided"], ask[GUIDED])
+        kept = memory["newton"] if same_rows else (Newton(), Newton())  # other guided rows: another layout, anew
+        memory["newton"] = tuple(newton.add(k, part, order) for newton, part in zip(kept, features))
         memory["guided"] = ask[GUIDED]
 
     def close(self) -> None:

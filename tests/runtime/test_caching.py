@@ -92,10 +92,9 @@ def test_each_policy_refreshes_the_calls_its_rule_names(reference, spec, monkeyp
 
 def newton_through(points, polynomial, order) -> Newton:
     """The differences as a trajectory's refreshes at `points` leave them."""
-    values = [torch.full((2,), float(polynomial(k))) for k in points]
-    newton = Newton.start(points[0], values[0])
-    for k, value in zip(points[1:], values[1:]):
-        newton = newton.add(k, value, order)
+    newton = Newton()
+    for k in points:
+        newton = newton.add(k, torch.full((2,), float(polynomial(k))), order)
     return newton
 
 

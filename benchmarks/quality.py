@@ -15,7 +15,6 @@ when they run on the same device (the noise generators live there).
 A setting is one line in SETTINGS; options it gives to generate() or load_denoiser() need no code here.
 """
 
-import inspect
 import json
 import sys
 import time
@@ -136,7 +135,7 @@ def select_settings(names: str | None) -> list["Setting"]:
 def check_setting(setting: Setting) -> None:
     """DiTError saying what is wrong with a setting, before anything is exported or sampled."""
     from runtime.backends import BACKENDS
-    from runtime.generate import generate
+    from runtime.options import OPTIONS
     from runtime.sampling import sampler_from_name
 
     if setting.backend not in BACKENDS:
@@ -149,7 +148,7 @@ def check_setting(setting: Setting) -> None:
     fixed = sorted(set(setting.options) & set(FIXED_BY_THE_RUN))
     if fixed:
         raise DiTError(f"setting {setting.name}: {fixed[0]!r} is fixed by the run for every row; drop it from options")
-    unknown = sorted(set(setting.options) - set(inspect.signature(generate).parameters))
+    unknown = sorted(set(setting.options) - set(OPTIONS))
     if unknown:
         raise DiTError(f"setting {setting.name}: runtime.generate.generate() takes no option {unknown[0]!r}")
     sampler_from_name(setting.sampler, setting.steps)  # DiTError for an unknown sampler or a bad step count

@@ -119,14 +119,14 @@ class CachingDenoiser(Denoiser):
 
     stateful = True
 
-    def __init__(self, base: Denoiser, refresh, reuse, policy: CachePolicy | None):
+    def __init__(self, base: Denoiser, refresh, reuse):
         """refresh(inputs) -> outputs and reuse(inputs) -> outputs take and give named tensors (run_named).
-        policy: every trajectory's, unless its memory names its own ("policy": a CachePolicy, or None for none,
-        whose calls then go to the base denoiser: a service's requests choose theirs)."""
-        self.base, self.refresh, self.reuse, self.policy = base, refresh, reuse, policy
+        Each trajectory's calls follow its own cache policy (trajectory.options.cache); a trajectory without
+        one is stepped by the base denoiser, as an uncached step runs it."""
+        self.base, self.refresh, self.reuse = base, refresh, reuse
         self.provenance, self.batch_range, self.device = base.provenance, base.batch_range, base.device
         self.manifest = base.manifest
-        self.name = f"{base.name}, cache {policy.spec}" if policy else f"{base.name}, cached steps per request"
+        self.name = f"{base.name}, cached steps"
         self.refreshed_rows = self.reused_rows = 0
 
     def __call__(self, x, t, y, cfg_scale):
@@ -154,7 +154,7 @@ class CachingDenoiser(Denoiser):
         return results
 
     def policy_of(self, trajectory) -> CachePolicy | None:
-        return trajectory.memory["policy"] if "policy" in trajectory.memory else self.policy
+        return trajectory.options.cache
 
     def ask(self, trajectory) -> dict | None:
         """The trajectory's next call: its inputs, guided rows, and whether it refreshes; None without a policy."""
@@ -202,13 +202,14 @@ class CachingDenoiser(Denoiser):
         self.base.close()
 
 
-def cached_denoiser(denoiser: Denoiser, policy) -> CachingDenoiser:
+def cached_denoiser(denoiser: Denoiser) -> CachingDenoiser:
     """The denoiser with cached steps: the PyTorch reference's own two forms, or the refresh and reuse graphs
     its manifest names (exported with dit-export --cached-steps), loaded with the same backend and options.
-    policy None: each trajectory names its own in its memory (a service's requests)."""
+    Each trajectory names its own policy (trajectory.options.cache)."""
     from runtime.backends import load_denoiser
 
-    policy = parse_cache(policy)
+    if isinstance(denoiser, CachingDenoiser):
+        return denoiser
     if not hasattr(denoiser, "cached_pair"):  # loaded once per denoiser: a worker or replica reuses it
         if denoiser.manifest is None:  # the PyTorch reference
             denoiser.cached_pair = denoiser.cached_forms()
@@ -219,4 +220,4 @@ def cached_denoiser(denoiser: Denoiser, policy) -> CachingDenoiser:
             backend, options = denoiser.loaded_as
             graphs = [load_denoiser(denoiser.path.parent / pair[role], backend, **options) for role in ("refresh", "reuse")]
             denoiser.cached_pair = tuple(graph.run_named for graph in graphs)
-    return CachingDenoiser(denoiser, *denoiser.cached_pair, policy)
+    return CachingDenoiser(denoiser, *denoiser.cached_pair)

@@ -22,8 +22,9 @@ from runtime.backends import BACKEND_CHOICES, NOTHING_TO_RUN, auto_backend, back
 from runtime.backends.torch_backend import NEEDS_MODEL, TORCH_BATCH
 from runtime.generate import write_samples
 from runtime.images import open_output, output_kind
-from runtime.plan import SEEDINGS, ModelFacts, Plan, make_plan, split_classes
-from runtime.sampling import DIFFUSERS_SCHEDULERS
+from runtime.options import NAMED, OPTIONS, click_flags, given_flags
+from runtime.plan import ModelFacts, Plan, make_plan, split_classes
+from runtime.profile import load_point
 from runtime.scaleout.shards import DEFAULT_SHARD_SIZE
 from runtime.vae import load_decoder
 
@@ -50,14 +51,13 @@ def model_facts(path, flags: dict) -> ModelFacts:
                                   flags["image_size"] or configs.get_config(flags["model"]).image_sizes[0])
 
 
-def plan_from_flags(flags: dict, facts: ModelFacts, seeding: str) -> tuple[Plan, Plan]:
-    """(the plan as asked, the plan checked against facts) from dit-run's flags."""
+def plan_from_flags(flags: dict, facts: ModelFacts, **overrides) -> tuple[Plan, Plan]:
+    """(the plan as asked, the plan checked against facts) from dit-run's flags (and overrides of them)."""
     if flags["threads"] is not None and flags["threads"] < 1:
         raise DiTError(f"--threads must be at least 1, not {flags['threads']}")
     classes = split_classes(flags["classes"]) or None
-    asked = make_plan(classes, flags["num_samples"], flags["sampler"], flags["steps"], flags["cfg_scale"],
-                      flags["seed"], seeding, flags["batch_size"], flags["vae"],
-                      guidance_interval=flags["guidance_interval"], cache=flags["cache"])
+    options = {**{name: flags[name] for name in OPTIONS}, **overrides}
+    asked = make_plan(classes, decoder=flags["vae"], **options)
     return asked, asked.check(facts)
 
 
@@ -77,10 +77,7 @@ def provenance_info(denoiser, plan: Plan, decoder) -> dict:
             "weights": facts.source, "backend": denoiser.name,
             "sampler": f"{plan.sampler.name} ({plan.sampler.num_calls} denoiser calls)", "seed": plan.seed,
             "cfg_scale": plan.cfg_scale, "vae": decoder.source if decoder else "none"}
-    if plan.guidance_interval:
-        info["guidance_interval"] = "{}:{}".format(*plan.guidance_interval)
-    if plan.cache:
-        info["cache"] = plan.cache.spec
+    info.update(named_options(plan))
     warnings = []
     if facts.random_weights:
         warnings.append(RANDOM_WEIGHTS)
@@ -91,13 +88,33 @@ def provenance_info(denoiser, plan: Plan, decoder) -> dict:
     return info
 
 
+def with_profile(path, flags: dict) -> tuple:
+    """The file and flags --profile makes: the point's graph or engine, its backend and the backend's options,
+    and its request options, each where the user gave none (runtime.profile)."""
+    if flags["profile"] is None:
+        return path, flags
+    profile, point = load_point(flags["profile"], path)
+    chosen = {**point.request, "backend": point.backend, **point.load}
+    flags = {**flags, **{name: value for name, value in chosen.items() if name not in flags["given"]}}
+    path = profile.graph_path(point)
+    click.echo(f"profile {point.name} ({profile.path.name}): {path.name} on {flags['backend']}", err=True)
+    return path, flags
+
+
+def named_options(plan: Plan) -> dict:
+    """The options that provenance names when they are set (a guidance interval, a cache policy), spelled as
+    their flags take them."""
+    return {name: ":".join(map(str, value)) if isinstance(value, list) else value
+            for name, value in plan.spelled(NAMED).items() if value is not None}
+
+
 def run_on_ray_from_cli(path, flags: dict) -> None:
     """dit-run --ray: the same plan, made on Ray Data into resumable shards (runtime.scaleout)."""
     from runtime.scaleout.cluster import parse_address
     from runtime.scaleout.job import Job, RayOptions, run_on_ray
 
     parse_address(flags["ray_address"])  # `--ray G.onnx` took the graph for an address: say so first
-    if flags["seeding"] == "official":
+    if "seeding" in flags["given"] and flags["seeding"] == "official":
         raise DiTError("--ray uses per-sample seeding (a sample must not depend on the worker that makes it); "
                        "drop --seeding official, or drop --ray for sample.py's order")
     not_for_ray = [flag(name) for name in NOT_FOR_RAY if flags[name] is not None]
@@ -106,7 +123,7 @@ def run_on_ray_from_cli(path, flags: dict) -> None:
         raise DiTError(f"--ray runs an engine (.plan) or graph (.onnx) file on every worker, not {what}; export one "
                        f"with dit-export (workers are placed with --workers and --gpus-per-worker)")
     manifest = read_manifest(path)
-    _, plan = plan_from_flags(flags, ModelFacts.from_manifest(manifest), "per-sample")
+    _, plan = plan_from_flags(flags, ModelFacts.from_manifest(manifest), seeding="per-sample")
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
     job = Job(path=path, plan=plan, backend=chosen_backend(path, flags["backend"]), cuda_graphs=flags["cuda_graphs"])
@@ -126,7 +143,7 @@ def run_here(path, flags: dict) -> None:
     if misplaced:
         raise DiTError(f"{misplaced[0]} is for --ray runs; add --ray (a local instance) or drop it")
     facts = model_facts(path, flags)
-    asked, plan = plan_from_flags(flags, facts, flags["seeding"] or "official")
+    asked, plan = plan_from_flags(flags, facts)
     out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "sample.png")
     output_kind(out, latents=plan.decoder == "none")  # check --out before any slow work
     backend = chosen_backend(path, flags["backend"])
@@ -152,37 +169,21 @@ def run_here(path, flags: dict) -> None:
                          columns=flags["grid_columns"]) as output:
             write_samples(denoiser, plan, decoder, output)
     what = "latents" if decoder is None else "images"
-    extras = "".join(f", {key.replace('_', ' ')} {info[key]}" for key in ("guidance_interval", "cache") if key in info)
+    extras = "".join(f", {key.replace('_', ' ')} {value}" for key, value in named_options(plan).items())
     extras += f", decoder {decoder.manifest.precision} on {decoder.backend}" if hasattr(decoder, "backend") else ""
     click.echo(f"wrote {len(plan.labels)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
                f"cfg {plan.cfg_scale:g}{extras}, seed {plan.seed})"
                f"{' [' + info['Warning'] + ']' if 'Warning' in info else ''}", err=True)
 
 
-SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a diffusers scheduler: " \
-               f"{', '.join(DIFFUSERS_SCHEDULERS)} (20 steps) or a scheduler class name"
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("engine_or_graph", required=False)
 @click.option("--class", "classes", multiple=True, help="Class label or name (ImageNet 0..999, \"golden "
               "retriever\"; fashion 0..9, \"sneaker\"); repeat or comma-separate. Default: sample.py's demo labels (fashion: every class), or random ones with --num-samples.")
-@click.option("--num-samples", type=int, help="Number of images (default: one per class).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds latents, labels and noise.")
-@click.option("--steps", type=int, help="Sampling steps (default per sampler).")
-@click.option("--sampler", default="ddpm", show_default=True, help=SAMPLER_HELP)
-@click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="Guidance scale (sample.py: 4.0; FID runs: 1.5).")
-@click.option("--guidance-interval", metavar="LO:HI", help="Guide only the steps whose timestep (0..999 of the training "
-              "schedule) lies in LO..HI; the others run one pass, not two (default: every step, as sample.py). "
-              "0:600 is the one measured best for the shipped fashion model (1.36x at DDIM 50, same accuracy); 82:468 "
-              "is the paper's EDM2 interval sigma (0.28, 2.9]; docs/sampling.md.")
-@click.option("--cache", metavar="POLICY", help="Cached steps: fora:N (every block's attention and MLP outputs "
-              "refreshed every N calls, reused between) or forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2); "
-              "the first and last 2 calls always refresh. Graphs need dit-export --cached-steps.")
+@click_flags(tuple(OPTIONS))
 @click.option("--cfg-channels", type=click.Choice(["3", "4"]), help="Guided eps channels (graphs: from the manifest; torch: 3).")
 @click.option("--vae", default="auto", show_default=True, help="auto (mse; pixels for pixel-space models) | ema | mse (hub) | PATH (local diffusers VAE) | DECODER.onnx|.plan (made by dit-export --vae) | random (offline demo) | none (write latents .npy).")
 @click.option("--out", help="FILE.png (grid, --grid-columns per row), FILE.npz (uint8 arr_0 for FID tools), DIR (one PNG each), FILE.npy with --vae none.")
-@click.option("--batch-size", type=int, help="Samples per denoiser batch (default: up to the manifest's max).")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--device", help="cpu, cuda, cuda:1 (default: cuda when available).")
 @click.option("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: physical cores).")
@@ -198,9 +199,6 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--cuda-graphs", is_flag=True, help="TensorRT: capture one CUDA graph per batch size and replay it.")
 @click.option("--grid-columns", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per row of a .png grid (4: sample.py's layout).")
-@click.option("--seeding", type=click.Choice(SEEDINGS), help="official (default; not with --ray): one stream in "
-              "sample.py's order (bitwise sample.py); per-sample (--ray's): sample i's own stream keyed by (seed, i), "
-              "the same in any batch size, order, worker or cluster.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
               help="Generate on Ray Data into resumable <out>.shards/: no ADDRESS starts a local instance; auto or "
                    "ray://HOST:PORT joins a cluster. Writes .npz (or .npy with --vae none).")
@@ -211,8 +209,11 @@ SAMPLER_HELP = f"ddpm (learned sigma, 250 steps), ddim (eta 0, 50 steps), or a d
 @click.option("--shard-size", type=click.IntRange(min=1), help=f"--ray: samples per resumable shard "
               f"(default {DEFAULT_SHARD_SIZE}).")
 @click.option("--keep-shards", is_flag=True, help="--ray: keep <out>.shards/ after assembling the output.")
-def run(engine_or_graph, **flags):
+@click.pass_context
+def run(context, engine_or_graph, **flags):
     """Sample DiT images from ENGINE_OR_GRAPH (.plan or .onnx), or from a checkpoint with --backend torch."""
+    flags["given"] = given_flags(context)
+    engine_or_graph, flags = with_profile(engine_or_graph, flags)
     if flags["ray_address"] is not None:
         return run_on_ray_from_cli(engine_or_graph, flags)
     return run_here(engine_or_graph, flags)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from runtime.backends import load_denoiser
 from runtime.caching import cached_denoiser
 from runtime.plan import ModelFacts, Plan, make_plan
+from runtime.sampling import CallOptions
 from runtime.sampling.noise import OfficialNoise, PerSampleNoise
 from runtime.vae import load_decoder
 
@@ -45,27 +46,27 @@ def load_with_decoder(path, backend: str, vae: str, **options):
                                   options.get("threads"))
 
 
-def generate(denoiser, labels, sampler, *, seed: int = 0, cfg_scale: float = 4.0, batch_size: int | None = None,
-             decoder=None, on_step: Callable[[dict], None] | None = None, seeding: str = "official",
-             first_index: int = 0, guidance_interval=None, cache=None) -> Iterator[Batch]:
+def generate(denoiser, labels, sampler=None, *, decoder=None, on_step: Callable[[dict], None] | None = None,
+             first_index: int = 0, **options) -> Iterator[Batch]:
     """Sample len(labels) images (None entries: random labels; numbers or class names) in batches; yields
     each finished Batch.
 
-    seeding "official": one generator for the run, sample.py's order (bitwise sample.py; depends on
-    the batch composition). "per-sample": sample first_index + k has its own generator keyed by
-    (seed, index), so it comes out the same in any batch, order or worker.
+    sampler: a Sampler (runtime.sampling.sampler_from_name) or a sampler's name (with steps=); None: ddpm.
+    options: the request options (runtime.options.OPTIONS), as dit-run's flags and with their defaults: seed,
+    cfg_scale, steps, batch_size, a guidance interval, a cache policy (graphs need their --cached-steps pair), ...;
+    seeding "official" (the default: one generator for the run, sample.py's order, bitwise sample.py, depending
+    on the batch composition) or "per-sample" (sample first_index + k has its own generator keyed by (seed,
+    index), the same in any batch, order or worker).
 
     decoder: None for raw latents, a runtime.vae.load_decoder decoder, or its spec ("auto": the
     model's own, the SD VAE (mse) or pixels; "ema", "mse", a directory, a decoder graph or engine made by
     dit-export --vae, "random").
     on_step gets the sampler's {"x", "i", "t", "total"} after every denoiser call.
-    guidance_interval "LO:HI" or (LO, HI): guide only the steps whose timestep lies in it (None: all).
-    cache "fora:N" or "forecast:N:ORDER": cached steps (runtime.caching; graphs need their --cached-steps pair).
     """
     spec = decoder if isinstance(decoder, str) else ("none" if decoder is None else "auto")
-    plan = make_plan(list(labels), sampler=sampler, cfg_scale=cfg_scale, seed=seed, seeding=seeding,
-                     batch_size=batch_size, decoder=spec, first_index=first_index,
-                     guidance_interval=guidance_interval, cache=cache).check(ModelFacts.of(denoiser))
+    if sampler is not None:
+        options["sampler"] = sampler
+    plan = make_plan(list(labels), decoder=spec, first_index=first_index, **options).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
         decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device,
@@ -77,7 +78,7 @@ def generate_plan(denoiser, plan: Plan, decoder=None, on_step: Callable[[dict], 
                   ) -> Iterator[Batch]:
     """The samples of a checked plan (Plan.check) in batches of its batch size; decoder None: latents."""
     if plan.cache is not None:
-        denoiser = cached_denoiser(denoiser, plan.cache)
+        denoiser = cached_denoiser(denoiser)
     labels = list(plan.labels)
     batch_size = plan.choose_batch_size(len(labels), denoiser.batch_range)
     official = OfficialNoise(plan.seed, denoiser.device)
@@ -86,12 +87,12 @@ def generate_plan(denoiser, plan: Plan, decoder=None, on_step: Callable[[dict], 
         indices = range(plan.first_index + start, plan.first_index + start + len(chunk))
         noise = official if plan.seeding == "official" else PerSampleNoise(plan.seed, indices, denoiser.device)
         yield Batch(start, *sample_batch(denoiser, chunk, plan.sampler, noise, [plan.cfg_scale] * len(chunk),
-                                         decoder, on_step, plan.guidance_interval))
+                                         decoder, on_step, plan.call_options))
 
 
 def sample_batch(denoiser, labels: list, sampler, noise, cfg_scales: list[float], decoder=None,
                  on_step: Callable[[dict], None] | None = None,
-                 guidance_interval: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 options: CallOptions = CallOptions()) -> tuple[np.ndarray, np.ndarray]:
     """One denoiser batch: labels (None: drawn by noise), one cfg scale per sample -> (labels, samples).
 
     The labels are checked and the batch fits the denoiser's range (the plan sees to both; so does a
@@ -101,7 +102,7 @@ def sample_batch(denoiser, labels: list, sampler, noise, cfg_scales: list[float]
     with torch.inference_mode():
         x, y = noise.draw_batch(labels, provenance.latent_shape, provenance.num_classes)  # (n, C, L, L), (n,)
         scale = torch.tensor(cfg_scales, dtype=torch.float32, device=denoiser.device)  # (n,)
-        x = sampler(denoiser, x, y, scale, noise, on_step, guidance_interval)
+        x = sampler(denoiser, x, y, scale, noise, on_step, options)
         samples = x.float().cpu().numpy() if decoder is None else decoder(x)
     return y.cpu().numpy(), samples
 

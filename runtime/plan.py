@@ -11,7 +11,6 @@ dit-run, generate(), dit-run --ray (every worker gets the same plan, a part of i
 sample.py; depends on the batch composition); "per-sample" keys sample first_index + k by (seed, index).
 """
 
-import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,17 +19,15 @@ from dit_ref import configs
 from dit_ref.class_names import class_names, resolve_label
 from dit_ref.contract import BatchRange, Manifest
 from dit_ref.errors import DiTError
-from runtime.caching import NO_PAIR, CachePolicy, parse_cache
-from runtime.sampling import Sampler, check_steps, sampler_from_name
+from runtime.caching import NO_PAIR, CachePolicy
+from runtime.options import MAX_SEED, OPTIONS, check_names, defaults
+from runtime.sampling import CallOptions, Sampler, sampler_from_name
 from runtime.vae import check_decoder_spec
 
 DEMO_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # sample.py's class_labels
-SEEDINGS = ("official", "per-sample")
-MAX_SEED = 2**63 - 1  # per-sample seeding keys numpy's SeedSequence with (seed, index): non-negative
-# How each front end names a plan's fields in its messages: dit-run's flags (the default), dit-serve's JSON fields.
-CLI_NAMES = {"class": "--class", "num_samples": "--num-samples", "steps": "--steps", "cfg_scale": "--cfg-scale",
-             "seed": "--seed", "batch_size": "--batch-size", "sampler": "--sampler",
-             "guidance_interval": "--guidance-interval", "cache": "--cache"}
+# How each front end names a plan's fields in its messages: dit-run's flags (the default); dit-serve's JSON
+# fields are runtime.service.api.HTTP_NAMES.
+CLI_NAMES = {"class": "--class", **{name: option.flag for name, option in OPTIONS.items()}}
 
 
 @dataclass(frozen=True)
@@ -84,15 +81,30 @@ class Plan:
     classes: tuple | None  # the labels asked for: numbers, names, None entries (random); None: the defaults
     num_samples: int | None  # None: one per label asked for (or the defaults)
     sampler: Sampler
-    cfg_scale: float = 4.0
-    seed: int = 0
-    seeding: str = "official"
+    cfg_scale: float = OPTIONS["cfg_scale"].default
+    seed: int = OPTIONS["seed"].default
+    seeding: str = OPTIONS["seeding"].default
     batch_size: int | None = None  # None: as many as the denoiser's batch range allows
     decoder: str = "auto"  # a decoder spec, as dit-run --vae ("none": the raw latents)
     first_index: int = 0  # index of this plan's first sample in the run (per-sample seeding keys by it)
     names: tuple = tuple(CLI_NAMES.items())  # how the front end that made it names its fields (messages)
     guidance_interval: tuple[int, int] | None = None  # (LO, HI) timesteps guided, ends included; None: every step
     cache: CachePolicy | None = None  # cached steps (runtime.caching); None: every call computes everything
+    profile: str | None = None  # the tuning profile point its options came from (runtime.profile), for provenance
+
+    @property
+    def steps(self) -> int:
+        """The sampler's step count."""
+        return self.sampler.steps
+
+    @property
+    def call_options(self) -> CallOptions:
+        """What each denoiser call of this plan's trajectories is asked beyond its samples."""
+        return CallOptions(self.guidance_interval, self.cache)
+
+    def spelled(self, names=OPTIONS) -> dict:
+        """The options' values as JSON (an answer, a record, provenance), by option name."""
+        return {name: OPTIONS[name].spell(getattr(self, name)) for name in names}
 
     @property
     def labels(self) -> tuple:
@@ -128,9 +140,13 @@ class Plan:
             batches = {min(size, len(labels)), len(labels) % size or size}  # the denoiser batches, as decoded
             identity = check_decoder_spec(self.decoder, facts.decoder, facts.latent_shape, sorted(batches))
             decoder = identity if Path(identity).is_absolute() else decoder
-        if self.cache is not None and not facts.cached_steps:
-            raise DiTError(NO_PAIR)
+        self.check_options(facts)
         return replace(self, classes=tuple(labels), num_samples=None, decoder=decoder)
+
+    def check_options(self, facts: ModelFacts) -> None:
+        """DiTError for an option this model cannot take: a cache policy without the cached-steps graphs."""
+        if self.cache is not None and not facts.cached_steps:
+            raise DiTError(f"{dict(self.names)['cache']}: {NO_PAIR}")
 
     def choose_batch_size(self, num_samples: int, batch_range: BatchRange) -> int:
         """batch_size, or as many samples as the range allows; the full and the last batch must fit it."""
@@ -145,41 +161,25 @@ class Plan:
                        first_index=self.first_index + start)
 
 
-def make_plan(classes=None, num_samples: int | None = None, sampler: str | Sampler = "ddpm", steps: int | None = None,
-              cfg_scale: float = 4.0, seed: int = 0, seeding: str = "official", batch_size: int | None = None,
-              decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES,
-              guidance_interval=None, cache=None) -> Plan:
-    """A Plan; DiTError (one line, naming the option as `names` does) for a value no model can use."""
-    for field, value in (("batch_size", batch_size), ("num_samples", num_samples)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise DiTError(f"{names[field]} must be at least 1, not {value}")
-    if classes is not None and len(classes) == 0 and num_samples is None:
+def make_plan(classes=None, *, decoder: str = "auto", first_index: int = 0, names: dict = CLI_NAMES,
+              **options) -> Plan:
+    """A Plan from the labels asked for and any request options (runtime.options: seed, sampler, steps,
+    cfg_scale, guidance_interval, cache, num_samples, batch_size, seeding; the others take their defaults);
+    DiTError (one line, naming the option as `names` does) for a value no model can use. The sampler may be
+    a Sampler (with steps None)."""
+    check_names(options, "a request")
+    values = {**defaults(), **options}
+    sampler = values.pop("sampler")
+    checked = {name: OPTIONS[name].check(value, names[name]) for name, value in values.items()}
+    if classes is not None and len(classes) == 0 and checked["num_samples"] is None:
         raise DiTError(f"no labels given: pass at least one {names['class']}, or {names['num_samples']} for random "
                        f"ones")
-    check_cfg_scale(cfg_scale, names["cfg_scale"])
-    check_seed(seed, seeding, names["seed"])
+    if checked["seeding"] == "per-sample" and not 0 <= checked["seed"] <= MAX_SEED:
+        raise DiTError(f"{names['seed']} must be 0..{MAX_SEED} with per-sample seeding, not {checked['seed']}")
+    steps = checked.pop("steps")
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
-    return Plan(None if classes is None else tuple(classes), num_samples, sampler, float(cfg_scale), seed, seeding,
-                batch_size, decoder, first_index, tuple(names.items()),
-                parse_interval(guidance_interval, names["guidance_interval"]), parse_cache(cache, names["cache"]))
-
-
-def parse_interval(value, what: str = "--guidance-interval") -> tuple[int, int] | None:
-    """"LO:HI", (LO, HI) or None -> (LO, HI) timesteps of the 0..999 training schedule, LO <= HI; DiTError else."""
-    if value is None:
-        return None
-    parts = value.split(":") if isinstance(value, str) else value
-    try:
-        if len(parts) != 2 or any(isinstance(part, bool) or isinstance(part, float) for part in parts):
-            raise ValueError
-        low, high = (int(str(part).strip()) for part in parts)
-    except (TypeError, ValueError):
-        raise DiTError(f"{what} {value!r} must be two timesteps LO:HI (0..{configs.NUM_TIMESTEPS - 1}), e.g. "
-                       f"82:468") from None
-    if not 0 <= low <= high <= configs.NUM_TIMESTEPS - 1:
-        raise DiTError(f"{what} {low}:{high} must satisfy 0 <= LO <= HI <= {configs.NUM_TIMESTEPS - 1} "
-                       f"(timesteps of the training schedule)")
-    return low, high
+    return Plan(None if classes is None else tuple(classes), sampler=sampler, decoder=decoder,
+                first_index=first_index, names=tuple(names.items()), **checked)
 
 
 def check_label(label: int, num_classes: int, what: str = "class") -> int:
@@ -193,30 +193,14 @@ def check_label(label: int, num_classes: int, what: str = "class") -> int:
 def build_sampler(name, steps: int | None = None, names: dict = CLI_NAMES) -> Sampler:
     """The named sampler; DiTError for an unknown name, steps outside 1..1000, or a diffusers scheduler that
     refuses these steps."""
-    if not isinstance(name, str):
-        raise DiTError(f"{names['sampler']} must be a name (ddpm, ddim, dpm++, ...), not {name!r}")
-    check_steps(steps, names["steps"])
+    OPTIONS["sampler"].check(name, names["sampler"])
+    OPTIONS["steps"].check(steps, names["steps"])
     try:
         return sampler_from_name(name, steps)
     except DiTError:
         raise
     except Exception as error:  # a diffusers scheduler's own refusal (ValueError, ...) of these steps
         raise DiTError(f"sampler {name!r} cannot take {steps} steps ({str(error).splitlines()[0][:200]})") from None
-
-
-def check_cfg_scale(cfg_scale, what: str = "--cfg-scale") -> None:
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
-        raise DiTError(f"{what} must be a finite number, not {cfg_scale}")
-
-
-def check_seed(seed, seeding: str, what: str = "--seed") -> None:
-    """DiTError for an unknown seeding or a seed it cannot key (numpy's SeedSequence takes 0..2^63-1)."""
-    if seeding not in SEEDINGS:
-        raise DiTError(f"unknown seeding {seeding!r}; choose one of {', '.join(SEEDINGS)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DiTError(f"{what} must be an integer, not {seed!r}")
-    if seeding == "per-sample" and not 0 <= seed <= MAX_SEED:
-        raise DiTError(f"{what} must be 0..{MAX_SEED} with per-sample seeding, not {seed}")
 
 
 def split_classes(values) -> list:

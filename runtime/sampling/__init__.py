@@ -11,14 +11,14 @@ import functools
 
 from dit_ref.configs import NUM_TIMESTEPS
 from dit_ref.errors import DiTError
-from runtime.sampling.core import FiniteWatch, Sampler, Trajectory, step
+from runtime.sampling.core import CallOptions, FiniteWatch, Sampler, Trajectory, step
 from runtime.sampling.diffusers_adapter import DIFFUSERS_SCHEDULERS, DIFFUSERS_STEPS, diffusers_sampler
 from runtime.sampling.official import DDIM_STEPS, DDPM_STEPS, ddim_sampler, ddpm_sampler
 
 SAMPLERS = {"ddpm": ddpm_sampler, "ddim": ddim_sampler}  # ours; any other name is a diffusers scheduler
 DEFAULT_STEPS = {"ddpm": DDPM_STEPS, "ddim": DDIM_STEPS}  # any other sampler: DIFFUSERS_STEPS
 
-__all__ = ["DIFFUSERS_SCHEDULERS", "FiniteWatch", "SAMPLERS", "Sampler", "Trajectory", "default_steps",
+__all__ = ["DIFFUSERS_SCHEDULERS", "CallOptions", "FiniteWatch", "SAMPLERS", "Sampler", "Trajectory", "default_steps",
            "sampler_from_name", "sampler_names", "step"]
 
 

@@ -58,6 +58,14 @@ Start = Callable[[tuple, torch.Tensor, "NoiseSource | None"], Run]  # start(time
 
 
 @dataclass(frozen=True)
+class CallOptions:
+    """What every denoiser call of a trajectory is asked beyond its samples (a request plan's, runtime.plan)."""
+
+    guidance_interval: tuple[int, int] | None = None  # (LO, HI): guide only the calls whose t has LO <= t <= HI
+    cache: object = None  # a runtime.caching.CachePolicy: refresh or reuse cached features (a denoiser with them)
+
+
+@dataclass(frozen=True)
 class Sampler:
     """A sampler with its timesteps bound; stateless (every trajectory gets its own Run)."""
 
@@ -72,18 +80,17 @@ class Sampler:
         return len(self.timesteps)
 
     def begin(self, x, y, cfg_scale, noise_source, callback: Callback | None = None, backend: str = "denoiser",
-              guidance_interval: tuple[int, int] | None = None) -> "Trajectory":
-        """A Trajectory of these samples at step 0 (backend: the denoiser's name, for error messages;
-        guidance_interval (LO, HI): guide only the calls whose timestep t has LO <= t <= HI)."""
+              options: CallOptions = CallOptions()) -> "Trajectory":
+        """A Trajectory of these samples at step 0 (backend: the denoiser's name, for error messages; options:
+        what its calls are asked beyond the samples, a guidance interval and a cache policy)."""
         run = self.start(self.timesteps, x, noise_source)
         watch = FiniteWatch(x.device, self.timesteps, backend)
-        return Trajectory(self, run, run.x, y, cfg_scale, watch, callback, guidance_interval=guidance_interval)
+        return Trajectory(self, run, run.x, y, cfg_scale, watch, callback, options=options)
 
     def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None,
-                 guidance_interval: tuple[int, int] | None = None):
+                 options: CallOptions = CallOptions()):
         """The whole loop: x (n, C, L, L) initial latents -> the final latents."""
-        trajectory = self.begin(x, y, cfg_scale, noise_source, callback, getattr(denoiser, "name", "denoiser"),
-                                guidance_interval)
+        trajectory = self.begin(x, y, cfg_scale, noise_source, callback, denoiser.name, options)
         while not trajectory.done:
             step(denoiser, [trajectory])
         return trajectory.result()
@@ -102,7 +109,7 @@ class Trajectory:
     callback: Callback | None = None
     k: int = 0  # denoiser calls made
     memory: dict = field(default_factory=dict)  # what a stateful denoiser keeps for these samples
-    guidance_interval: tuple[int, int] | None = None  # (LO, HI): guided only where LO <= t <= HI; None: always
+    options: CallOptions = CallOptions()  # the guidance interval and cache policy of its calls
 
     def __len__(self) -> int:
         return len(self.x)
@@ -123,7 +130,8 @@ class Trajectory:
 
     def call_cfg_scale(self) -> torch.Tensor:
         """(n,) the cfg scales of the next call: the samples' own inside the interval, 1 outside it."""
-        if self.guidance_interval is None or guided_at(self.t, self.guidance_interval):
+        interval = self.options.guidance_interval
+        if interval is None or guided_at(self.t, interval):
             return self.cfg_scale
         return torch.ones_like(self.cfg_scale)
 

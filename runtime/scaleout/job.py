@@ -31,6 +31,7 @@ from dit_ref.machine.cpu import physical_cores
 from runtime.backends import backend_for
 from runtime.generate import generate_plan, load_with_decoder
 from runtime.images import open_output, output_kind
+from runtime.options import NAMED
 from runtime.plan import ModelFacts, Plan
 from runtime.scaleout.cluster import (
     START_SECONDS, Pool, connect, failure_reason, local_cpus, node_resources, parse_address, plan_pool,
@@ -163,8 +164,7 @@ def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),
             "cfg_scale": wanted.cfg_scale, "seed": wanted.seed, "seeding": wanted.seeding,
-            "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
-            "cache": wanted.cache.spec if wanted.cache else None,
+            **wanted.spelled(NAMED),
             "decoder": decoder_identity(wanted.decoder, manifest), "labels": labels_digest(wanted.labels),
             "num_samples": plan.num_samples, "shard_size": plan.shard_size, "output": kind}
 

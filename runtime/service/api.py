@@ -14,17 +14,16 @@ from dataclasses import dataclass
 from dit_ref.class_names import class_names
 from dit_ref.contract import RANDOM_WEIGHTS, BatchRange, Manifest
 from dit_ref.errors import DiTError
+from runtime.options import HTTP_OPTIONS, OPTIONS
 from runtime.plan import ModelFacts, Plan, make_plan
 from runtime.sampling import default_steps, sampler_names
 
-# dit-run's defaults (steps: the sampler's); a guidance interval and a cache policy default to the service's own
-# (dit-serve --guidance-interval, --cache), none unless it was started with them.
-DEFAULTS = {"seed": 0, "sampler": "ddpm", "steps": None, "cfg_scale": 4.0, "guidance_interval": None, "cache": None}
+# dit-run's defaults (steps: the sampler's); the options dit-serve has a flag for (runtime.options SERVE_OPTIONS)
+# default to the service's own, the table's unless it was started with them.
+DEFAULTS = {option.name: option.default for option in HTTP_OPTIONS}
 FIELDS = ("class_labels", *DEFAULTS)
 # How a request's fields are named in its 400s (runtime.plan words each fault once, for every front end).
-HTTP_NAMES = {"class": "class_labels entry", "num_samples": "class_labels", "steps": "steps", "cfg_scale": "cfg_scale",
-              "seed": "seed", "batch_size": "batch_size", "sampler": "sampler", "guidance_interval": "guidance_interval",
-              "cache": "cache"}
+HTTP_NAMES = {"class": "class_labels entry", **{name: name for name in OPTIONS}, "num_samples": "class_labels"}
 
 
 class ServiceError(Exception):
@@ -43,15 +42,15 @@ class Model:
     num_classes: int
     names: tuple[str, ...] | None  # one name line per class, or None (numbers only)
     max_images: int
-    guidance_interval: str | None = None  # the service's default for a request that names none
-    cache: str | None = None  # likewise
+    defaults: tuple = ()  # (option, value) pairs: the service's defaults for a request that names none
     cached_steps: bool = False  # the graph has its cached-steps pair: requests may ask for a cache policy
+    points: tuple = ()  # (name, its request options, or why this service cannot run it) of its tuning profile
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, max_images: int, guidance_interval: str | None = None,
-                      cache: str | None = None) -> "Model":
+    def from_manifest(cls, manifest: Manifest, max_images: int, defaults: dict | None = None,
+                      points: dict | None = None) -> "Model":
         return cls(manifest.model, manifest.num_classes, class_names(manifest.model, manifest.num_classes), max_images,
-                   guidance_interval, cache, bool(manifest.cached_steps))
+                   tuple((defaults or {}).items()), bool(manifest.cached_steps), tuple((points or {}).items()))
 
     @property
     def facts(self) -> ModelFacts:
@@ -79,15 +78,28 @@ def parse_generate(body: bytes, model: Model) -> Plan:
     unknown = [key for key in fields if key not in FIELDS]
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
-    fields = {**DEFAULTS, "guidance_interval": model.guidance_interval, "cache": model.cache, **fields}
+    options = {**DEFAULTS, **dict(model.defaults)}
     try:
-        labels = check_label_list(fields.get("class_labels"), model)
-        plan = make_plan(labels, sampler=fields["sampler"], steps=fields["steps"], cfg_scale=fields["cfg_scale"],
-                         seed=fields["seed"], seeding="per-sample", decoder="none", names=HTTP_NAMES,
-                         guidance_interval=fields["guidance_interval"], cache=fields["cache"])
+        if fields.get("profile") is not None:
+            options.update(profile_options(fields["profile"], model))
+        options.update(fields)
+        labels = check_label_list(options.pop("class_labels", None), model)
+        plan = make_plan(labels, seeding="per-sample", decoder="none", names=HTTP_NAMES, **options)
         return plan.check(model.facts)
     except DiTError as error:
         raise bad_request(str(error)) from None
+
+
+def profile_options(name, model: Model) -> dict:
+    """The request options of the service's profile point `name`; DiTError when there is no such point or it runs
+    on another graph or backend than the service's."""
+    points = dict(model.points)
+    if name not in points:
+        have = ", ".join(points) if points else "none (no dit-tune profile beside the served graph)"
+        raise DiTError(f"profile {name!r} is not one of this service's profile points: {have}")
+    if isinstance(points[name], str):
+        raise DiTError(f"profile {name!r} {points[name]}; start dit-serve with --profile {name} to serve it")
+    return points[name]
 
 
 def check_label_list(values, model: Model) -> list:
@@ -114,4 +126,4 @@ def model_summary(manifest: Manifest, backend: str, settings) -> dict:
             "max_batch": settings.max_batch, "max_images": settings.max_images, "replicas": settings.replicas,
             "batching": settings.batching, "simulated_call_ms": settings.simulated_call_ms,
             "samplers": sampler_names(), "default_steps": {name: default_steps(name) for name in sampler_names()},
-            "defaults": {**DEFAULTS, "guidance_interval": settings.guidance_interval, "cache": settings.cache}}
+            "defaults": {**DEFAULTS, **settings.request_defaults}}

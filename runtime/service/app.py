@@ -118,9 +118,9 @@ class Generator:
         torch.set_num_threads(settings.threads)
         denoiser, self.decoder = load_with_decoder(settings.path, settings.backend, settings.vae,
                                                    device=settings.device, threads=settings.threads,
-                                                   cuda_graphs=settings.cuda_graphs)
+                                                   cuda_graphs=settings.cuda_graphs, **settings.load_options)
         if denoiser.manifest.cached_steps:  # requests choose their own cache policy, or none
-            denoiser = cached_denoiser(denoiser, None)
+            denoiser = cached_denoiser(denoiser)
         self.denoiser = ReplicaDenoiser(denoiser, settings.simulated_call_ms)
         self.replica = uuid.uuid4().hex[:8]
         facts = denoiser.provenance
@@ -158,13 +158,9 @@ class Generator:
         items = [item for item, _ in group]
         noise = PerSampleNoise([item.seed for item in items], [item.index for item in items], self.denoiser.device)
         first = self.denoiser.calls + 1
-        denoiser = self.denoiser
-        if items[0].cache:  # one policy for the group (it is part of the schedule)
-            denoiser = ReplicaDenoiser(cached_denoiser(self.denoiser.inner.base, items[0].cache))
-        labels, images = sample_batch(denoiser, [item.label for item in items],
+        labels, images = sample_batch(self.denoiser, [item.label for item in items],
                                       sampler_from_name(items[0].sampler, items[0].steps), noise,
-                                      [item.cfg_scale for item in items], self.decoder,
-                                      guidance_interval=items[0].guidance_interval)
+                                      [item.cfg_scale for item in items], self.decoder, options=items[0].options)
         return [Made(png_bytes(image, self.metadata), int(label), len(items),
                      Calls(self.replica, arrived, first, self.denoiser.calls))
                 for image, label, (_, arrived) in zip(images, labels, group)]
@@ -178,7 +174,8 @@ class Frontend:
     def __init__(self, generator, settings: Settings):
         self.generator, self.settings = generator, settings
         manifest = read_manifest(settings.path)
-        self.model = Model.from_manifest(manifest, settings.max_images, settings.guidance_interval, settings.cache)
+        self.model = Model.from_manifest(manifest, settings.max_images, settings.request_defaults,
+                                         served_points(settings))
         self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
         self.random_weights = manifest.random_weights
         self.page_html = PAGE.read_text(encoding="utf-8")
@@ -226,16 +223,12 @@ class Frontend:
         """One image per class label, each made beside the images of other requests."""
         self.admit(request)
         wanted = parse_generate(await read_body(request, MAX_BODY_BYTES), self.model)
-        sampler = wanted.sampler
-        cache = wanted.cache.spec if wanted.cache else None
-        items = [Item(label, wanted.seed, index, sampler.name, sampler.steps, wanted.cfg_scale,
-                      wanted.guidance_interval, cache) for index, label in enumerate(wanted.labels)]
+        items = [Item(label, wanted.seed, index, wanted.sampler.name, wanted.steps, wanted.cfg_scale,
+                      wanted.call_options) for index, label in enumerate(wanted.labels)]
         made = await self.make_all(items)
         return {"images": [base64.b64encode(image.png).decode("ascii") for image in made],
-                "labels": [image.label for image in made], "seed": wanted.seed, "sampler": sampler.name,
-                "steps": sampler.steps, "cfg_scale": wanted.cfg_scale,
-                "guidance_interval": list(wanted.guidance_interval) if wanted.guidance_interval else None,
-                "cache": cache, "model": self.model.name,
+                "labels": [image.label for image in made], **wanted.spelled(schema.ANSWERED),
+                "model": self.model.name,
                 "image_size": self.summary["image_size"], "random_weights": self.random_weights,
                 "batch_sizes": [image.batch_size for image in made],
                 "denoiser_calls": [image.calls.to_dict() for image in made]}
@@ -262,6 +255,25 @@ class Frontend:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.settings.api_key_sha256):
             raise ServiceError(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
                                {"WWW-Authenticate": "Bearer"})
+
+
+def served_points(settings: Settings) -> dict:
+    """The points of the profile beside the served graph: name -> its request options where the point runs on
+    what this service runs, else one line saying what it runs instead; {} without a profile."""
+    from runtime.profile import profile_path_for, read_profile
+
+    path = profile_path_for(settings.path)
+    if not path.is_file():
+        return {}
+    profile, served = read_profile(path), Path(settings.path).resolve()
+    points = {}
+    for name in profile.record["points"]:
+        point = profile.point(name)
+        here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
+                and point.load == settings.load_options)
+        points[name] = point.request if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
+                                                   f"what this service runs").replace(" , ", ", ").replace("  ", " ")
+    return points
 
 
 def replica_capacity(settings: Settings) -> int:

@@ -28,8 +28,9 @@ from dit_ref.machine.cpu import physical_cores
 from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
-from runtime.caching import NO_PAIR, parse_cache
-from runtime.plan import parse_interval
+from runtime.options import SERVE_OPTIONS, click_flags, given_flags
+from runtime.plan import ModelFacts, make_plan
+from runtime.profile import load_point
 from runtime.vae import check_decoder_spec, load_decoder
 
 log = logging.getLogger("dit-serve")
@@ -57,11 +58,26 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     identity = check_decoder_spec(vae, manifest.decoder, latent_shape, range(1, max_batch + 1))
     vae = identity if Path(identity).is_absolute() else vae  # the replicas may start elsewhere
     load_decoder(vae, manifest.decoder, manifest.latent_channels, latent_size=manifest.latent_size)  # offline: fail now
-    parse_interval(options.get("guidance_interval"))
-    if parse_cache(options.get("cache")) and not manifest.cached_steps:
-        raise DiTError(f"--cache: {NO_PAIR}")
+    check_request_defaults(options.get("request_defaults", {}), manifest)
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
+
+
+def with_profile(path, backend: str, defaults: dict, given) -> tuple:
+    """dit-serve --profile NAME: (file, backend, its options, requests' defaults) of the point: its graph or
+    engine, backend and the backend's options, and its request options as the requests' defaults, each where
+    the user gave none (runtime.profile)."""
+    if defaults.get("profile") is None:
+        return path, backend, {}, defaults
+    profile, point = load_point(defaults["profile"], path)
+    request = {name: value for name, value in point.request.items() if name not in given and value is not None}
+    return (profile.graph_path(point), backend if "backend" in given else point.backend, point.load,
+            {**request, **defaults})
+
+
+def check_request_defaults(defaults: dict, manifest: Manifest) -> None:
+    """DiTError for a requests' default (dit-serve --guidance-interval, --cache, ...) that no request could use."""
+    make_plan(**defaults).check_options(ModelFacts.from_manifest(manifest))
 
 
 def check_port(host: str, port: int) -> None:
@@ -210,10 +226,7 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
               help="Generator replicas, each holding the denoiser (one per GPU where there are GPUs).")
 @click.option("--max-batch", type=click.IntRange(min=1), help="Images per denoiser batch, at most (default: the "
               "manifest's opt batch; within its range). 1 turns batching off.")
-@click.option("--guidance-interval", metavar="LO:HI", help="Requests' default guidance interval (timesteps guided; "
-              "a request's own guidance_interval wins). Default: every step.")
-@click.option("--cache", metavar="POLICY", help="Requests' default cache policy (fora:N, forecast:N:ORDER; a graph "
-              "exported with --cached-steps). Default: none.")
+@click_flags([option.name for option in SERVE_OPTIONS], serve=True)
 @click.option("--batching", type=click.Choice(["step", "request"]), default="step", show_default=True,
               help="step: before every denoiser call waiting images join the running ones (any sampler, steps, "
               "cfg), and each is answered when done; request: a gathered batch runs to its end first.")
@@ -242,17 +255,21 @@ def run_service(settings: Settings, manifest: Manifest, host: str, port: int, ad
 @click.option("--ray", "ray_address", metavar="ADDRESS", help="Join a Ray cluster (auto, HOST:PORT, "
               "ray://HOST:PORT) instead of starting a private local instance.")
 @click.option("--verbose", is_flag=True, help="Show Ray's and Serve's own logs.")
-def serve(engine_or_graph, host, port, replicas, max_batch, batching, batch_wait_ms, simulated_call_ms, max_images,
-          queue_size, guidance_interval, cache, vae, backend, device, threads, gpus_per_replica, cuda_graphs, api_key,
-          ray_address, verbose):
+@click.pass_context
+def serve(context, engine_or_graph, host, port, replicas, max_batch, batching, batch_wait_ms, simulated_call_ms,
+          max_images, queue_size, vae, backend, device, threads, gpus_per_replica, cuda_graphs, api_key, ray_address,
+          verbose, **request_defaults):
     """Serve DiT images from ENGINE_OR_GRAPH (.plan or .onnx) over HTTP: POST /v1/generate, GET /v1/health,
     GET /v1/model, GET /v1/classes, and a page at /."""
     check_exposure(host, api_key)
+    request_defaults = {name: value for name, value in request_defaults.items() if value is not None}
+    engine_or_graph, backend, load_options, request_defaults = with_profile(engine_or_graph, backend, request_defaults,
+                                                                            given_flags(context))
     settings, manifest = prepare(engine_or_graph, max_batch, vae, backend, device=device, threads=threads,
                                  gpus_per_replica=gpus_per_replica, cuda_graphs=cuda_graphs, replicas=replicas,
                                  batching=batching, batch_wait_ms=batch_wait_ms, simulated_call_ms=simulated_call_ms,
-                                 max_images=max_images, queue_size=queue_size, guidance_interval=guidance_interval,
-                                 cache=cache, api_key_sha256=key_digest(api_key))
+                                 max_images=max_images, queue_size=queue_size, api_key_sha256=key_digest(api_key),
+                                 request_defaults=request_defaults, load_options=load_options)
     check_port(host, port)
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)

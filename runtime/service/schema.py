@@ -11,10 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from dit_ref.configs import NUM_TIMESTEPS
-from runtime.plan import MAX_SEED
-from runtime.sampling import sampler_names
-from runtime.service.api import DEFAULTS
+from runtime.options import HTTP_OPTIONS
 
 
 class Error(BaseModel):
@@ -33,22 +30,23 @@ class DenoiserCalls(BaseModel):
     last: int = Field(description="... and of its last.")
 
 
-class GenerateAnswer(BaseModel):
-    """The request's images, in its order, and what made them."""
+def answer_model():
+    """POST /v1/generate's answer: the images, and the options used (runtime.options' HTTP fields)."""
+    used = {option.name: (option.http.answer, Field(**option.http.answer_schema)) for option in HTTP_OPTIONS}
+    return create_model(
+        "GenerateAnswer", __doc__="The request's images, in its order, and what made them.",
+        images=(list[str], Field(description="One base64 PNG per class label.")),
+        labels=(list[int], Field(description="Each image's class number (names resolved).")),
+        **used,
+        model=(str, ...),
+        image_size=(int, ...),
+        random_weights=(bool, Field(description="True: the model has random weights; the images are noise.")),
+        batch_sizes=(list[int], Field(description="Per image, the largest denoiser batch it was in.")),
+        denoiser_calls=(list[DenoiserCalls], ...),
+    )
 
-    images: list[str] = Field(description="One base64 PNG per class label.")
-    labels: list[int] = Field(description="Each image's class number (names resolved).")
-    seed: int
-    sampler: str
-    steps: int
-    cfg_scale: float
-    guidance_interval: list[int] | None = Field(description="The timesteps [LO, HI] guided; null: every step.")
-    cache: str | None = Field(description="The cache policy the images were made with; null: none.")
-    model: str
-    image_size: int
-    random_weights: bool = Field(description="True: the model has random weights; the images are noise.")
-    batch_sizes: list[int] = Field(description="Per image, the largest denoiser batch it was in.")
-    denoiser_calls: list[DenoiserCalls]
+
+GenerateAnswer = answer_model()
 
 
 class ReplicaCount(BaseModel):
@@ -76,13 +74,9 @@ class BatchRange(BaseModel):
     max: int
 
 
-class Defaults(BaseModel):
-    seed: int
-    sampler: str
-    steps: int | None = Field(description="null: the sampler's own (default_steps).")
-    cfg_scale: float
-    guidance_interval: str | None = Field(description="The service's (dit-serve --guidance-interval); null: all steps.")
-    cache: str | None = Field(description="The service's (dit-serve --cache); null: no cached steps.")
+Defaults = create_model("Defaults", **{option.name: (option.http.default or option.http.answer,
+                                                       Field(**option.http.default_schema))
+                                        for option in HTTP_OPTIONS})
 
 
 class ModelInfo(BaseModel):
@@ -142,19 +136,7 @@ def generate_request_model(num_classes: int, max_images: int, named: bool) -> ty
     return create_model(
         "GenerateRequest", __config__=ConfigDict(extra="forbid"), __doc__="What to make: one image per class label.",
         class_labels=(list[label], Field(min_length=1, max_length=max_images, description="One image each.")),
-        seed=(int, Field(DEFAULTS["seed"], ge=0, le=MAX_SEED, description="Image i is sample i of dit-run "
-                         "--seeding per-sample --seed SEED.")),
-        sampler=(str, Field(DEFAULTS["sampler"], examples=sampler_names(), description="ddpm, ddim, a short "
-                            "diffusers name or a diffusers scheduler class name; case ignored.")),
-        steps=(int | None, Field(DEFAULTS["steps"], ge=1, le=NUM_TIMESTEPS, description="null: the sampler's own "
-                                 "(GET /v1/model's default_steps).")),
-        cfg_scale=(float, Field(DEFAULTS["cfg_scale"], description="Guidance scale, a finite number.")),
-        guidance_interval=(list[Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)]] | str | None, Field(
-            None, description="Guide only the steps whose timestep t (0..999) has LO <= t <= HI: [LO, HI] or "
-                              "\"LO:HI\" (docs/sampling.md); null: the service's default.")),
-        cache=(str | None, Field(None, pattern=r"^(fora:\d+|forecast:\d+:[12])$", description="Cached steps: "
-                                 "fora:N or forecast:N:ORDER (a graph exported with --cached-steps); null: the "
-                                 "service's default.")),
+        **{option.name: (option.http.request, Field(option.default, **option.http.schema)) for option in HTTP_OPTIONS},
     )
 
 

@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dit_ref.errors import DiTError
 
@@ -29,8 +29,8 @@ class Settings:
     # way, a gathered batch runs to its end before the next (kept for comparison: benchmarks/serve_load.py)
     batch_wait_ms: float = 10.0  # request batching: how long a replica waits for more images before a batch
     simulated_call_ms: float | None = None  # benchmarks only: a stand-in denoiser, this long a call, no images
-    guidance_interval: str | None = None  # requests' default (dit-serve --guidance-interval)
-    cache: str | None = None  # requests' default cache policy (dit-serve --cache; needs the cached-steps pair)
+    request_defaults: dict = field(default_factory=dict)  # the requests' defaults given to dit-serve, by option
+    load_options: dict = field(default_factory=dict)  # the backend's options beside device and threads (a profile's)
     max_images: int = 16  # per request
     queue_size: int = 64  # images a Generator replica holds waiting; when every replica is full: 503
     api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process

@@ -20,16 +20,14 @@ Item and of its schedule; the trajectory's items carry it to the step.
 """
 
 import asyncio
-import itertools
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from runtime.caching import parse_cache
 from runtime.images import png_bytes
-from runtime.sampling import FiniteWatch, Trajectory, sampler_from_name, step
+from runtime.sampling import CallOptions, FiniteWatch, Trajectory, sampler_from_name, step
 from runtime.sampling.noise import PerSampleNoise
 
 
@@ -43,14 +41,13 @@ class Item:
     sampler: str
     steps: int
     cfg_scale: float
-    guidance_interval: tuple[int, int] | None = None  # the request's (runtime.plan)
-    cache: str | None = None  # the request's cache policy spec (runtime.caching), None: none
+    options: CallOptions = CallOptions()  # the request's guidance interval and cache policy (runtime.plan)
 
     @property
     def schedule(self) -> tuple:
-        """What images must share to be one trajectory (the timesteps and the sampler's state, the guidance
-        interval, the cache policy: a trajectory's features are cached together)."""
-        return self.sampler, self.steps, self.guidance_interval or (), self.cache or ""
+        """What images must share to be one trajectory (the timesteps and the sampler's state, and the options
+        of every call: a guidance interval, a cache policy, whose features are cached together)."""
+        return self.sampler, self.steps, self.options
 
 
 @dataclass(frozen=True)
@@ -130,9 +127,10 @@ class StepBatcher:
 
     def begin(self, joining: list[tuple]) -> list[tuple]:
         """A Group per run of joining images with one schedule; (ticket, exception) for any that cannot begin."""
-        failed = []
-        by_schedule = itertools.groupby(sorted(joining, key=lambda job: job[0].schedule), lambda job: job[0].schedule)
-        for _, jobs in by_schedule:
+        failed, by_schedule = [], {}
+        for job in joining:
+            by_schedule.setdefault(job[0].schedule, []).append(job)
+        for jobs in by_schedule.values():
             items, arrived, tickets = map(list, zip(*jobs))
             try:
                 self.running.append(Group(items, arrived, tickets, self.trajectory(items), first_call=0))
@@ -148,9 +146,7 @@ class StepBatcher:
         x, y = noise.draw_batch([item.label for item in items], provenance.latent_shape, provenance.num_classes)
         scale = torch.tensor([item.cfg_scale for item in items], dtype=torch.float32, device=device)  # (n,)
         sampler = sampler_from_name(items[0].sampler, items[0].steps)
-        trajectory = sampler.begin(x, y, scale, noise, backend=self.denoiser.name,
-                                   guidance_interval=items[0].guidance_interval)
-        trajectory.memory["policy"] = parse_cache(items[0].cache)  # read by a caching replica denoiser
+        trajectory = sampler.begin(x, y, scale, noise, backend=self.denoiser.name, options=items[0].options)
         # NaN or inf is told by result(), for this trajectory alone, never from the middle of a shared step.
         trajectory.watch = FiniteWatch(device, sampler.timesteps, self.denoiser.name, check_every=sys.maxsize,
                                        eager=False)

@@ -79,13 +79,13 @@ def literal_refreshes(policy: CachePolicy, total: int) -> list[int]:
 @pytest.mark.parametrize("spec", ["fora:2", "fora:3", "forecast:3:1", "forecast:2:2"])
 def test_each_policy_refreshes_the_calls_its_rule_names(reference, spec, monkeypatch):
     policy = parse_cache(spec)
-    denoiser = cached_denoiser(reference, policy)
+    denoiser = cached_denoiser(reference)
     refreshed = []
     keep = type(denoiser).keep
     monkeypatch.setattr(type(denoiser), "keep", lambda self, trajectory, ask, outputs: (
         refreshed.append(trajectory.k), keep(self, trajectory, ask, outputs))[-1])
     sampler = sampler_from_name("ddim", 12)
-    (batch,) = generate(denoiser, [4, 5], sampler, seed=1)
+    (batch,) = generate(denoiser, [4, 5], sampler, seed=1, cache=spec)
     print(f"{spec}: refreshed at calls {refreshed}; {denoiser.reused_rows} rows reused")
     assert refreshed == literal_refreshes(policy, sampler.num_calls) and np.isfinite(batch.samples).all()
 
@@ -117,15 +117,16 @@ def test_the_forecast_is_exact_for_polynomials_of_its_order():
 
 def test_the_cache_holds_what_its_accounting_says(reference):
     policy = parse_cache("forecast:3:2")
-    denoiser = cached_denoiser(reference, policy)
+    denoiser = cached_denoiser(reference)
     sampler = sampler_from_name("ddim", 8)
     model = reference.model
     from runtime.sampling.noise import PerSampleNoise
 
     noise = PerSampleNoise(0, [0, 1])
     x, y = noise.draw_batch([1, 2], (4, 32, 32), 1000)
-    trajectory = sampler.begin(x, y, torch.full((2,), 4.0), noise)
-    from runtime.sampling import step
+    from runtime.sampling import CallOptions, step
+
+    trajectory = sampler.begin(x, y, torch.full((2,), 4.0), noise, options=CallOptions(cache=policy))
 
     while not trajectory.done:
         step(denoiser, [trajectory])
@@ -142,8 +143,8 @@ def test_caching_composes_with_a_guidance_interval(pair):
         sampler = sampler_from_name("ddim", 10)
         (plain,) = generate(denoiser, [1, 2], sampler, seed=5, guidance_interval="300:700")
         (every,) = generate(denoiser, [1, 2], sampler, seed=5, guidance_interval="300:700", cache="fora:1")
-        cached_run = cached_denoiser(denoiser, "fora:3")
-        (reused,) = generate(cached_run, [1, 2], sampler, seed=5, guidance_interval="300:700")
+        cached_run = cached_denoiser(denoiser)
+        (reused,) = generate(cached_run, [1, 2], sampler, seed=5, guidance_interval="300:700", cache="fora:3")
     print(f"interval 300:700: fora:1 vs uncached {max_rel_error(every.samples, plain.samples):.2e}; fora:3 refreshed "
           f"{cached_run.refreshed_rows} rows, reused {cached_run.reused_rows}")
     assert max_rel_error(every.samples, plain.samples) < 1e-5

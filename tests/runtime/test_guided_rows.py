@@ -12,7 +12,7 @@ from export.guided import example_inputs
 from export.verify import onnxruntime_session, run_graph
 from runtime.backends import load_denoiser
 from runtime.generate import generate
-from runtime.sampling import sampler_from_name, step
+from runtime.sampling import CallOptions, sampler_from_name, step
 from runtime.sampling.noise import OfficialNoise
 from runtime.sampling.core import guided_at
 from testing_utils import max_rel_error
@@ -134,7 +134,7 @@ def test_the_interval_guides_its_edges_and_nothing_outside(reference):
     recorder = RecordingDenoiser(reference)
     noise = OfficialNoise(0)
     trajectory = sampler.begin(noise.initial(2, (4, 32, 32)), torch.tensor([1, 2]), torch.tensor([4.0, 1.5]), noise,
-                               guidance_interval=(low, high))
+                               options=CallOptions(guidance_interval=(low, high)))
     while not trajectory.done:
         step(recorder, [trajectory])
     guided = [t for t, scales in recorder.calls if scales == [4.0, 1.5]]

@@ -2,20 +2,11 @@
 
 from pathlib import Path
 
+from runtime.tuning.search import pareto_front  # noqa: F401 (the one definition; part of this module's API)
+
 # (row key, axis label, higher is better, scale for the axis)
 METRICS = (("class_accuracy", "class accuracy (%)", True, 100.0),
            ("frechet_distance", "Fréchet distance to the test set (lower is better)", False, 1.0))
-
-
-def pareto_front(costs, qualities, higher_is_better: bool = True) -> list[bool]:
-    """Per point: True when no other point is at least as cheap and at least as good, and better in one."""
-    sign = 1.0 if higher_is_better else -1.0
-    points = [(float(cost), sign * float(quality)) for cost, quality in zip(costs, qualities, strict=True)]
-
-    def dominates(a, b) -> bool:
-        return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
-
-    return [not any(dominates(other, point) for other in points) for point in points]
 
 
 def plain_tick(value: float, _position=None) -> str:

@@ -45,6 +45,12 @@ IO_DTYPES = {"x": torch.float32, "t": torch.int64, "y": torch.int64, "cfg_scale"
              "features": torch.float32, "null_features": torch.float32}
 
 
+def guided_rows(cfg_scale: torch.Tensor) -> torch.Tensor:
+    """(U,) int64 indices of the rows a call guides, on cfg_scale's device: those whose scale is not 1 (guidance at
+    scale 1 is the conditional output, so a cfg-1 row runs the transformer once)."""
+    return torch.nonzero(cfg_scale != 1).flatten()
+
+
 def input_names(guided_rows: bool, role: str = "guided") -> tuple[str, ...]:
     """The graph's inputs: the per-image ones, `guided` for a graph that guides only some rows, and the
     features for a reuse graph."""

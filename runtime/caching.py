@@ -21,24 +21,28 @@ from dataclasses import dataclass
 
 import torch
 
-from dit_ref.contract import GUIDED
+from dit_ref.contract import GUIDED, guided_rows
 from dit_ref.errors import DiTError
 from runtime.denoiser import Denoiser
 
 EDGE_CALLS = 2  # always refreshed at both ends of a trajectory
-SPELLING = "fora:N (reuse for N-1 calls) or forecast:N:ORDER (ORDER 1 or 2), N >= 1, e.g. fora:3"
+SPELLING = ("fora:N (reuse for N-1 calls), forecast:N:ORDER (ORDER 1 or 2), N >= 1, e.g. fora:3, or refresh:K,K,... "
+            "(the calls that refresh, from 0, rising; dit-tune calibrates them)")
 NO_PAIR = ("this graph was exported without its cached-steps graphs; re-export it with dit-export --cached-steps "
            "to use --cache")
 
 
 @dataclass(frozen=True)
 class CachePolicy:
-    kind: str  # "fora" or "forecast"
-    every: int  # N: a refresh every N calls between the edges
-    order: int = 0  # forecast: the divided differences' order (1 or 2); fora: 0 (the last features as they are)
+    kind: str  # "fora", "forecast" or "refresh" (a calibrated list of calls)
+    every: int = 0  # fora, forecast: N, a refresh every N calls between the edges
+    order: int = 0  # forecast: the divided differences' order (1 or 2); else 0 (the last features as they are)
+    calls: tuple[int, ...] = ()  # refresh: the calls that refresh, rising from 0 (runtime.tuning.schedule)
 
     @property
     def spec(self) -> str:
+        if self.kind == "refresh":
+            return "refresh:" + ",".join(map(str, self.calls))
         return f"fora:{self.every}" if self.kind == "fora" else f"forecast:{self.every}:{self.order}"
 
     @property
@@ -47,14 +51,29 @@ class CachePolicy:
         return self.order + 1
 
     def refreshes(self, k: int, total: int) -> bool:
-        """Whether call k of total refreshes (the edges, then every N-th call after the first edge)."""
+        """Whether call k of total refreshes: a calibrated list's calls; else the edges, then every N-th call after
+        the first edge."""
+        if self.kind == "refresh":
+            return k in self.calls
         return k < EDGE_CALLS or k >= total - EDGE_CALLS or (k - EDGE_CALLS) % self.every == 0
+
+    def check_fits(self, total: int, what: str = "--cache") -> None:
+        """DiTError for a calibrated list with calls past a sampler's `total`."""
+        if self.calls and self.calls[-1] >= total:
+            raise DiTError(f"{what} {self.spec}: call {self.calls[-1]} is past this sampler's {total} calls (0.."
+                           f"{total - 1}); calibrate a list for this sampler and step count (dit-tune)")
 
 
 def parse_cache(spec, what: str = "--cache") -> CachePolicy | None:
     """"fora:3" / "forecast:3:2" / a CachePolicy / None -> CachePolicy or None; DiTError for another spelling."""
     if spec is None or isinstance(spec, CachePolicy):
         return spec
+    listed = re.fullmatch(r"\s*refresh:(\d+(?:,\d+)*)\s*", str(spec))
+    if listed:
+        calls = tuple(int(call) for call in listed.group(1).split(","))
+        if calls[0] != 0 or any(b <= a for a, b in zip(calls, calls[1:])):
+            raise DiTError(f"{what} {spec!r}: a refresh list starts at call 0 and rises; use {SPELLING}")
+        return CachePolicy("refresh", calls=calls)
     found = re.fullmatch(r"\s*(fora):(\d+)\s*|\s*(forecast):(\d+):(\d+)\s*", str(spec))
     if not found:
         raise DiTError(f"{what} {spec!r}: use {SPELLING}")
@@ -92,6 +111,17 @@ class Newton:
         for o in reversed(range(len(self.diagonal) - 1)):
             value = torch.add(self.diagonal[o], value, alpha=k - self.points[-o - 1])
         return value
+
+
+def refreshed_calls(policy: CachePolicy | None, timesteps, interval: tuple[int, int] | None = None) -> list[bool]:
+    """Per call of a trajectory at these timesteps, whether it refreshes: what CachingDenoiser does, as a pure
+    function (every call without a policy). A call refreshes when the policy says so, or when its guided rows
+    differ from the previous call's (a guidance interval's edge: the cached features are of other rows)."""
+    total = len(timesteps)
+    if policy is None:
+        return [True] * total
+    guided = [interval is None or interval[0] <= t <= interval[1] for t in timesteps]
+    return [policy.refreshes(k, total) or k == 0 or guided[k] != guided[k - 1] for k in range(total)]
 
 
 def join(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -162,7 +192,7 @@ class CachingDenoiser(Denoiser):
         if policy is None:
             return None
         x, t, y, cfg_scale = trajectory.model_inputs()
-        guided = torch.nonzero(cfg_scale != 1).flatten()  # (U,): as every denoiser decides them
+        guided = guided_rows(cfg_scale)  # (U,): as every denoiser decides them
         memory = trajectory.memory
         refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or "newton" not in memory
                    or not torch.equal(memory["guided"], guided))

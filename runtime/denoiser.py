@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest
+from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest, guided_rows
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Denoiser:
 
     def guided_rows(self, cfg_scale: torch.Tensor) -> torch.Tensor:
         """(U,) int64 indices of the rows to guide: those whose cfg scale is not 1; counts B + U rows."""
-        guided = torch.nonzero(cfg_scale != 1).flatten()  # (U,) on cfg_scale's device
+        guided = guided_rows(cfg_scale)  # (U,) on cfg_scale's device
         self.transformer_rows += len(cfg_scale) + len(guided)
         return guided
 

@@ -167,10 +167,12 @@ OPTIONS = {option.name: option for option in (
                       "wins). Default: every step.", spell=interval_json, named=True),
     Option("cache", None, parse_cache,
            "Cached steps: fora:N (every block's attention and MLP outputs refreshed every N calls, reused between) or "
-           "forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2); the first and last 2 calls always refresh. "
-           "Graphs need dit-export --cached-steps.", {"metavar": "POLICY"},
-           Http(str | None, {"pattern": r"^(fora:\d+|forecast:\d+:[12])$", "description": "Cached steps: fora:N or "
-                             "forecast:N:ORDER (a graph exported with --cached-steps); null: the service's default."},
+           "forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2), the first and last 2 calls always refresh; or "
+           "refresh:K,K,... (the calls that refresh, a list dit-tune calibrates on your model). Graphs need dit-export "
+           "--cached-steps.", {"metavar": "POLICY"},
+           Http(str | None, {"pattern": r"^(fora:\d+|forecast:\d+:[12]|refresh:\d+(,\d+)*)$", "description": "Cached "
+                             "steps: fora:N, forecast:N:ORDER or refresh:K,K,... (a graph exported with "
+                             "--cached-steps); null: the service's default."},
                 str | None, {"description": "The cache policy the images were made with; null: none."},
                 str | None, {"description": "The service's (dit-serve --cache); null: no cached steps."}),
            serve_help="Requests' default cache policy (fora:N, forecast:N:ORDER; a graph exported with "

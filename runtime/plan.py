@@ -178,6 +178,8 @@ def make_plan(classes=None, *, decoder: str = "auto", first_index: int = 0, name
         raise DiTError(f"{names['seed']} must be 0..{MAX_SEED} with per-sample seeding, not {checked['seed']}")
     steps = checked.pop("steps")
     sampler = sampler if isinstance(sampler, Sampler) else build_sampler(sampler, steps, names)
+    if checked["cache"] is not None:
+        checked["cache"].check_fits(sampler.num_calls, names["cache"])
     return Plan(None if classes is None else tuple(classes), sampler=sampler, decoder=decoder,
                 first_index=first_index, names=tuple(names.items()), **checked)
 

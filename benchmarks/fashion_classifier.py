@@ -1,12 +1,6 @@
-"""A small Fashion-MNIST classifier that scores generated samples: class accuracy and a Fréchet distance.
-
-Generated images are scored two ways against the shipped classifier (benchmarks/data/):
-  - class accuracy: the share of samples the classifier assigns to the class they were asked for;
-  - Fréchet distance (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule...", the FID
-    formula) between Gaussians fitted to the classifier's penultimate features of the samples and of
-    the 10,000 test images, whose mean and covariance ship beside the weights.
-Both depend on this classifier, so numbers are comparable only between runs scored with the same
-weights; the statistics file records the weights' sha256 and is refused if they differ.
+"""Training and evaluation of the fashion model's judge: the small Fashion-MNIST classifier whose class accuracy
+and feature distance score generated samples (runtime.tuning.judge defines, loads and applies it; its
+weights, test-set statistics and card ship in dit_ref/shipped/).
 
     python -m benchmarks.fashion_classifier --train   # retrain and rewrite the three shipped files
     python -m benchmarks.fashion_classifier           # report the shipped classifier on the test set
@@ -28,36 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from dit_ref import fashion_mnist  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from dit_ref.files import atomic_path, sha256_of_files, write_text_atomic  # noqa: E402
+from runtime.tuning.frechet import frechet_distance, statistics  # noqa: E402
+from runtime.tuning.judge import (CARD_PATH, FEATURE_DIM, STATISTICS_PATH, WEIGHTS_PATH, FashionClassifier,  # noqa: E402
+                                  as_model_input, features, load_classifier, load_test_statistics, predict)
 
-DATA = Path(__file__).resolve().parent / "data"
-WEIGHTS_PATH = DATA / "fashion-classifier.safetensors"
-STATISTICS_PATH = DATA / "fashion-test-features.npz"
-CARD_PATH = DATA / "fashion-classifier.md"
-FEATURE_DIM = 128
-BATCH = 500  # images per forward pass when scoring: bounds memory, not results
 FLOOR_SAMPLE = 10_000  # training images compared with the test set for the card's reference FD
-
-
-class FashionClassifier(nn.Module):
-    """Three conv blocks (28 -> 14 -> 7 -> 3 px), a 128-d feature layer, a 10-way linear head."""
-
-    def __init__(self, widths=(32, 64, 128), feature_dim: int = FEATURE_DIM, dropout: float = 0.3):
-        super().__init__()
-        blocks, channels = [], 1
-        for width in widths:
-            blocks += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            channels = width
-        self.convs = nn.Sequential(*blocks)
-        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(channels * 3 * 3, feature_dim), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, len(fashion_mnist.CLASS_NAMES)))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, 1, 28, 28) in [-1, 1] -> (N, F), the penultimate activations the Fréchet distance uses."""
-        return self.embed(self.convs(x))  # (N, C, 3, 3) -> (N, F)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (N, 10) logits
 
 
 @dataclass(frozen=True)
@@ -70,142 +39,6 @@ class TrainSettings:
     learning_rate: float = 3e-3  # peak of a one-cycle schedule (linear warm-up, cosine down to ~0)
     weight_decay: float = 5e-4
     flip: bool = True  # random horizontal flips: clothes are nearly mirror-symmetric, labels unchanged
-
-
-def as_model_input(images) -> torch.Tensor:
-    """uint8 (N, 28, 28) or float (N, 1, 28, 28) in [-1, 1], numpy or torch -> float32 (N, 1, 28, 28).
-
-    Floats are clamped to [-1, 1], as they would be when saved as an image, so a sampler's small
-    overshoot is not scored as a different distribution.
-    """
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.array(images))  # a copy: fashion_mnist's arrays are read-only
-    if not isinstance(images, torch.Tensor):
-        raise DiTError(f"images must be a numpy array or torch tensor, not {type(images).__name__}")
-    if images.dtype == torch.uint8:
-        if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
-            raise DiTError(f"uint8 images must be (N, 28, 28), got {tuple(images.shape)}")
-        return images.float().div(127.5).sub(1.0).unsqueeze(1)  # (N, 1, 28, 28), as to_model_range
-    if not images.is_floating_point() or images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
-        raise DiTError(f"images must be uint8 (N, 28, 28) or float (N, 1, 28, 28) in [-1, 1], "
-                       f"got {images.dtype} {tuple(images.shape)}")
-    return images.detach().float().cpu().clamp(-1.0, 1.0)
-
-
-@torch.no_grad()
-def _batched(function, images) -> torch.Tensor:
-    """function applied to images in chunks of BATCH, concatenated."""
-    x = as_model_input(images)
-    return torch.cat([function(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
-
-
-def features(model: FashionClassifier, images) -> np.ndarray:
-    """Penultimate features (N, F) float64 of images (see as_model_input for accepted forms)."""
-    return _batched(model.eval().features, images).double().numpy()
-
-
-def predict(model: FashionClassifier, images) -> np.ndarray:
-    """Predicted class (N,) int64."""
-    return _batched(model.eval(), images).argmax(1).numpy()
-
-
-def class_accuracy(model: FashionClassifier, images, labels) -> float:
-    """Share of images the classifier assigns to their label (the class the sampler was asked for)."""
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(labels) != len(images):
-        raise DiTError(f"{len(images)} images but {len(labels)} labels")
-    return float((predict(model, images) == labels).mean())
-
-
-def statistics(feature_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (F,), covariance (F, F)) of features (N, F), both float64; N >= 2."""
-    if len(feature_rows) < 2:
-        raise DiTError(f"a Fréchet distance needs at least 2 images, got {len(feature_rows)}")
-    return feature_rows.mean(0), np.cov(feature_rows, rowvar=False)
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (rounding negatives clipped)."""
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), the Fréchet distance of two Gaussians.
-
-    tr((S1 S2)^1/2) is taken through the symmetric PSD matrix S1^1/2 S2 S1^1/2 (same eigenvalues as
-    S1 S2) so eigh applies: no complex parts to discard and no scipy, unlike FID's usual sqrtm.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:  # (F,) * 2 == (F, F)
-        raise DiTError(f"mismatched statistics: means {mu1.shape}, {mu2.shape}; covariances "
-                       f"{sigma1.shape}, {sigma2.shape}")
-    root1 = _psd_sqrt(sigma1)
-    cross = np.linalg.eigvalsh(root1 @ sigma2 @ root1)  # eigenvalues of S1 S2
-    trace_cross_root = np.sqrt(np.clip(cross, 0.0, None)).sum()
-    distance = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_cross_root
-    return float(max(distance, 0.0))
-
-
-def frechet_distances(means: np.ndarray, covariances: np.ndarray, mu, sigma) -> np.ndarray:
-    """(B,) Fréchet distances of B Gaussians, means (B, F) and covariances (B, F, F), to one (mu, sigma).
-
-    The same formula as frechet_distance, batched for a bootstrap: tr((S sigma)^1/2) is taken through
-    sigma^1/2 S sigma^1/2 (the same eigenvalues), so sigma's root is taken once and each S costs one eigvalsh.
-    """
-    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
-    if means.ndim != 2 or means.shape[1:] != mu.shape or covariances.shape != (len(means), *sigma.shape):
-        raise DiTError(f"mismatched statistics: means {means.shape}, covariances {covariances.shape} against "
-                       f"{mu.shape}, {sigma.shape}")
-    root = _psd_sqrt(sigma)  # (F, F)
-    cross = np.linalg.eigvalsh(root @ covariances @ root)  # (B, F): eigenvalues of each S sigma
-    trace_cross_root = np.sqrt(np.clip(cross, 0.0, None)).sum(1)  # (B,)
-    distance = (np.sum((means - mu) ** 2, 1) + np.trace(covariances, axis1=1, axis2=2) + np.trace(sigma)
-                - 2 * trace_cross_root)
-    return np.maximum(distance, 0.0)
-
-
-def load_classifier(path: Path = WEIGHTS_PATH) -> FashionClassifier:
-    """The shipped classifier in eval mode; every key and shape checked."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise DiTError(f"{path} not found; train it with: python -m benchmarks.fashion_classifier --train")
-    state = load_file(str(path))
-    model = FashionClassifier()
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
-    if expected != found:
-        wrong = sorted(set(expected.items()) ^ set(found.items()))[:3]
-        raise DiTError(f"{path} is not a FashionClassifier checkpoint (first differences: {wrong}); retrain with --train")
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
-
-
-def load_test_statistics(path: Path = STATISTICS_PATH, weights: Path = WEIGHTS_PATH):
-    """(mu, sigma) of the test set's features, refused if they were made with other weights."""
-    if not Path(path).is_file():
-        raise DiTError(f"{path} not found; make it with: python -m benchmarks.fashion_classifier --train")
-    with np.load(path) as stored:
-        mu, sigma, made_with = stored["mu"], stored["sigma"], str(stored["classifier_sha256"])
-    if made_with != sha256_of_files(weights):
-        raise DiTError(f"{path} was computed with other classifier weights than {weights}; "
-                       "rerun python -m benchmarks.fashion_classifier --train")
-    return mu, sigma
-
-
-def score(images, labels, model: FashionClassifier | None = None) -> dict:
-    """{"class_accuracy", "frechet_distance", "n"} of samples against the shipped test-set statistics.
-
-    The Fréchet distance is biased upwards for small n (the sample covariance is noisy): compare
-    only scores of equal n; the card lists the floor at n = 10,000.
-    """
-    model = load_classifier() if model is None else model
-    mu, sigma = load_test_statistics()
-    sample_mu, sample_sigma = statistics(features(model, images))
-    return {"class_accuracy": class_accuracy(model, images, labels),
-            "frechet_distance": frechet_distance(sample_mu, sample_sigma, mu, sigma), "n": len(images)}
 
 
 def train_classifier(seed: int = 0, epochs: int = 6, images=None, labels=None, max_steps: int | None = None,
@@ -300,7 +133,8 @@ def card_text(settings: TrainSettings, results: dict, run: dict) -> str:
                      for name, accuracy in zip(fashion_mnist.CLASS_NAMES, results["per_class_accuracy"]))
     return f"""# Fashion-MNIST quality classifier
 
-Scores generated Fashion-MNIST samples (benchmarks/fashion_classifier.py): class accuracy, and the
+Scores generated Fashion-MNIST samples (runtime/tuning/judge.py; trained by benchmarks/fashion_classifier.py):
+class accuracy, and the
 Fréchet distance of its {FEATURE_DIM}-d penultimate features to the test set's (statistics in
 fashion-test-features.npz, tied to these weights by sha256).
 
@@ -352,7 +186,6 @@ def train_and_ship(settings: TrainSettings, threads: int) -> dict:
     model = train_classifier(settings.seed, settings.epochs, on_step=on_step)
     run = {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
            "threads": threads, "parameters": sum(p.numel() for p in model.parameters())}
-    DATA.mkdir(parents=True, exist_ok=True)
     save_classifier(model)
     run["file_bytes"] = WEIGHTS_PATH.stat().st_size
     results = evaluate(model, *save_test_statistics(model))

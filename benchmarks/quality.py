@@ -5,11 +5,11 @@
 Per setting (backend, graph precision, backend options, sampler and steps, cfg scale, generate()
 options) it generates the same balanced labels (per_class of each class, class-major) from the same
 seed with per-sample seeding, so sample i starts from the same noise and draws the same step noise
-in every setting, whatever the batch. The samples are scored with the shipped classifier
-(benchmarks/fashion_classifier.py): class accuracy (the share assigned to the requested class) and
+in every setting, whatever the batch. The samples are scored with the fashion model's judge, the
+shipped classifier (runtime.tuning.judge): class accuracy (the share assigned to the requested class) and
 the Fréchet distance of its 128-d features against the test set's (lower is better; it grows as the
 sample count falls, so compare rows of equal n only), each with a 95% bootstrap interval
-(benchmarks/bootstrap.py), plus seconds per image measured in the same run. Rows are paired only
+(runtime.tuning.bootstrap), plus seconds per image measured in the same run. Rows are paired only
 when they run on the same device (the noise generators live there).
 
 A setting is one line in SETTINGS; options it gives to generate() or load_denoiser() need no code here.
@@ -171,31 +171,20 @@ def sample(denoiser, labels: list[int], sampler, cfg_scale: float, seed: int = 0
     return np.concatenate([batch.samples for batch in batches]), seconds  # a pixel model: latents are pixels
 
 
-def score_samples(samples: np.ndarray, labels, resamples: int | None = RESAMPLES, model=None) -> dict:
-    """Class accuracy and Fréchet distance to the test set, each with its 95% bootstrap interval (resamples
-    None: the estimates alone, for a caller that needs no interval; the Fréchet one costs ~2.5 ms a resample)."""
-    from benchmarks import bootstrap, fashion_classifier
+def score_samples(samples: np.ndarray, labels, resamples: int | None = RESAMPLES, judge=None) -> dict:
+    """Class accuracy and Fréchet distance to the test set by the fashion model's judge (runtime.tuning.judge),
+    each with its 95% bootstrap interval (resamples None: the estimates alone, for a caller that needs no
+    interval; the Fréchet one costs ~2.5 ms a resample)."""
+    from runtime.tuning.judge import fashion_judge, score
 
-    model = fashion_classifier.load_classifier() if model is None else model
-    labels = np.asarray(labels, dtype=np.int64)  # (N,)
-    if len(labels) != len(samples):
-        raise DiTError(f"{len(samples)} samples but {len(labels)} labels")
-    correct = fashion_classifier.predict(model, samples) == labels  # (N,) bool
-    features = fashion_classifier.features(model, samples)  # (N, 128) float64
-    mu, sigma = fashion_classifier.load_test_statistics()
-    distance = fashion_classifier.frechet_distance(*fashion_classifier.statistics(features), mu, sigma)
-    scores = {"n": len(samples), "class_accuracy": float(correct.mean()), "frechet_distance": distance}
-    if resamples is not None:
-        scores["class_accuracy_interval"] = bootstrap.accuracy_interval(correct, resamples, BOOTSTRAP_SEED)
-        scores["frechet_distance_interval"] = bootstrap.frechet_interval(features, mu, sigma, resamples, BOOTSTRAP_SEED)
-    return scores
+    return score(fashion_judge() if judge is None else judge, samples, labels, resamples, BOOTSTRAP_SEED)
 
 
 def sample_and_score(denoiser, labels: list[int], sampler, cfg_scale: float, seed: int = 0,
-                     options: dict | None = None, resamples: int | None = RESAMPLES, model=None) -> dict:
+                     options: dict | None = None, resamples: int | None = RESAMPLES, judge=None) -> dict:
     """Generate labels' samples (seeded per sample) and score them: accuracy, Fréchet distance, s/image."""
     samples, seconds = sample(denoiser, labels, sampler, cfg_scale, seed, options)
-    return {**score_samples(samples, labels, resamples, model), "seconds_per_image": seconds / len(labels)}
+    return {**score_samples(samples, labels, resamples, judge), "seconds_per_image": seconds / len(labels)}
 
 
 def artifact(setting: Setting, work_dir: Path) -> Path | None:
@@ -228,18 +217,18 @@ def load_for(setting: Setting, path: Path | None, threads: int | None, device: s
 def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path = Path("."),
         threads: int | None = None, device: str = "cpu", resamples: int = RESAMPLES, echo=print) -> list[dict]:
     """One row per setting: the setting, n, both metrics with their intervals, seconds per image."""
-    from benchmarks.fashion_classifier import load_classifier
     from runtime.sampling import sampler_from_name
+    from runtime.tuning.judge import fashion_judge
 
     for setting in settings:
         check_setting(setting)
     paths = {setting.name: artifact(setting, work_dir) for setting in settings}
-    labels, model, rows = balanced_labels(per_class), load_classifier(), []
+    labels, judge, rows = balanced_labels(per_class), fashion_judge(), []
     for setting in settings:
         echo(f"sampling {len(labels)} images: {setting.name} ...")
         with load_for(setting, paths[setting.name], threads, device) as denoiser:
             scores = sample_and_score(denoiser, labels, sampler_from_name(setting.sampler, setting.steps),
-                                      setting.cfg_scale, seed, setting.options, resamples, model)
+                                      setting.cfg_scale, seed, setting.options, resamples, judge)
         rows.append({**asdict(setting), **scores})
         echo(table_line(rows[-1]))
     return rows

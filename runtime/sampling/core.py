@@ -73,6 +73,8 @@ class Sampler:
     timesteps: tuple[int, ...]  # original timesteps (0..999) of the denoiser calls, in sampling order
     start: Start  # start(timesteps, x, noise_source) -> Run; the same signature for every sampler
     steps: int  # the step count it was made for (a diffusers scheduler may call the denoiser more often)
+    stochastic: bool  # its steps draw noise (DDPM, ancestral/SDE schedulers): no ODE, so no paired reference at
+    # other step counts (runtime.tuning.reference); set by each factory
 
     @property
     def num_calls(self) -> int:

@@ -27,6 +27,13 @@ DIFFUSERS_SCHEDULERS = {
     "ddim-diffusers": ("DDIMScheduler", {"clip_sample": False}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
+# Scheduler classes whose steps draw no noise: two noise seeds give the same latents (tests/runtime/test_samplers.py
+# checks each). Any other class counts as stochastic, and so do DPM-Solver's SDE variants (algorithm_type "sde-...").
+DETERMINISTIC_SCHEDULERS = frozenset({
+    "DDIMScheduler", "DDIMParallelScheduler", "DEISMultistepScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+    "PNDMScheduler", "UniPCMultistepScheduler",
+})
 # The DiT training schedule in diffusers' terms. "trailing" spacing starts at t=999 and keeps the
 # timesteps integral, which the graph's int64 t input needs (Lin et al. 2024 recommend it for few steps).
 DIFFUSERS_CONFIG = {
@@ -37,8 +44,16 @@ DIFFUSERS_CONFIG = {
 
 def diffusers_sampler(scheduler: str, steps: int = DIFFUSERS_STEPS) -> Sampler:
     """A Sampler driving the diffusers scheduler `scheduler` (a short name or a class name) for `steps` steps."""
-    timesteps = _integer_timesteps(diffusers_scheduler(scheduler, steps).timesteps, scheduler)
-    return Sampler(scheduler, timesteps, functools.partial(start_diffusers, scheduler=scheduler, steps=steps), steps)
+    solver = diffusers_scheduler(scheduler, steps)
+    timesteps = _integer_timesteps(solver.timesteps, scheduler)
+    return Sampler(scheduler, timesteps, functools.partial(start_diffusers, scheduler=scheduler, steps=steps), steps,
+                   stochastic=is_stochastic(solver))
+
+
+def is_stochastic(solver) -> bool:
+    """Whether a diffusers scheduler's steps draw noise: a class not known to be deterministic, or an SDE variant."""
+    algorithm = str(solver.config.get("algorithm_type") or "")
+    return type(solver).__name__ not in DETERMINISTIC_SCHEDULERS or algorithm.startswith("sde")
 
 
 def start_diffusers(timesteps: tuple[int, ...], x, noise_source: NoiseSource | None, *, scheduler: str,

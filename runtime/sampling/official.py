@@ -53,12 +53,13 @@ def start_ddim(timesteps: tuple[int, ...], x, noise_source: NoiseSource | None, 
 
 def ddpm_sampler(steps: int = DDPM_STEPS) -> Sampler:
     """DDPM at `steps` evenly spaced timesteps (sample.py uses 250)."""
-    return Sampler("ddpm", descending(respaced_timesteps(steps)), start_ddpm, steps)
+    return Sampler("ddpm", descending(respaced_timesteps(steps)), start_ddpm, steps, stochastic=True)
 
 
 def ddim_sampler(steps: int = DDIM_STEPS, eta: float = 0.0) -> Sampler:
     """DDIM at ddim_timesteps(steps); eta 0 (the default) is deterministic."""
-    return Sampler("ddim", descending(ddim_timesteps(steps)), functools.partial(start_ddim, eta=eta), steps)
+    return Sampler("ddim", descending(ddim_timesteps(steps)), functools.partial(start_ddim, eta=eta), steps,
+                   stochastic=eta > 0)
 
 
 def ddim_timesteps(steps: int) -> list[int]:
@@ -72,12 +73,13 @@ def ddim_timesteps(steps: int) -> list[int]:
 
 def sample_ddpm(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source, callback: Callback | None = None):
     """DDPM with an explicit schedule, as the official sample.py runs it (see ddpm_run)."""
-    sampler = Sampler("ddpm", descending(schedule.timesteps), start_ddpm, len(schedule))
+    sampler = Sampler("ddpm", descending(schedule.timesteps), start_ddpm, len(schedule), stochastic=True)
     return sampler(denoiser, x, y, cfg_scale, noise_source, callback)
 
 
 def sample_ddim(denoiser, x, schedule: Schedule, y, cfg_scale, noise_source=None,
                 callback: Callback | None = None, eta: float = 0.0):
     """DDIM with an explicit schedule (see ddim_run)."""
-    sampler = Sampler("ddim", descending(schedule.timesteps), functools.partial(start_ddim, eta=eta), len(schedule))
+    sampler = Sampler("ddim", descending(schedule.timesteps), functools.partial(start_ddim, eta=eta), len(schedule),
+                      stochastic=eta > 0)
     return sampler(denoiser, x, y, cfg_scale, noise_source, callback)

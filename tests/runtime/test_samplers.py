@@ -10,10 +10,10 @@ from dit_ref.errors import DiTError
 from runtime.generate import write_samples
 from runtime.plan import ModelFacts, make_plan
 from testing_utils import max_rel_error
-from runtime.sampling.noise import OfficialNoise
-from runtime.sampling.diffusers_adapter import diffusers_scheduler, sample_diffusers
+from runtime.sampling.noise import OfficialNoise, PerSampleNoise
+from runtime.sampling.diffusers_adapter import DIFFUSERS_SCHEDULERS, diffusers_scheduler, is_stochastic, sample_diffusers
 from runtime.sampling import FiniteWatch, sampler_from_name
-from runtime.sampling.official import ddim_timesteps, sample_ddim, sample_ddpm
+from runtime.sampling.official import ddim_sampler, ddim_timesteps, sample_ddim, sample_ddpm
 
 L = 32  # latent side at 256 px
 LATENT_SHAPE = (4, L, L)  # (C, L, L): SD VAE latents
@@ -204,6 +204,35 @@ def test_diffusers_samplers_run(reference, name):
     print(f"{name}: {sampler.num_calls} denoiser calls, |x| max {x.abs().max():.2f}")
     assert x.shape == (2, 4, L, L) and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert len(calls) == sampler.num_calls
+
+
+class SmoothDenoiser:
+    """eps = 0.9 tanh(x): a cheap field that moves the latents, for what does not need a model."""
+
+    name = "smooth"
+
+    def __call__(self, x, t, y, cfg_scale):
+        return 0.9 * torch.tanh(x), None
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", *DIFFUSERS_SCHEDULERS, "DDPMScheduler", "LCMScheduler",
+                                  "DPMSolverSinglestepScheduler", "LMSDiscreteScheduler"])
+def test_a_sampler_is_stochastic_exactly_when_its_pictures_depend_on_the_step_noise(name):
+    sampler = sampler_from_name(name, 6)
+    x, y, scale = OfficialNoise(0).initial(2, (4, 8, 8)), torch.tensor([1, 2]), torch.full((2,), 4.0)
+    runs = [sampler(SmoothDenoiser(), x, y, scale, PerSampleNoise(seed, [0, 1])) for seed in (1, 2)]
+    moved = (runs[0] - runs[1]).abs().max().item()
+    print(f"{name}: stochastic {sampler.stochastic}, max difference between two noise seeds {moved:.2e}")
+    assert sampler.stochastic == (moved > 0)
+
+
+def test_sde_variants_of_deterministic_schedulers_are_stochastic():
+    import diffusers
+
+    assert not is_stochastic(diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"))
+    assert is_stochastic(diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"))
+    assert is_stochastic(diffusers.TCDScheduler())  # not known to be deterministic: population metrics only
+    assert ddim_sampler(6, eta=1.0).stochastic and not ddim_sampler(6).stochastic
 
 
 def test_trajectories_at_different_steps_share_a_denoiser_call(reference):

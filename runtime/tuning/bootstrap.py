@@ -1,11 +1,13 @@
-"""Bootstrap intervals for the yardstick's two metrics: resample the samples with replacement, take percentiles.
+"""Bootstrap intervals for the yardstick's and the tuner's metrics: resample the samples with replacement, take
+percentiles.
 
 Efron & Tibshirani, "An Introduction to the Bootstrap" (1993), ch. 13 (the percentile interval) and
 ch. 10 (the bootstrap estimate of bias). One seeded generator draws every resample, so an interval is
 reproducible, and the same seed gives the same resamples to both metrics and to every setting of a
 run (whose samples share their seeds, so sample i of one row is paired with sample i of another).
 
-Class accuracy is a mean, which resampling does not bias: its interval is the plain percentile one.
+Class accuracy and the paired fidelity (runtime.tuning.fidelity) are means over samples or pairs, which
+resampling does not bias: their interval is the plain percentile one.
 The Fréchet distance is biased upwards by the noise of the sample covariance, and a resample (about
 63% distinct samples) is noisier still: its replicates sit above the estimate by about that bias
 again (1,000 real training images: estimate 1.50, percentile interval [2.76, 4.79]). So
@@ -15,7 +17,7 @@ minus estimate), which centres it on what another set of seeds of the same size 
 
 import numpy as np
 
-from benchmarks.fashion_classifier import frechet_distance, frechet_distances, statistics
+from runtime.tuning.frechet import frechet_distance, frechet_distances, statistics
 
 LEVEL = 0.95
 CHUNK_VALUES = 4_000_000  # resampled feature values held at once (32 MB of float64): bounds memory, not results
@@ -39,10 +41,11 @@ def bias_corrected_bounds(estimate: float, replicates: np.ndarray, level: float 
     return low - shift, high - shift
 
 
-def accuracy_interval(correct, resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
-    """Percentile interval of the mean of per-sample outcomes correct (N,) (bools or 0/1)."""
-    correct = np.asarray(correct, dtype=np.float64).reshape(-1)  # (N,)
-    means = correct[resample_indices(len(correct), resamples, seed)].mean(1)  # (resamples,)
+def mean_interval(values, resamples: int = 1000, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of the mean of per-sample values (N,): outcomes (bools or 0/1) for an accuracy,
+    one PSNR or SSIM per pair for a paired fidelity."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)  # (N,)
+    means = values[resample_indices(len(values), resamples, seed)].mean(1)  # (resamples,)
     return percentile_bounds(means, level)
 
 

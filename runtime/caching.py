@@ -233,21 +233,9 @@ class CachingDenoiser(Denoiser):
 
 
 def cached_denoiser(denoiser: Denoiser) -> CachingDenoiser:
-    """The denoiser with cached steps: the PyTorch reference's own two forms, or the refresh and reuse graphs
-    its manifest names (exported with dit-export --cached-steps), loaded with the same backend and options.
+    """The denoiser with cached steps: its own refresh and reuse forms (Denoiser.cached_forms: the PyTorch
+    reference's, or the refresh and reuse graphs its manifest names, exported with dit-export --cached-steps).
     Each trajectory names its own policy (trajectory.options.cache)."""
-    from runtime.backends import load_denoiser
-
     if isinstance(denoiser, CachingDenoiser):
         return denoiser
-    if not hasattr(denoiser, "cached_pair"):  # loaded once per denoiser: a worker or replica reuses it
-        if denoiser.manifest is None:  # the PyTorch reference
-            denoiser.cached_pair = denoiser.cached_forms()
-        else:
-            pair = denoiser.manifest.cached_steps
-            if not pair:
-                raise DiTError(NO_PAIR)
-            backend, options = denoiser.loaded_as
-            graphs = [load_denoiser(denoiser.path.parent / pair[role], backend, **options) for role in ("refresh", "reuse")]
-            denoiser.cached_pair = tuple(graph.run_named for graph in graphs)
-    return CachingDenoiser(denoiser, *denoiser.cached_pair)
+    return CachingDenoiser(denoiser, *denoiser.cached_forms())

@@ -126,7 +126,8 @@ def run_on_ray_from_cli(path, flags: dict) -> None:
     _, plan = plan_from_flags(flags, ModelFacts.from_manifest(manifest), seeding="per-sample")
     if manifest.random_weights:
         click.secho(f"warning: {RANDOM_WEIGHTS}", fg="red", bold=True, err=True)
-    job = Job(path=path, plan=plan, backend=chosen_backend(path, flags["backend"]), cuda_graphs=flags["cuda_graphs"])
+    job = Job(path=path, plan=plan, backend=chosen_backend(path, flags["backend"]), cuda_graphs=flags["cuda_graphs"],
+              load_options={} if flags["dtype"] == "float32" else {"dtype": flags["dtype"]})
     out = flags["out"] or ("samples.npy" if plan.decoder == "none" else "samples.npz")
     options = RayOptions(flags["ray_address"], flags["workers"], flags["gpus_per_worker"], flags["threads"],
                          flags["shard_size"] or DEFAULT_SHARD_SIZE, flags["keep_shards"])

@@ -8,10 +8,12 @@ interval (the sampler then passes scale 1), runs the transformer once, not twice
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest, guided_rows
+from dit_ref.errors import DiTError
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,29 @@ class Denoiser:
         else:
             self.transformer_rows += 2 * len(x)
         return inputs
+
+    def runs(self, path, backend: str, options: dict) -> bool:
+        """Whether this denoiser runs the file at path with this backend and these of its options."""
+        if getattr(self, "path", None) is None:
+            return False
+        name, given = self.loaded_as
+        return (Path(self.path).resolve() == Path(path).resolve() and name == backend
+                and all(given.get(key) == value for key, value in options.items()))
+
+    def cached_forms(self):
+        """(refresh, reuse) of cached steps: callables over named tensors, the refresh and reuse graphs its
+        manifest names, loaded once with the same backend and options (DiTError when it has none)."""
+        from runtime.backends import load_denoiser
+        from runtime.caching import NO_PAIR
+
+        if getattr(self, "_cached_pair", None) is None:
+            pair = self.manifest.cached_steps if self.manifest is not None else None
+            if not pair:
+                raise DiTError(NO_PAIR)
+            backend, options = self.loaded_as
+            self._cached_pair = [load_denoiser(self.path.parent / pair[role], backend, **options)
+                                 for role in ("refresh", "reuse")]
+        return tuple(graph.run_named for graph in self._cached_pair)
 
     def close(self) -> None:
         """Free what the backend holds (sessions, engines, GPU memory). Safe to call twice."""

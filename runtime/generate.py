@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dit_ref.errors import DiTError
 from runtime.backends import load_denoiser
 from runtime.caching import cached_denoiser
 from runtime.plan import ModelFacts, Plan, make_plan
@@ -66,12 +67,30 @@ def generate(denoiser, labels, sampler=None, *, decoder=None, on_step: Callable[
     spec = decoder if isinstance(decoder, str) else ("none" if decoder is None else "auto")
     if sampler is not None:
         options["sampler"] = sampler
+    if options.get("profile") is not None:
+        options = {**profile_request(denoiser, options["profile"]), **options}
     plan = make_plan(list(labels), decoder=spec, first_index=first_index, **options).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
         decoder = load_decoder(decoder, provenance.decoder, provenance.latent_channels, denoiser.device,
                                provenance.latent_size)
     return generate_plan(denoiser, plan, decoder, on_step)
+
+
+def profile_request(denoiser, spec: str) -> dict:
+    """The request options of a profile point (runtime.profile), for a denoiser that runs what the point runs;
+    DiTError otherwise."""
+    from runtime.profile import load_point
+
+    if denoiser.manifest is None:
+        raise DiTError(f"profile {spec}: a profile's points run graphs or engines; load one with "
+                       f"load_denoiser(path, profile={spec!r})")
+    profile, point = load_point(spec, denoiser.path)
+    if not denoiser.runs(profile.graph_path(point), point.backend, point.load):
+        raise DiTError(f"profile {point.name} runs {point.graph} on {point.backend} {point.load or ''}, not "
+                       f"{denoiser.path.name} on {denoiser.name}; load it with load_denoiser({str(denoiser.path)!r}, "
+                       f"profile={spec!r})")
+    return point.request
 
 
 def generate_plan(denoiser, plan: Plan, decoder=None, on_step: Callable[[dict], None] | None = None

@@ -124,6 +124,15 @@ def openvino_here() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def profile_choice(path, backend: str, spec: str, options: dict) -> tuple:
+    """(file, backend, options) of a profile point for load_denoiser: the point's where the caller gave none."""
+    from runtime.profile import load_point
+
+    profile, point = load_point(spec, path)
+    chosen = point.backend if backend == "auto" else backend
+    return profile.graph_path(point), chosen, {**point.load, **{k: v for k, v in options.items() if v is not None}}
+
+
 def check_expected(manifest: Manifest, path, expected: Expected) -> None:
     """DiTError saying why, if the graph or engine described by manifest is not what the caller expects."""
     name = Path(path).name
@@ -159,15 +168,19 @@ def device_for(path, backend: str = "auto", device=None) -> torch.device:
     return importlib.import_module(BACKENDS[backend_for(path, backend)].module).default_device()
 
 
-def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=None, cfg_channels=None, **options):
+def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=None, cfg_channels=None, profile=None,
+                  **options):
     """A Denoiser for an engine or graph file, or for a checkpoint with the torch backend.
 
     For files, the model, image size, cfg_channels and batch range come from the manifest beside
     them; model / image_size / cfg_channels given here must agree with it. options are
     the chosen backend's own (see BACKENDS): device, threads (ONNX Runtime's intra-op threads; torch's
     for the host work everywhere), cuda_graphs, dtype, ckpt, random_init, compile. None and False
-    count as not given.
+    count as not given. profile: a point of the tuning profile beside the file (runtime.profile): its graph or
+    engine, backend and backend options load instead, where backend and options do not say otherwise.
     """
+    if profile is not None:
+        path, backend, options = profile_choice(path, backend, profile, options)
     chosen = BACKENDS[backend_for(path, backend)]
     expected = Expected(model, image_size, cfg_channels)
     if path is None and options.get("ckpt") is None and options.get("random_init") is None:

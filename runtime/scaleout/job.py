@@ -54,6 +54,7 @@ class Job:
     plan: Plan  # the run's request plan, per-sample seeding; each worker makes parts of it
     backend: str = "auto"
     cuda_graphs: bool = False  # TensorRT: replay one CUDA graph per batch size
+    load_options: dict = field(default_factory=dict)  # the backend's other options (OpenVINO's dtype, ...)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class DenoiserWorker:
         torch.set_num_threads(threads)
         self.job = job
         self.denoiser, self.decoder = load_with_decoder(job.path, job.backend, job.plan.decoder, device=device,
-                                                        threads=threads, cuda_graphs=job.cuda_graphs)
+                                                        threads=threads, cuda_graphs=job.cuda_graphs, **job.load_options)
         self.name = f"{socket.gethostname()}/{ray.get_runtime_context().get_actor_id()[:8]}"
 
     def __call__(self, rows: dict) -> dict:
@@ -159,7 +160,7 @@ def run_settings(job: Job, manifest, plan: ShardPlan, kind: str) -> dict:
     sampler, wanted = job.plan.sampler, job.plan
     engine = manifest.engine
     return {"graph_sha256": manifest.graph.sha256 if manifest.graph else None, "model": manifest.model,
-            "backend": backend_for(job.path, job.backend),
+            "backend": backend_for(job.path, job.backend), **({"load_options": job.load_options} if job.load_options else {}),
             "engine": None if engine is None or backend_for(job.path, job.backend) != "tensorrt"
             else f"TensorRT {engine.tensorrt} on {engine.gpu}",
             "sampler": sampler.name, "steps": sampler.num_calls, "timesteps": list(sampler.timesteps),

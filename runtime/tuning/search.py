@@ -46,17 +46,17 @@ class Verdict:
 
 
 def walk(candidates: Iterable[Candidate], budget: float, check: Callable[[Candidate], Verdict], margin: float = 3.0,
-         time_left: Callable[[], bool] = lambda: True, ties: float = 0.1) -> tuple[Candidate | None, list]:
+         time_left: Callable[[], bool] = lambda: True, ties: float = 0.1, most: int = 3) -> tuple[Candidate | None, list]:
     """(the fastest candidate whose measurement passes, [(candidate, verdict), ...] in the order measured).
 
     Candidates predicted within `margin` dB of the budget or above it are measured fastest first; after the first
-    that passes, those predicted within `ties` (a fraction) of its predicted seconds are measured too and the
-    measured fastest of the passing ones wins. Stops when time_left() says so.
+    that passes, those predicted within `ties` (a fraction) of its predicted seconds are measured too (until `most`
+    have passed) and the measured fastest of the passing ones wins. Stops when time_left() says so.
     """
     hopeful = sorted((c for c in candidates if c.psnr >= budget - margin), key=lambda c: (c.seconds, -c.psnr))
     measured, winners = [], []
     for candidate in hopeful:
-        if winners and candidate.seconds > winners[0][0].seconds * (1 + ties):
+        if winners and (candidate.seconds > winners[0][0].seconds * (1 + ties) or len(winners) >= most):
             break
         if not time_left():
             break

@@ -76,8 +76,9 @@ class Found:
 
 
 def same_model(a: Manifest, b: Manifest) -> bool:
-    return (a.model, a.image_size, a.checkpoint.source, a.checkpoint.sha256, a.role) == (
-        b.model, b.image_size, b.checkpoint.source, b.checkpoint.sha256, "guided")
+    """Whether b is a plain (guided) graph of a's model: its name, image size and checkpoint."""
+    return b.role == "guided" and (a.model, a.image_size, a.checkpoint.source, a.checkpoint.sha256) == (
+        b.model, b.image_size, b.checkpoint.source, b.checkpoint.sha256)
 
 
 def siblings(graph: Path) -> list[tuple[Path, Manifest]]:
@@ -138,3 +139,15 @@ def engines_beside(graph) -> Found:
         result.notes.append(f"not tried: cache policies (no graph has its cached-steps pair); export with "
                             f"--cached-steps to try them")
     return result
+
+
+def exact_engine(found, graph: Path):
+    """The engine of the exact point: the FP32 graph (else the one given) with the backend dit-run picks for it."""
+    from runtime.backends import backend_for
+
+    fp32 = [engine for engine in found.engines if engine.precision == "fp32" and not engine.load]
+    pool = fp32 or [engine for engine in found.engines if engine.graph == graph.name and not engine.load]
+    if not pool:
+        raise DiTError(f"no backend here runs {graph.name}; pass a graph this machine runs")
+    wanted = backend_for(graph.parent / pool[0].graph, "auto")
+    return next((engine for engine in pool if engine.backend == wanted), pool[0])

@@ -1,0 +1,264 @@
+"""dit-tune's search over the space: the exact point, each lever measured alone from it, combinations walked in
+order of predicted speed (runtime.tuning.search), and the named points.
+
+    exact     the reference: the FP32 graph with the backend dit-run picks, the sampler and steps asked for,
+              every step guided, no cache
+    faithful  the fastest setting whose pictures stay within a paired budget of exact's (mean PSNR, dB)
+    fast      the fastest within a population budget where the model has a judge (class accuracy at most
+              `accuracy_points` below exact's, Fréchet distance within exact's interval), else within a
+              looser paired budget
+
+Levers: an engine (another precision or backend), a sampler and steps, a guidance interval, and a cache policy
+(FORA, the forecast, and schedules calibrated on this model's feature changes at FORA's refresh counts).
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from runtime.caching import parse_cache, refreshed_calls
+from runtime.sampling import CallOptions, sampler_from_name
+from runtime.tuning import schedule
+from runtime.tuning.search import Candidate, Verdict, walk
+from runtime.tuning.space import Setting
+
+SAMPLERS = {"ddim": (40, 30, 25, 20, 15, 10), "dpm++": (25, 20, 15, 10, 8), "unipc": (15, 10, 8)}
+INTERVALS = ((0, 800), (0, 600), (82, 468))  # timesteps guided (82:468: the paper's EDM2 interval on DiT's schedule)
+CACHES = ("fora:2", "fora:3", "fora:4", "forecast:3:2")
+CALIBRATED_LIKE = ("fora:2", "fora:3", "fora:4")  # calibrated schedules are made with these refresh counts
+CALIBRATION_SAMPLES = 4  # trajectories whose feature changes calibrate a schedule (seeds apart from the pairs')
+SANITY_DB = 12.0  # below this a setting's pictures are other pictures: not worth a population check
+
+
+@dataclass(frozen=True)
+class Budgets:
+    faithful_db: float = 35.0  # faithful: mean paired PSNR against exact's pictures, at least
+    fast_db: float = 25.0  # fast without a judge: the looser paired budget
+    accuracy_points: float = 1.0  # fast with a judge: class accuracy at most this many points below exact's
+
+
+@dataclass(frozen=True)
+class Pairs:
+    screen: int = 32  # pairs that screen a candidate
+    confirm: int = 128  # pairs that confirm one (and time it)
+    population: int = 1000  # samples the judge scores (fast, with a judge)
+
+
+class Search:
+    """The levers and named points of one tuning run (tuner: runtime.tuning.tuner.Tuner)."""
+
+    def __init__(self, tuner, engines: list, exact: Setting, budgets: Budgets, pairs: Pairs, judge=None,
+                 time_left=lambda: True, echo=print):
+        self.tuner, self.engines, self.exact, self.budgets = tuner, engines, exact, budgets
+        self.pairs, self.judge, self.time_left, self.echo = pairs, judge, time_left, echo
+        self.lever_mse: dict[str, np.ndarray] = {}  # lever key -> (screen,) per-pair error against its base
+        self.measured: list[Setting] = []  # every setting sampled, in order
+
+    # --- levers --------------------------------------------------------------------------------------------
+
+    def error(self, setting: Setting, base: Setting) -> np.ndarray:
+        """(screen,) per-pair relative squared error of setting against base, measured once."""
+        key = f"{setting.key} || {base.key}"
+        if key not in self.lever_mse:
+            self.note(setting)
+            self.lever_mse[key] = self.tuner.mse(setting, base, self.pairs.screen)
+        return self.lever_mse[key]
+
+    def note(self, setting: Setting) -> None:
+        if setting not in self.measured:
+            self.measured.append(setting)
+
+    def steps_grid(self) -> list[tuple[str, int]]:
+        grid = [(self.exact.sampler, self.exact.steps)]
+        for sampler, counts in SAMPLERS.items():
+            grid += [(sampler, steps) for steps in counts if (sampler, steps) != grid[0]]
+        return grid
+
+    def measure_levers(self) -> None:
+        """Each engine, sampler and steps, and guidance interval alone, from exact (screen pairs)."""
+        exact = self.exact
+        levers = [replace(exact, engine=engine) for engine in self.engines if engine != exact.engine]
+        levers += [replace(exact, sampler=sampler, steps=steps) for sampler, steps in self.steps_grid()[1:]]
+        levers += [replace(exact, guidance_interval=interval) for interval in INTERVALS]
+        for setting in sorted(levers, key=self.tuner.predicted_seconds):
+            if not self.time_left():
+                self.echo("time budget: the remaining levers are not measured")
+                return
+            self.error(setting, exact)
+            self.echo(f"  lever {setting.label()}: {self.psnr_of([self.error(setting, exact)]):.1f} dB")
+
+    def caches_at(self, sampler: str, steps: int, interval) -> list[str]:
+        """Cache policies for a sampler and steps: FORA, the forecast, and schedules calibrated here with FORA's
+        refresh counts."""
+        cached = next((engine for engine in [self.exact.engine, *self.engines] if engine.cached_steps), None)
+        if cached is None:
+            return []
+        timesteps = sampler_from_name(sampler, steps).timesteps
+        counts = {sum(refreshed_calls(parse_cache(spec), timesteps, interval)) for spec in CALIBRATED_LIKE}
+        changes = self.feature_changes(cached, sampler, steps, interval)
+        forced = schedule.interval_edges(timesteps, interval)
+        calibrated = {"refresh:" + ",".join(map(str, schedule.schedule_for(changes, count, forced)))
+                      for count in sorted(counts)}
+        return [*CACHES, *sorted(calibrated, key=len)]
+
+    def feature_changes(self, engine, sampler: str, steps: int, interval) -> np.ndarray:
+        key = f"{engine.key} | {sampler} {steps} | {interval}"
+        found = self.tuner.store.get("feature_changes", key)
+        if found is None:
+            labels = self.tuner.labels(CALIBRATION_SAMPLES)
+            changes = schedule.feature_changes(self.tuner.denoiser(engine), sampler_from_name(sampler, steps), labels,
+                                               self.tuner.options.seed + 1, self.tuner.options.cfg_scale,
+                                               CallOptions(guidance_interval=interval))
+            found = np.where(np.isnan(changes), -1.0, changes).tolist()
+            self.tuner.store.put("feature_changes", key, found)
+        changes = np.asarray(found, dtype=np.float64)
+        return np.where(changes < 0, np.nan, changes)
+
+    def measure_caches(self, sampler: str, steps: int, interval=None) -> list[str]:
+        """Each cache policy at this sampler and steps, against the same setting uncached (screen pairs)."""
+        engine = next((e for e in [self.exact.engine, *self.engines] if e.cached_steps), None)
+        if engine is None:
+            return []
+        base = Setting(engine, sampler, steps, interval)
+        specs = [spec for spec in self.caches_at(sampler, steps, interval)]
+        for spec in specs:
+            if not self.time_left():
+                break
+            self.error(replace(base, cache=spec), base)
+        return [spec for spec in specs if f"{replace(base, cache=spec).key} || {base.key}" in self.lever_mse]
+
+    # --- combinations --------------------------------------------------------------------------------------
+
+    def psnr_of(self, errors: list[np.ndarray]) -> float:
+        """The predicted mean PSNR of pairs whose errors add."""
+        total = np.sum(errors, axis=0)
+        return float(np.mean(np.minimum(-10 * np.log10(np.maximum(total, 1e-30)), 100.0)))
+
+    def lever_errors(self, setting: Setting) -> list[np.ndarray] | None:
+        """The measured levers a setting combines (None when one is not measured)."""
+        exact, keys = self.exact, []
+        if setting.engine != exact.engine:
+            keys.append(f"{replace(exact, engine=setting.engine).key} || {exact.key}")
+        if (setting.sampler, setting.steps) != (exact.sampler, exact.steps):
+            keys.append(f"{replace(exact, sampler=setting.sampler, steps=setting.steps).key} || {exact.key}")
+        if setting.guidance_interval is not None:
+            keys.append(f"{replace(exact, guidance_interval=setting.guidance_interval).key} || {exact.key}")
+        if setting.cache is not None:
+            engine = next(e for e in [exact.engine, *self.engines] if e.cached_steps)
+            base = Setting(engine, setting.sampler, setting.steps, setting.guidance_interval)
+            keys.append(f"{replace(base, cache=setting.cache).key} || {base.key}")
+        if any(key not in self.lever_mse for key in keys):
+            return None
+        return [self.lever_mse[key] for key in keys] or [np.zeros(self.pairs.screen)]
+
+    def candidates(self, caches: dict) -> list[Candidate]:
+        """Every combination whose levers are measured, with its predicted speed and PSNR against exact."""
+        found = []
+        for engine in self.engines:
+            for sampler, steps in self.steps_grid():
+                for interval in (None, *INTERVALS):
+                    for cache in (None, *caches.get((sampler, steps, interval), ())):
+                        if cache is not None and not engine.cached_steps:
+                            continue
+                        setting = Setting(engine, sampler, steps, interval, cache)
+                        errors = self.lever_errors(setting)
+                        if errors is not None:
+                            found.append(Candidate(setting.key, self.tuner.predicted_seconds(setting),
+                                                   self.psnr_of(errors), setting))
+        return found
+
+    # --- the named points ----------------------------------------------------------------------------------
+
+    def paired_check(self, budget_db: float):
+        """check(candidate) for walk: screen, then confirm, against exact's pictures."""
+        def check(candidate: Candidate) -> Verdict:
+            setting = candidate.setting
+            self.note(setting)
+            screened = self.tuner.fidelity(setting, self.exact, self.pairs.screen)["psnr"]["mean"]
+            if screened < budget_db:
+                self.echo(f"  screened {setting.label()}: {screened:.1f} dB, below {budget_db:g}")
+                return Verdict(False)
+            confirmed = self.tuner.fidelity(setting, self.exact, self.pairs.confirm)["psnr"]["mean"]
+            seconds = self.tuner.seconds_per_image(setting)
+            self.echo(f"  confirmed {setting.label()}: {confirmed:.1f} dB on {self.pairs.confirm} pairs, "
+                      f"{seconds:.4f} s/image")
+            return Verdict(confirmed >= budget_db, seconds)
+
+        return check
+
+    def population_check(self):
+        """check(candidate) for walk with a judge: a sanity screen, then the judge on the candidate's levers added one
+        at a time at its own sampler and steps (each judged once and kept; the first that fails ends the check)."""
+        exact = self.tuner.population(self.exact, self.judge, self.pairs.population)
+        floor = exact["class_accuracy"] - self.budgets.accuracy_points / 100
+        ceiling = exact["frechet_distance_interval"][1]
+
+        def judged(setting: Setting) -> bool:
+            self.note(setting)
+            scores = self.tuner.population(setting, self.judge, self.pairs.population)
+            passed = scores["class_accuracy"] >= floor and scores["frechet_distance"] <= ceiling
+            self.echo(f"  judged {setting.label()}: accuracy {100 * scores['class_accuracy']:.1f}% (at least "
+                      f"{100 * floor:.1f}), FD {scores['frechet_distance']:.1f} (at most {ceiling:.1f}), "
+                      f"{self.tuner.seconds_per_image(setting):.4f} s/image: {'passes' if passed else 'fails'}")
+            return passed
+
+        def check(candidate: Candidate) -> Verdict:
+            setting = candidate.setting
+            if self.tuner.fidelity(setting, self.exact, self.pairs.screen)["psnr"]["mean"] < SANITY_DB:
+                return Verdict(False)
+            if not all(judged(step) for step in self.lever_steps(setting)):
+                return Verdict(False)
+            return Verdict(True, self.tuner.seconds_per_image(setting))
+
+        return check
+
+    def lever_steps(self, setting: Setting) -> list[Setting]:
+        """The setting built up one lever at a time at its own sampler and steps (exact's engine first): the
+        interval, the cache, then its engine; the last is the setting itself."""
+        engine = self.exact.engine if self.exact.engine.cached_steps or setting.cache is None else setting.engine
+        steps = [Setting(engine, setting.sampler, setting.steps)]
+        if setting.guidance_interval is not None:
+            steps.append(replace(steps[-1], guidance_interval=setting.guidance_interval))
+        if setting.cache is not None:
+            steps.append(replace(steps[-1], cache=setting.cache))
+        return list(dict.fromkeys([*steps, setting]))
+
+    def find(self, check, budget_db: float, caches: dict) -> Setting | None:
+        best, _ = walk(self.candidates(caches), budget_db, check, time_left=self.time_left)
+        return None if best is None else best.setting
+
+    def cache_grid(self, budget_db: float) -> dict:
+        """Cache levers at the sampler and step counts predicted to pass the budget uncached (the fastest first)."""
+        caches = {}
+        passing = [(s, k) for s, k in self.steps_grid()
+                   if self.lever_errors(Setting(self.exact.engine, s, k)) is not None
+                   and self.psnr_of(self.lever_errors(Setting(self.exact.engine, s, k))) >= budget_db]
+        passing.sort(key=lambda pair: self.tuner.predicted_seconds(Setting(self.exact.engine, *pair)))
+        for sampler, steps in passing[:3]:
+            if not self.time_left():
+                break
+            caches[(sampler, steps, None)] = self.measure_caches(sampler, steps)
+        return caches
+
+
+def summary_of(tuner, setting: Setting, exact: Setting, pairs: Pairs, judge=None) -> dict:
+    """What a profile records of a named point: its settings, measured s/image, fidelity and quality."""
+    n = pairs.confirm
+    record = {"settings": {"graph": setting.engine.graph, "backend": setting.engine.backend,
+                           "load": dict(setting.engine.load), **setting.request},
+              "label": setting.label(), "seconds_per_image": tuner.seconds_per_image(setting),
+              "predicted_seconds_per_image": tuner.predicted_seconds(setting),
+              "fidelity": tuner.fidelity(setting, exact, n) if setting != exact else None}
+    if judge is not None:
+        record["quality"] = tuner.population(setting, judge, pairs.population)
+    return record
+
+
+def speedup(record: dict, exact: dict) -> float | None:
+    seconds, reference = record.get("seconds_per_image"), exact.get("seconds_per_image")
+    return None if not seconds or not reference else reference / seconds
+
+
+def finite(value: float) -> float | None:
+    return None if value is None or math.isinf(value) else value

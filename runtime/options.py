@@ -62,6 +62,7 @@ class Option:
     serve_help: str | None = None  # dit-serve's flag setting the requests' default; None: no such flag
     spell: Callable[[object], object] = same  # the kept value -> its JSON (the answer, records, provenance)
     named: bool = False  # named in dit-run's provenance and closing line when set
+    tuned: bool = False  # dit-tune chooses it: a profile point sets it (runtime.profile)
 
     @property
     def flag(self) -> str:
@@ -146,11 +147,11 @@ OPTIONS = {option.name: option for option in (
                       "--seed SEED."}, int)),
     Option("sampler", "ddpm", check_sampler_name, SAMPLER_HELP, {"show_default": True},
            Http(str, {"examples": sampler_names(), "description": "ddpm, ddim, a short diffusers name or a diffusers "
-                      "scheduler class name; case ignored."}, str), spell=lambda sampler: sampler.name),
+                      "scheduler class name; case ignored."}, str), spell=lambda sampler: sampler.name, tuned=True),
     Option("steps", None, check_steps_value, "Sampling steps (default per sampler).", {"type": int},
            Http(int | None, {"ge": 1, "le": configs.NUM_TIMESTEPS, "description": "null: the sampler's own "
                              "(GET /v1/model's default_steps)."}, int, default=int | None,
-                default_schema={"description": "null: the sampler's own (default_steps)."})),
+                default_schema={"description": "null: the sampler's own (default_steps)."}), tuned=True),
     Option("cfg_scale", 4.0, check_cfg_scale, "Guidance scale (sample.py: 4.0; FID runs: 1.5).",
            {"type": float, "show_default": True},
            Http(float, {"description": "Guidance scale, a finite number."}, float)),
@@ -164,7 +165,7 @@ OPTIONS = {option.name: option for option in (
                 list[int] | None, {"description": "The timesteps [LO, HI] guided; null: every step."},
                 str | None, {"description": "The service's (dit-serve --guidance-interval); null: all steps."}),
            serve_help="Requests' default guidance interval (timesteps guided; a request's own guidance_interval "
-                      "wins). Default: every step.", spell=interval_json, named=True),
+                      "wins). Default: every step.", spell=interval_json, named=True, tuned=True),
     Option("cache", None, parse_cache,
            "Cached steps: fora:N (every block's attention and MLP outputs refreshed every N calls, reused between) or "
            "forecast:N:ORDER (forecast between refreshes, ORDER 1 or 2), the first and last 2 calls always refresh; or "
@@ -176,7 +177,7 @@ OPTIONS = {option.name: option for option in (
                 str | None, {"description": "The cache policy the images were made with; null: none."},
                 str | None, {"description": "The service's (dit-serve --cache); null: no cached steps."}),
            serve_help="Requests' default cache policy (fora:N, forecast:N:ORDER; a graph exported with "
-                      "--cached-steps). Default: none.", spell=cache_json, named=True),
+                      "--cached-steps). Default: none.", spell=cache_json, named=True, tuned=True),
     Option("profile", None, check_profile_name,
            "Apply a point of the profile dit-tune wrote beside the graph or engine (fast, faithful, exact, ...; or "
            "FILE.profile.json:NAME): its graph, backend, sampler, steps, guidance interval and cache policy; options "
@@ -198,6 +199,7 @@ OPTIONS = {option.name: option for option in (
 )}
 HTTP_OPTIONS = tuple(option for option in OPTIONS.values() if option.http is not None)
 NAMED = tuple(name for name, option in OPTIONS.items() if option.named)
+TUNED = tuple(name for name, option in OPTIONS.items() if option.tuned)
 SERVE_OPTIONS = tuple(option for option in OPTIONS.values() if option.serve_help is not None)
 
 

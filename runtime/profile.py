@@ -20,10 +20,10 @@ from dit_ref import configs
 from dit_ref.contract import Manifest, now_iso, read_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import write_text_atomic
+from runtime.options import TUNED
 
 FORMAT = "dit-deploy-profile/1"
 SUFFIX = ".profile.json"
-REQUEST_SETTINGS = ("sampler", "steps", "guidance_interval", "cache")  # what a point sets of a request
 VERSIONED = ("torch", "onnxruntime", "openvino", "tensorrt")  # the runtimes whose speed a profile records
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Point:
     graph: str  # the graph or engine file, beside the profile
     backend: str  # runtime.backends.BACKENDS name
     load: dict  # the backend's options (e.g. {"dtype": "bfloat16"})
-    request: dict  # request options (runtime.options): sampler, steps, guidance_interval, cache
+    request: dict  # the request options dit-tune chooses (runtime.options.TUNED): sampler, steps, ...
     measured: dict  # seconds_per_image, speedup, fidelity, quality, ... (as dit-tune wrote them)
 
 
@@ -53,7 +53,7 @@ class Profile:
         entry = points[name]
         settings = entry["settings"]
         return Point(name, settings["graph"], settings["backend"], dict(settings.get("load", {})),
-                     {key: settings.get(key) for key in REQUEST_SETTINGS}, entry)
+                     {key: settings.get(key) for key in TUNED}, entry)
 
     def graph_path(self, point: Point) -> Path:
         return self.path.parent / point.graph

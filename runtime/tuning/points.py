@@ -13,18 +13,15 @@ Levers: an engine (another precision or backend), a sampler and steps, a guidanc
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from runtime.caching import parse_cache, refreshed_calls
-from runtime.sampling import CallOptions, sampler_from_name
+from runtime.sampling import sampler_from_name
 from runtime.tuning import schedule
 from runtime.tuning.search import Candidate, Verdict, walk
-from runtime.tuning.space import Setting
-
-SAMPLERS = {"ddim": (40, 30, 25, 20, 15, 10), "dpm++": (25, 20, 15, 10, 8), "unipc": (15, 10, 8)}
-INTERVALS = ((0, 800), (0, 600), (82, 468))  # timesteps guided (82:468: the paper's EDM2 interval on DiT's schedule)
+from runtime.tuning.space import INTERVALS, SAMPLERS, Setting
 CACHES = ("fora:2", "fora:3", "fora:4", "forecast:3:2")
 CALIBRATED_LIKE = ("fora:2", "fora:3", "fora:4")  # calibrated schedules are made with these refresh counts
 CALIBRATION_SAMPLES = 4  # trajectories whose feature changes calibrate a schedule (seeds apart from the pairs')
@@ -78,9 +75,9 @@ class Search:
     def measure_levers(self) -> None:
         """Each engine, sampler and steps, and guidance interval alone, from exact (screen pairs)."""
         exact = self.exact
-        levers = [replace(exact, engine=engine) for engine in self.engines if engine != exact.engine]
-        levers += [replace(exact, sampler=sampler, steps=steps) for sampler, steps in self.steps_grid()[1:]]
-        levers += [replace(exact, guidance_interval=interval) for interval in INTERVALS]
+        levers = [exact.with_engine(engine) for engine in self.engines if engine != exact.engine]
+        levers += [exact.with_steps(sampler, steps) for sampler, steps in self.steps_grid()[1:]]
+        levers += [exact.with_interval(interval) for interval in INTERVALS]
         for setting in sorted(levers, key=self.tuner.predicted_seconds):
             if not self.time_left():
                 self.echo("time budget: the remaining levers are not measured")
@@ -88,45 +85,46 @@ class Search:
             self.error(setting, exact)
             self.echo(f"  lever {setting.label()}: {self.psnr_of([self.error(setting, exact)]):.1f} dB")
 
-    def caches_at(self, sampler: str, steps: int, interval) -> list[str]:
-        """Cache policies for a sampler and steps: FORA, the forecast, and schedules calibrated here with FORA's
-        refresh counts."""
-        cached = next((engine for engine in [self.exact.engine, *self.engines] if engine.cached_steps), None)
-        if cached is None:
-            return []
-        timesteps = sampler_from_name(sampler, steps).timesteps
+    @property
+    def cached_engine(self):
+        """The engine cache policies are measured on: exact's, else the first with its cached-steps pair."""
+        return next((engine for engine in [self.exact.engine, *self.engines] if engine.cached_steps), None)
+
+    def caches_at(self, base: Setting) -> list[str]:
+        """Cache policies for an uncached setting on the cached engine: FORA, the forecast, and schedules calibrated
+        here with FORA's refresh counts."""
+        timesteps, interval = base.timesteps, base.interval
         counts = {sum(refreshed_calls(parse_cache(spec), timesteps, interval)) for spec in CALIBRATED_LIKE}
-        changes = self.feature_changes(cached, sampler, steps, interval)
+        changes = self.feature_changes(base)
         forced = schedule.interval_edges(timesteps, interval)
         calibrated = {"refresh:" + ",".join(map(str, schedule.schedule_for(changes, count, forced)))
                       for count in sorted(counts)}
         return [*CACHES, *sorted(calibrated, key=len)]
 
-    def feature_changes(self, engine, sampler: str, steps: int, interval) -> np.ndarray:
-        key = f"{engine.key} | {sampler} {steps} | {interval}"
-        found = self.tuner.store.get("feature_changes", key)
+    def feature_changes(self, base: Setting) -> np.ndarray:
+        """The relative change of the features between calls of the setting (runtime.tuning.schedule), kept."""
+        found = self.tuner.store.get("feature_changes", base.key)
         if found is None:
             labels = self.tuner.labels(CALIBRATION_SAMPLES)
-            changes = schedule.feature_changes(self.tuner.denoiser(engine), sampler_from_name(sampler, steps), labels,
-                                               self.tuner.options.seed + 1, self.tuner.options.cfg_scale,
-                                               CallOptions(guidance_interval=interval))
+            changes = schedule.feature_changes(self.tuner.denoiser(base.engine), sampler_from_name(base.sampler,
+                                               base.steps), labels, self.tuner.options.seed + 1,
+                                               self.tuner.options.cfg_scale, base.call_options)
             found = np.where(np.isnan(changes), -1.0, changes).tolist()
-            self.tuner.store.put("feature_changes", key, found)
+            self.tuner.store.put("feature_changes", base.key, found)
         changes = np.asarray(found, dtype=np.float64)
         return np.where(changes < 0, np.nan, changes)
 
-    def measure_caches(self, sampler: str, steps: int, interval=None) -> list[str]:
+    def measure_caches(self, sampler: str, steps: int) -> list[str]:
         """Each cache policy at this sampler and steps, against the same setting uncached (screen pairs)."""
-        engine = next((e for e in [self.exact.engine, *self.engines] if e.cached_steps), None)
-        if engine is None:
+        if self.cached_engine is None:
             return []
-        base = Setting(engine, sampler, steps, interval)
-        specs = [spec for spec in self.caches_at(sampler, steps, interval)]
+        base = Setting(self.cached_engine, sampler, steps)
+        specs = self.caches_at(base)
         for spec in specs:
             if not self.time_left():
                 break
-            self.error(replace(base, cache=spec), base)
-        return [spec for spec in specs if f"{replace(base, cache=spec).key} || {base.key}" in self.lever_mse]
+            self.error(base.with_cache(spec), base)
+        return [spec for spec in specs if f"{base.with_cache(spec).key} || {base.key}" in self.lever_mse]
 
     # --- combinations --------------------------------------------------------------------------------------
 
@@ -136,18 +134,8 @@ class Search:
         return float(np.mean(np.minimum(-10 * np.log10(np.maximum(total, 1e-30)), 100.0)))
 
     def lever_errors(self, setting: Setting) -> list[np.ndarray] | None:
-        """The measured levers a setting combines (None when one is not measured)."""
-        exact, keys = self.exact, []
-        if setting.engine != exact.engine:
-            keys.append(f"{replace(exact, engine=setting.engine).key} || {exact.key}")
-        if (setting.sampler, setting.steps) != (exact.sampler, exact.steps):
-            keys.append(f"{replace(exact, sampler=setting.sampler, steps=setting.steps).key} || {exact.key}")
-        if setting.guidance_interval is not None:
-            keys.append(f"{replace(exact, guidance_interval=setting.guidance_interval).key} || {exact.key}")
-        if setting.cache is not None:
-            engine = next(e for e in [exact.engine, *self.engines] if e.cached_steps)
-            base = Setting(engine, setting.sampler, setting.steps, setting.guidance_interval)
-            keys.append(f"{replace(base, cache=setting.cache).key} || {base.key}")
+        """The measured errors of the levers a setting combines (None when one is not measured)."""
+        keys = [f"{lever.key} || {base.key}" for lever, base in setting.levers(self.exact, self.cached_engine)]
         if any(key not in self.lever_mse for key in keys):
             return None
         return [self.lever_mse[key] for key in keys] or [np.zeros(self.pairs.screen)]
@@ -158,7 +146,7 @@ class Search:
         for engine in self.engines:
             for sampler, steps in self.steps_grid():
                 for interval in (None, *INTERVALS):
-                    for cache in (None, *caches.get((sampler, steps, interval), ())):
+                    for cache in (None, *caches.get((sampler, steps), ())):  # measured without an interval
                         if cache is not None and not engine.cached_steps:
                             continue
                         setting = Setting(engine, sampler, steps, interval, cache)
@@ -214,15 +202,9 @@ class Search:
         return check
 
     def lever_steps(self, setting: Setting) -> list[Setting]:
-        """The setting built up one lever at a time at its own sampler and steps (exact's engine first): the
-        interval, the cache, then its engine; the last is the setting itself."""
-        engine = self.exact.engine if self.exact.engine.cached_steps or setting.cache is None else setting.engine
-        steps = [Setting(engine, setting.sampler, setting.steps)]
-        if setting.guidance_interval is not None:
-            steps.append(replace(steps[-1], guidance_interval=setting.guidance_interval))
-        if setting.cache is not None:
-            steps.append(replace(steps[-1], cache=setting.cache))
-        return list(dict.fromkeys([*steps, setting]))
+        """The setting built up one lever at a time at its own sampler and steps (runtime.tuning.space)."""
+        first = self.exact.engine if self.exact.engine.cached_steps or setting.cache is None else setting.engine
+        return setting.built_up(first)
 
     def find(self, check, budget_db: float, caches: dict) -> Setting | None:
         best, _ = walk(self.candidates(caches), budget_db, check, time_left=self.time_left)
@@ -238,7 +220,7 @@ class Search:
         for sampler, steps in passing[:3]:
             if not self.time_left():
                 break
-            caches[(sampler, steps, None)] = self.measure_caches(sampler, steps)
+            caches[(sampler, steps)] = self.measure_caches(sampler, steps)
         return caches
 
 

@@ -9,7 +9,7 @@ Files count as the same model when their manifests name the same model, image si
 sha256); cached steps need the file's refresh and reuse pair (dit-export --cached-steps).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dit_ref.contract import PRECISIONS, Manifest, read_manifest
@@ -17,6 +17,8 @@ from dit_ref.errors import DiTError
 from runtime.backends import BACKENDS
 
 ENGINE_SUFFIXES = BACKENDS["tensorrt"].suffixes
+SAMPLERS = {"ddim": (40, 30, 25, 20, 15, 10), "dpm++": (25, 20, 15, 10, 8), "unipc": (15, 10, 8)}  # beside exact's
+INTERVALS = ((0, 800), (0, 600), (82, 468))  # timesteps guided (82:468: the paper's EDM2 interval on DiT's schedule)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,62 @@ class Setting:
     def label(self) -> str:
         """"openvino fp32, ddim 25, fora:3": one line of a table."""
         return ", ".join([self.engine.label, f"{self.sampler} {self.steps}", *self.key.split(" | ")[2:]])
+
+    def with_engine(self, engine: Engine) -> "Setting":
+        return replace(self, engine=engine)
+
+    def with_steps(self, sampler: str, steps: int) -> "Setting":
+        return replace(self, sampler=sampler, steps=steps)
+
+    def with_interval(self, interval: tuple[int, int] | None) -> "Setting":
+        return replace(self, guidance_interval=interval)
+
+    def with_cache(self, cache: str | None) -> "Setting":
+        return replace(self, cache=cache)
+
+    @property
+    def interval(self) -> tuple[int, int] | None:
+        return self.guidance_interval
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        from runtime.sampling import sampler_from_name
+
+        return sampler_from_name(self.sampler, self.steps).timesteps
+
+    @property
+    def call_options(self):
+        """What its trajectories' calls are asked (runtime.sampling.CallOptions)."""
+        from runtime.caching import parse_cache
+        from runtime.sampling import CallOptions
+
+        return CallOptions(self.guidance_interval, parse_cache(self.cache))
+
+    def levers(self, exact: "Setting", cached: Engine | None) -> list[tuple["Setting", "Setting"]]:
+        """(lever, base) pairs whose errors against their bases add up to this setting's against exact: its engine,
+        its sampler and steps, and its interval, each applied to exact alone; its cache policy on the engine with
+        cached steps, at its sampler, steps and interval, against the same uncached."""
+        levers = []
+        if self.engine != exact.engine:
+            levers.append((exact.with_engine(self.engine), exact))
+        if (self.sampler, self.steps) != (exact.sampler, exact.steps):
+            levers.append((exact.with_steps(self.sampler, self.steps), exact))
+        if self.guidance_interval is not None:
+            levers.append((exact.with_interval(self.guidance_interval), exact))
+        if self.cache is not None:
+            base = Setting(cached, self.sampler, self.steps, self.guidance_interval)
+            levers.append((base.with_cache(self.cache), base))
+        return levers
+
+    def built_up(self, first: Engine) -> list["Setting"]:
+        """The setting built up one lever at a time at its own sampler and steps: on the engine `first`, plain, then
+        with its interval, then its cache, then on its own engine (the setting itself, last)."""
+        steps = [Setting(first, self.sampler, self.steps)]
+        if self.guidance_interval is not None:
+            steps.append(steps[-1].with_interval(self.guidance_interval))
+        if self.cache is not None:
+            steps.append(steps[-1].with_cache(self.cache))
+        return list(dict.fromkeys([*steps, self]))
 
 
 @dataclass

@@ -92,12 +92,8 @@ class Tuner:
         return CallCosts(found["batch"], {kind: tuple(ms) for kind, ms in found["ms"].items()})
 
     def predicted_seconds(self, setting: Setting) -> float:
-        from runtime.caching import parse_cache
-        from runtime.sampling import sampler_from_name
-
-        timesteps = sampler_from_name(setting.sampler, setting.steps).timesteps
-        return predict_seconds(self.costs(setting.engine), timesteps, setting.guidance_interval,
-                               parse_cache(setting.cache))
+        options = setting.call_options
+        return predict_seconds(self.costs(setting.engine), setting.timesteps, setting.interval, options.cache)
 
     # --- pictures ------------------------------------------------------------------------------------------
 

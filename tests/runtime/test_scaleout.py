@@ -260,3 +260,17 @@ def test_dit_run_ray_decodes_on_a_decoder_graph_as_one_machine_does(ray_instance
     assert code == 0, err
     with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "ray.npz") as ray_made:
         assert one["arr_0"].shape == (3, 256, 256, 3) and np.array_equal(one["arr_0"], ray_made["arr_0"])
+
+
+def test_a_ray_run_with_a_profile_is_the_ray_run_spelled_out(ray_instance, tiny_cached_graph, capsys, tmp_path):
+    from profile_helpers import write_profile_for
+
+    write_profile_for(tiny_cached_graph, {"quick": {"sampler": "ddim", "steps": 3, "cache": "fora:2"}})
+    common = [str(tiny_cached_graph), "--num-samples", "4", "--vae", "none", "--threads", "1", "--workers", "1",
+              "--seed", "2", "--ray"]
+    code, err = dit_run([*common, "--profile", "quick", "--out", str(tmp_path / "profiled.npy")], capsys)
+    print(err)
+    assert code == 0 and "profile quick" in err
+    code, _ = dit_run([*common, "--backend", "onnxruntime", "--sampler", "ddim", "--steps", "3", "--cache", "fora:2",
+                       "--out", str(tmp_path / "spelled.npy")], capsys)
+    assert code == 0 and np.array_equal(np.load(tmp_path / "profiled.npy"), np.load(tmp_path / "spelled.npy"))

@@ -185,3 +185,34 @@ def test_a_guidance_interval_and_a_cache_policy_travel_with_their_requests(serve
         fields = {**fields, "guidance_interval": "{}:{}".format(*answer["guidance_interval"])
                   if answer["guidance_interval"] else None}
         assert_equal_to_dit_run(fields, answer, fashion_graph, tmp_path)
+
+
+def test_a_profile_sets_the_services_defaults_and_a_request_may_name_a_point(fashion_cached_graph, tmp_path):
+    """dit-serve --profile: the point's request options are the requests' defaults; a request naming another point
+    of the same graph takes that point's; a point on another backend is a 400; each image equals dit-run's run with
+    the point's options spelled out."""
+    import shutil
+
+    from profile_helpers import write_profile_for
+
+    folder = tmp_path / "graphs"
+    shutil.copytree(fashion_cached_graph.parent, folder)
+    graph = folder / fashion_cached_graph.name
+    write_profile_for(graph, {"quick": {"sampler": "ddim", "steps": 5, "guidance_interval": "300:700", "cache": "fora:2"},
+                              "plain": {"sampler": "ddim", "steps": 3},
+                              "elsewhere": {"backend": "openvino", "sampler": "ddim", "steps": 3}})
+    profiled = Server(graph, "--max-batch", str(MAX_BATCH), "--profile", "quick", "--backend", "onnxruntime")
+    try:
+        status, defaulted = profiled.request("POST", "/v1/generate", b'{"class_labels": [1, 2], "seed": 4}')[::2]
+        assert status == 200 and (defaulted["steps"], defaulted["cache"], defaulted["profile"]) == (5, "fora:2", "quick")
+        status, named = profiled.request("POST", "/v1/generate",
+                                         b'{"class_labels": [3], "seed": 5, "profile": "plain"}')[::2]
+        assert status == 200 and (named["steps"], named["cache"], named["guidance_interval"]) == (3, None, None)
+        status, _, refused = profiled.request("POST", "/v1/generate", b'{"class_labels": [3], "profile": "elsewhere"}')
+        print(refused)
+        assert status == 400 and "runs" in refused["error"] and "--profile elsewhere" in refused["error"]
+    finally:
+        assert profiled.stop() == 0
+    spelled = {**ask("ddim", 5, [1, 2], 4), "guidance_interval": "300:700", "cache": "fora:2"}
+    assert_equal_to_dit_run(spelled, defaulted, graph, tmp_path)
+    assert_equal_to_dit_run(ask("ddim", 3, [3], 5), named, graph, tmp_path)

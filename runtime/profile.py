@@ -153,6 +153,20 @@ def warn_if_elsewhere(profile: Profile, graph) -> None:
                     profile.path.name, difference, Path(graph).name)
 
 
+def measured_backend(graph) -> str | None:
+    """The backend dit-tune measured fastest for this graph on this machine, from the profile beside it; None without
+    one (or one measured elsewhere, or for another model)."""
+    graph = Path(graph)
+    try:
+        profile = read_profile(profile_path_for(graph))
+        check_model(profile, read_manifest(graph))
+    except DiTError:
+        return None
+    if elsewhere(profile) is not None:
+        return None
+    return profile.record.get("backends", {}).get(graph.name)
+
+
 def load_point(spec: str, graph) -> tuple[Profile, Point]:
     """The profile and point --profile names, checked against the graph's model (refused for another model,
     a warning when measured elsewhere), its graph or engine present."""

@@ -88,12 +88,17 @@ def backend_for(path, backend: str = "auto") -> str:
 
 def auto_backend(path) -> tuple[str, str]:
     """(backend, why) for --backend auto: a .plan runs in TensorRT; a graph in ONNX Runtime on a GPU where its
-    CUDA provider is here, else on the CPU in CPU_CHOICE's backend for its precision (OpenVINO when it is
-    installed; ONNX Runtime otherwise)."""
+    CUDA provider is here, else on the CPU in the backend dit-tune measured fastest for it here (a profile beside
+    it), else CPU_CHOICE's backend for its precision (OpenVINO when it is installed; ONNX Runtime otherwise)."""
     if Path(path).suffix.lower() in BACKENDS["tensorrt"].suffixes:
         return "tensorrt", "a TensorRT engine"
     if onnxruntime_cuda_here():
         return "onnxruntime", "ONNX Runtime's CUDA provider and a GPU are here"
+    from runtime.profile import measured_backend
+
+    measured = measured_backend(path)
+    if measured is not None and (measured != "openvino" or openvino_here()):
+        return measured, "measured fastest for this graph on this machine by dit-tune (the profile beside it)"
     precision = graph_precision(path)
     wanted = CPU_CHOICE.get(precision, "openvino")
     if wanted == "openvino" and not openvino_here():

@@ -184,11 +184,13 @@ class Search:
 
         def judged(setting: Setting) -> bool:
             self.note(setting)
+            known = self.tuner.knows_population(setting, self.pairs.population)
             scores = self.tuner.population(setting, self.judge, self.pairs.population)
             passed = scores["class_accuracy"] >= floor and scores["frechet_distance"] <= ceiling
-            self.echo(f"  judged {setting.label()}: accuracy {100 * scores['class_accuracy']:.1f}% (at least "
-                      f"{100 * floor:.1f}), FD {scores['frechet_distance']:.1f} (at most {ceiling:.1f}), "
-                      f"{self.tuner.seconds_per_image(setting):.4f} s/image: {'passes' if passed else 'fails'}")
+            if not known:
+                    self.echo(f"  judged {setting.label()}: accuracy {100 * scores['class_accuracy']:.1f}% (at least "
+                          f"{100 * floor:.1f}), FD {scores['frechet_distance']:.1f} (at most {ceiling:.1f}), "
+                          f"{self.tuner.seconds_per_image(setting):.4f} s/image: {'passes' if passed else 'fails'}")
             return passed
 
         def check(candidate: Candidate) -> Verdict:
@@ -210,14 +212,22 @@ class Search:
         best, _ = walk(self.candidates(caches), budget_db, check, time_left=self.time_left)
         return None if best is None else best.setting
 
-    def cache_grid(self, budget_db: float) -> dict:
-        """Cache levers at the sampler and step counts predicted to pass the budget uncached (the fastest first)."""
+    def cache_grid(self, budget_db: float, most: int = 4) -> dict:
+        """Cache levers at the sampler and step counts worth caching: predicted to pass the budget uncached, and whose
+        cheapest cached form (every call but the first a reuse) is predicted faster than the fastest of them
+        uncached; those with the most to gain first."""
+        if self.cached_engine is None:
+            return {}
+        plain = {pair: Setting(self.cached_engine, *pair) for pair in self.steps_grid()}
+        passing = {pair: setting for pair, setting in plain.items() if self.lever_errors(setting) is not None
+                   and self.psnr_of(self.lever_errors(setting)) >= budget_db}
+        if not passing:
+            return {}
+        fastest = min(self.tuner.predicted_seconds(setting) for setting in passing.values())
+        floor = {pair: self.tuner.predicted_seconds(setting.with_cache("refresh:0")) for pair, setting in passing.items()}
+        worth = sorted((pair for pair in passing if floor[pair] < fastest), key=floor.get)
         caches = {}
-        passing = [(s, k) for s, k in self.steps_grid()
-                   if self.lever_errors(Setting(self.exact.engine, s, k)) is not None
-                   and self.psnr_of(self.lever_errors(Setting(self.exact.engine, s, k))) >= budget_db]
-        passing.sort(key=lambda pair: self.tuner.predicted_seconds(Setting(self.exact.engine, *pair)))
-        for sampler, steps in passing[:3]:
+        for sampler, steps in worth[:most]:
             if not self.time_left():
                 break
             caches[(sampler, steps)] = self.measure_caches(sampler, steps)

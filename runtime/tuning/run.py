@@ -135,7 +135,20 @@ def profile_record(search: Search, tuner: Tuner, manifest, exact: Setting, point
                                                       "batch": tuner.options.batch, "threads": tuner.options.threads},
             "budgets": asdict(budgets), "pairs": asdict(pairs), "seconds": round(clock.elapsed(), 1),
             "judge": None if search.judge is None else search.judge.name, "notes": notes,
-            "not_found": missing, "points": named, "frontier": frontier}
+            "not_found": missing, "points": named, "backends": fastest_backends(tuner, search.engines),
+            "frontier": frontier}
+
+
+def fastest_backends(tuner: Tuner, engines) -> dict:
+    """Per graph, the backend whose guided call measured fastest here: what --backend auto takes (runtime.profile)."""
+    fastest = {}
+    for engine in engines:
+        if engine.load:
+            continue
+        ms = tuner.costs(engine).of("plain", True)
+        if engine.graph not in fastest or ms < fastest[engine.graph][1]:
+            fastest[engine.graph] = (engine.backend, ms)
+    return {graph: backend for graph, (backend, _) in fastest.items()}
 
 
 def frontier_row(tuner: Tuner, setting: Setting, exact: Setting, pairs: Pairs) -> dict:

@@ -158,6 +158,9 @@ class Tuner:
             self.store.put("fidelity", key, found)
         return found
 
+    def knows_population(self, setting: Setting, n: int) -> bool:
+        return self.store.get("population", f"{setting.key} || {n}") is not None
+
     def population(self, setting: Setting, judge, n: int) -> dict:
         """The judge's class accuracy and Fréchet distance of the setting's first n samples, with intervals."""
         from runtime.tuning.judge import score

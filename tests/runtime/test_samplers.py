@@ -43,18 +43,62 @@ def extract(array, t, shape):
     return out + torch.zeros(shape)
 
 
+class OfficialSchedule:
+    """The respaced coefficients as facebookresearch/DiT computes them (written out here, not taken from dit_ref):
+    diffusion/gaussian_diffusion.py get_named_beta_schedule("linear") (lines 98-115) and GaussianDiffusion.__init__
+    (lines 174-201); diffusion/respace.py space_timesteps (lines 12-62) and SpacedDiffusion.__init__ (lines 75-86)."""
+
+    def __init__(self, steps: int, num_timesteps: int = 1000):
+        scale = 1000 / num_timesteps
+        base = np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
+        use = self.space_timesteps(num_timesteps, steps)
+        last, betas, self.timestep_map = 1.0, [], []
+        for i, alpha_cumprod in enumerate(np.cumprod(1.0 - base)):
+            if i in use:
+                betas.append(1 - alpha_cumprod / last)
+                last = alpha_cumprod
+                self.timestep_map.append(i)
+        betas = np.array(betas)
+        alphas = 1.0 - betas
+        cumprod = np.cumprod(alphas)
+        previous = np.append(1.0, cumprod[:-1])
+        self.betas = betas
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / cumprod - 1)
+        posterior_variance = betas * (1.0 - previous) / (1.0 - cumprod)
+        self.posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(previous) / (1.0 - cumprod)
+        self.posterior_mean_coef2 = (1.0 - previous) * np.sqrt(alphas) / (1.0 - cumprod)
+
+    @staticmethod
+    def space_timesteps(num_timesteps: int, count: int) -> set[int]:
+        """One section of `count` steps: a fractional stride over the whole schedule, rounded."""
+        stride = (num_timesteps - 1) / (count - 1) if count > 1 else 1
+        return {round(k * stride) for k in range(count)}
+
+
+def official_forward_with_cfg(model, x, t, y, cfg_scale):
+    """models.py DiT.forward_with_cfg (lines 250-266): the plain forward on [half, half], guidance on 3 channels."""
+    half = x[: len(x) // 2]
+    model_out = model(torch.cat([half, half], dim=0), t, y)
+    eps, rest = model_out[:, :3], model_out[:, 3:]
+    cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+    half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+    return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
+
+
 def official_p_sample_loop(model, z, y, cfg_scale, steps):
     """sample.py's p_sample_loop on the doubled batch, global RNG, official p_mean_variance math.
 
     facebookresearch/DiT diffusion/gaussian_diffusion.py (p_sample, p_mean_variance with
     LEARNED_RANGE, clip_denoised=False) and respace.py (_WrappedModel maps i -> timestep_map[i]).
     """
-    schedule = schedule_from_spec(steps)
-    timestep_map = torch.tensor(schedule.timesteps)
+    schedule = OfficialSchedule(steps)
+    timestep_map = torch.tensor(schedule.timestep_map)
     img = z
-    for i in reversed(range(len(schedule))):
+    for i in reversed(range(len(schedule.betas))):
         t = torch.tensor([i] * img.shape[0])
-        out = model.forward_with_cfg(img, timestep_map[t], y, cfg_scale)  # (2n, 8, L, L)
+        out = official_forward_with_cfg(model, img, timestep_map[t], y, cfg_scale)  # (2n, 8, L, L)
         eps, var_values = out.split(4, dim=1)
         min_log = extract(schedule.posterior_log_variance_clipped, t, img.shape)
         max_log = extract(np.log(schedule.betas), t, img.shape)

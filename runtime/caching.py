@@ -203,20 +203,8 @@ class CachingDenoiser(Denoiser):
 
 
 def cached_denoiser(denoiser: Denoiser, policy) -> CachingDenoiser:
-    """The denoiser with cached steps: the PyTorch reference's own two forms, or the refresh and reuse graphs
-    its manifest names (exported with dit-export --cached-steps), loaded with the same backend and options.
-    policy None: each trajectory names its own in its memory (a service's requests)."""
-    from runtime.backends import load_denoiser
-
+    """The denoiser with cached steps: its own cached_forms(), the PyTorch reference's two forms or the refresh and
+    reuse graphs its manifest names (exported with dit-export --cached-steps, loaded once by the denoiser with its
+    backend and options). policy None: each trajectory names its own in its memory (a service's requests)."""
     policy = parse_cache(policy)
-    if not hasattr(denoiser, "cached_pair"):  # loaded once per denoiser: a worker or replica reuses it
-        if denoiser.manifest is None:  # the PyTorch reference
-            denoiser.cached_pair = denoiser.cached_forms()
-        else:
-            pair = denoiser.manifest.cached_steps
-            if not pair:
-                raise DiTError(NO_PAIR)
-            backend, options = denoiser.loaded_as
-            graphs = [load_denoiser(denoiser.path.parent / pair[role], backend, **options) for role in ("refresh", "reuse")]
-            denoiser.cached_pair = tuple(graph.run_named for graph in graphs)
-    return CachingDenoiser(denoiser, *denoiser.cached_pair, policy)
+    return CachingDenoiser(denoiser, *denoiser.cached_forms(), policy)

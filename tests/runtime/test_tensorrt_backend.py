@@ -18,6 +18,7 @@ from dit_ref.runners import tensorrt_binding as binding
 from dit_ref.runners import tensorrt_runner as backend
 from dit_ref.runners.checks import check_io_tensors
 from runtime.backends.graph import check_inputs
+from testing_utils import max_rel_error
 
 PLAN = "DiT-S-2-256-fp16.plan"
 
@@ -320,3 +321,26 @@ def test_memory_plan_of_one_allocation_against_one_a_context():
     assert contexts == 560 and binding.graph_pairs(BatchRange(1, 8, 32), guided_rows=False) == 32
     assert plan == {"contexts": 560, "shared_bytes": 300 * 2**20, "unshared_bytes": 560 * 300 * 2**20}
     assert binding.memory_plan(10, 0)["shared_bytes"] == 0
+
+
+def test_the_gpu_tests_onnxruntime_and_reference_halves_agree_on_the_cpu(graphs):
+    # tests/gpu/test_tensorrt_gpu.py compares an engine with these two; a feed without `guided` fails here.
+    from testing_utils import engine_case_inputs, graph_feeds, onnxruntime_outputs, reference_outputs
+
+    from dit_ref.contract import read_manifest
+
+    for batch in (1, 3):
+        inputs = engine_case_inputs("S/8", 256, batch, seed=batch)
+        feeds = graph_feeds(read_manifest(graphs["fp32"]), *inputs)
+        error = max_rel_error(onnxruntime_outputs(graphs["fp32"], *inputs), reference_outputs("S/8", 256, *inputs))
+        print(f"batch {batch}: guided rows {feeds['guided'].tolist()}, ONNX Runtime vs torch {error:.2e} (limit 1e-4)")
+        assert feeds["guided"].tolist() == list(range(1, batch)) and error < 1e-4
+
+
+def test_the_gpu_tests_expected_capture_keys():
+    from testing_utils import capture_keys, engine_case_inputs
+
+    calls = [engine_case_inputs("S/8", 256, batch, seed=100 + step) for step, batch in enumerate([3, 8, 3, 3])]
+    keys = capture_keys(_manifest().replace(guided_rows=True), calls)
+    print(keys)
+    assert [(dict(key)["x"][0], dict(key)["guided"][0]) for key in keys] == [(3, 2), (8, 7)]

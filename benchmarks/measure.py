@@ -149,23 +149,24 @@ def gemm_peak_gflops(hint: str, threads: int, size: int = 2048, repeats: int = 1
     import numpy
     import onnx
 
-    from dit_ref.machine.openvino_stack import compile_graph, import_openvino
+    from dit_ref.machine.openvino_stack import import_openvino
+    from dit_ref.runners import open_runner
 
     random = numpy.random.default_rng(0)
     a, b = (random.standard_normal((size, size), dtype=numpy.float32) for _ in range(2))
     with tempfile.TemporaryDirectory(prefix="dit-gemm-") as scratch:
         path = Path(scratch) / "matmul.onnx"
         onnx.save(matmul_graph(size, b), path)
-        compiled = compile_graph(path, hint, threads)
-        request = compiled.create_infer_request()
-        request.set_input_tensor(import_openvino().Tensor(a))
+        with open_runner(path, "openvino", threads=threads, precision_hint=hint) as runner:
+            request = runner.request  # its infer request, driven directly: no output copy, the kernel alone
+            request.set_input_tensor(import_openvino().Tensor(a))
 
-        def run():
-            request.start_async()
-            request.wait()  # no output copy: the kernel alone
+            def run():
+                request.start_async()
+                request.wait()
 
-        call_ms(run, 2)
-        fastest = min(call_ms(run, repeats))
+            call_ms(run, 2)
+            fastest = min(call_ms(run, repeats))
     return 2 * size**3 / (fastest / 1000) / 1e9
 
 

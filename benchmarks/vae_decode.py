@@ -55,15 +55,13 @@ def measure(spec: dict) -> dict:
         def run():
             decode(vae, latents, batch_size=batch)
     else:
-        from runtime.backends import decoder
+        from dit_ref.runners import open_runner
 
-        backend = spec["setting"].split("-")[0]
         path = Path(spec["graph"])
-        runner = getattr(decoder, f"{backend}_runner")(path, read_decoder_manifest(path), torch.device("cpu"),
-                                                       spec["threads"])
+        runner = open_runner(path, spec["setting"].split("-")[0], "cpu", spec["threads"], read_decoder_manifest(path))
 
         def run():
-            runner(latents)
+            runner.run({"latents": latents})
     loaded_mb = peak_memory_mb(torch.device("cpu"))
     times = []
     for index in range(spec["warmup"] + spec["repeats"]):

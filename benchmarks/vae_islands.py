@@ -28,7 +28,7 @@ def graph_error(module, vae, image_size: int, precision: str, work_dir: Path) ->
     from dit_ref.vae import SCALING_FACTOR
     from export.onnx_export import quiet_exporter
     from export.vae_export import trace_decoder
-    from export.verify import onnxruntime_session, openvino_session, relative_error
+    from export.verify import check_runner, relative_error
 
     latent_shape = (vae.config.latent_channels, image_size // 8, image_size // 8)
     latents = torch.randn(2, *latent_shape, generator=torch.Generator().manual_seed(0))
@@ -39,8 +39,8 @@ def graph_error(module, vae, image_size: int, precision: str, work_dir: Path) ->
         program = trace_decoder(module, latent_shape)
         with quiet_exporter():
             program.save(path)
-        session = openvino_session(path) if precision == "bf16" else onnxruntime_session(path)
-        return relative_error(session.run(["images"], {"latents": latents.numpy()})[0], expected)
+        with check_runner(path, precision) as runner:
+            return relative_error(runner.run({"latents": latents})["images"], expected)
 
 
 def activation_maxima(vae: str, image_size: int) -> dict:

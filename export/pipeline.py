@@ -100,12 +100,12 @@ def reference_stage(model, cfg_channels: int, stage):
 
 def check_stage(graph: Path, reference, precision: str, stage) -> dict:
     """ONNX Runtime (OpenVINO for BF16) on the graph, CPU, against the PyTorch float32 reference outputs."""
-    from export.verify import compare_outputs, openvino_session
+    from export.verify import compare_outputs
 
     limit = TOLERANCE[precision]
     runner = "openvino" if precision == "bf16" else "onnxruntime"
     with stage("check", f"{runner} on the graph vs the reference, limit {limit:g}") as result:
-        errors = compare_outputs(graph, *reference, session=openvino_session(graph) if precision == "bf16" else None)
+        errors = compare_outputs(graph, *reference, precision)
         result["done"] = ", ".join(f"{name} max rel err {value:.2e}" for name, value in errors.items())
     if max(errors.values()) > limit:
         raise DiTError(f"the graph disagrees with PyTorch (errors {errors}, limit {limit:g}); "
@@ -136,7 +136,7 @@ def cached_steps_stages(dit, graph: Path, precision: str, cfg_channels: int, bat
         limit = TOLERANCE[precision]
         with stage("check", f"cached steps: refresh, and reuse of its own features, vs the reference, limit "
                             f"{limit:g}") as result:
-            errors = compare_cached_steps(pair["refresh"], pair["reuse"], *reference, bf16=precision == "bf16")
+            errors = compare_cached_steps(pair["refresh"], pair["reuse"], *reference, precision)
             result["done"] = ", ".join(f"{name} {value:.2e}" for name, value in errors.items())
         if max(errors.values()) > limit:
             raise DiTError(f"the cached-steps graphs disagree with PyTorch (errors {errors}, limit {limit:g})")

@@ -121,12 +121,12 @@ def quiet_quantizer():
 
 def graph_eps(graph: Path):
     """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (CPU), for calibration.ddim_sample."""
-    from export.verify import onnxruntime_session, run_graph
+    from export.verify import check_runner, run_graph
 
-    session = onnxruntime_session(graph)
+    runner = check_runner(graph)
 
     def eps_of(x, t, y, cfg_scale):
-        return torch.from_numpy(run_graph(session, x, t, y, cfg_scale)[0])  # every row guided
+        return run_graph(runner, x, t, y, cfg_scale)[0]  # every row guided
 
     return eps_of
 

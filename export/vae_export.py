@@ -178,11 +178,11 @@ def reference_images(vae, latent_shape: tuple[int, int, int], batch: int = 1, se
 
 def check_decoder_graph(graph: Path, reference, precision: str) -> float:
     """The graph's max relative error against the reference images; DiTError beyond TOLERANCE."""
-    from export.verify import onnxruntime_session, openvino_session, relative_error
+    from export.verify import check_runner, relative_error
 
     latents, expected = reference
-    session = openvino_session(graph) if precision == "bf16" else onnxruntime_session(graph)
-    error = relative_error(session.run([DECODER_OUTPUT], {DECODER_INPUT: latents})[0], expected)
+    with check_runner(graph, precision) as runner:
+        error = relative_error(runner.run({DECODER_INPUT: torch.from_numpy(latents)})[DECODER_OUTPUT], expected)
     if error > TOLERANCE[precision]:
         raise DiTError(f"the decoder graph disagrees with diffusers' decode (error {error:.2e}, limit "
                        f"{TOLERANCE[precision]:g}); {graph} is kept for inspection")

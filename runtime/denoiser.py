@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest, guided_rows
-from dit_ref.errors import DiTError
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,9 @@ class Denoiser:
     provenance: Provenance
     batch_range: BatchRange  # image batch sizes one call takes
     manifest: Manifest | None = None  # of the graph or engine; None for the PyTorch reference
+    path: Path | None = None  # the graph or engine file it runs; None for the PyTorch reference
+    backend: str = ""  # its name in runtime.backends.BACKENDS
+    load_options: dict = {}  # the backend options it was loaded with (device, threads, dtype, ...)
     transformer_rows: int = 0  # rows the transformer ran, B + U per call (what guiding fewer rows saves)
 
     @property
@@ -96,26 +98,10 @@ class Denoiser:
 
     def runs(self, path, backend: str, options: dict) -> bool:
         """Whether this denoiser runs the file at path with this backend and these of its options."""
-        if getattr(self, "path", None) is None:
+        if self.path is None:
             return False
-        name, given = self.loaded_as
-        return (Path(self.path).resolve() == Path(path).resolve() and name == backend
-                and all(given.get(key) == value for key, value in options.items()))
-
-    def cached_forms(self):
-        """(refresh, reuse) of cached steps: callables over named tensors, the refresh and reuse graphs its
-        manifest names, loaded once with the same backend and options (DiTError when it has none)."""
-        from runtime.backends import load_denoiser
-        from runtime.caching import NO_PAIR
-
-        if getattr(self, "_cached_pair", None) is None:
-            pair = self.manifest.cached_steps if self.manifest is not None else None
-            if not pair:
-                raise DiTError(NO_PAIR)
-            backend, options = self.loaded_as
-            self._cached_pair = [load_denoiser(self.path.parent / pair[role], backend, **options)
-                                 for role in ("refresh", "reuse")]
-        return tuple(graph.run_named for graph in self._cached_pair)
+        return (Path(self.path).resolve() == Path(path).resolve() and self.backend == backend
+                and all(self.load_options.get(key) == value for key, value in options.items()))
 
     def close(self) -> None:
         """Free what the backend holds (sessions, engines, GPU memory). Safe to call twice."""

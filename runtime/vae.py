@@ -1,5 +1,5 @@
 """Latents to pixels: the Stable Diffusion VAE in PyTorch (diffusers AutoencoderKL, as sample_ddp.py does), or its
-decoder as a graph or engine made by `dit-export --vae` (runtime.backends.decoder), or pixels as they are.
+decoder as a graph or engine made by `dit-export --vae` (run by a dit_ref.runners runner), or pixels as they are.
 
 Every decoder decodes in chunks of at most DECODE_PIXELS output pixels per call (dit_ref.vae), which bounds its
 memory whatever the batch (docs/sampling.md gives the PyTorch VAE's measured peak).
@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dit_ref.contract import DecoderManifest, read_decoder_manifest
+from dit_ref.contract import DECODER_INPUT, DECODER_OUTPUT, DecoderManifest, read_decoder_manifest
 from dit_ref.errors import DiTError
+from dit_ref.runners import ENGINE_SUFFIXES, Runner
 from dit_ref.vae import (  # noqa: F401 (DECODE_PIXELS, SD_VAE_CONFIG, random_vae: part of this module's API)
     DECODE_PIXELS, HUB_VAES, SCALING_FACTOR, SD_VAE_CONFIG, chunk_size, load_autoencoder, random_vae, vae_identity,
 )
 
-DECODER_SUFFIXES = (".onnx", ".plan", ".engine")  # a decoder graph (ONNX Runtime, OpenVINO) or engine (TensorRT)
+DECODER_SUFFIXES = (".onnx", *ENGINE_SUFFIXES)  # a decoder graph (ONNX Runtime, OpenVINO) or engine (TensorRT)
 
 
 @dataclass
@@ -55,26 +56,44 @@ class PixelDecoder:
 
 
 class GraphDecoder:
-    """A decoder graph or engine (dit-export --vae): latents (N, C, L, L) -> uint8 images (N, 8L, 8L, 3)."""
+    """A decoder graph or engine (dit-export --vae) in its runner: latents (N, C, L, L) -> uint8 images (N, 8L, 8L, 3)."""
 
     channels = 3
 
-    def __init__(self, path: Path, manifest: DecoderManifest, run, backend: str):
-        self.path, self.manifest, self.run, self.backend = path, manifest, run, backend  # run: one call's images
+    def __init__(self, path: Path, manifest: DecoderManifest, runner: Runner):
+        self.path, self.manifest, self.runner = path, manifest, runner
+        self.backend = f"{runner.runtime}-{runner.device.type}"
         self.chunk = chunk_size(manifest.image_size, manifest.batch.max)
-        self.source = f"{manifest.vae.source} decoder ({path.name}, {manifest.precision}, {backend})"
+        self.source = f"{manifest.vae.source} decoder ({path.name}, {manifest.precision}, {self.backend})"
         self.random_weights = manifest.random_weights
 
     def to(self, device) -> "GraphDecoder":
         return self
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        """One call: latents (n, C, L, L) -> images (n, 3, 8L, 8L) float32 in about [-1, 1]."""
+        """One call: latents (n, C, L, L) -> images (n, 3, 8L, 8L) float32 in about [-1, 1], on the runner's device."""
         self.manifest.batch.check(len(x), f"{self.path.name}'s", "re-export the decoder with --vae-batch")
-        return self.run(x)
+        return self.runner.run({DECODER_INPUT: x})[DECODER_OUTPUT]
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         return decode_in_chunks(self.images, x, self.chunk)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def open_decoder(path: Path, manifest: DecoderManifest, device="cpu", threads: int | None = None) -> Runner:
+    """The runner of a decoder file next to a denoiser on `device`: an engine in TensorRT on a CUDA GPU, a graph in
+    ONNX Runtime on a GPU where its CUDA provider is, else in the CPU runtime of its precision
+    (dit_ref.runners.CPU_CHOICE)."""
+    from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
+    from dit_ref.runners import choose_runtime, open_runner, runtime_device
+
+    runtime, _ = choose_runtime(path, "decoder", manifest.precision, torch.device(device))
+    reason = engine_unavailable_reason() if runtime == "tensorrt" else None
+    if reason:
+        raise DiTError(f"cannot run {path.name}: {reason}; pass its graph instead: --vae {path.with_suffix('.onnx')}")
+    return open_runner(path, runtime, runtime_device(runtime, torch.device(device)), threads, manifest)
 
 
 def is_decoder_file(spec) -> bool:
@@ -142,11 +161,9 @@ def load_decoder(spec: str, decoder: str, channels: int, device="cpu", latent_si
     if identity == "pixels":
         return PixelDecoder(channels)
     if is_decoder_file(identity):
-        from runtime.backends.decoder import load_decoder_runner
-
         path = Path(identity)
         manifest = read_decoder_manifest(path)
-        return GraphDecoder(path, manifest, *load_decoder_runner(path, manifest, device, threads))
+        return GraphDecoder(path, manifest, open_decoder(path, manifest, device, threads))
     return load_vae("mse" if spec == "auto" else spec, device)
 
 

@@ -73,3 +73,32 @@ def test_the_floors():
     wrong = [f"{name} imports {target}" for name, targets in graph().items() for target in sorted(targets)
              if target.split(".")[0] not in MAY_IMPORT[name.split(".")[0]]]
     assert not wrong, "; ".join(wrong)
+
+
+# What only the runner layer makes: ONNX Runtime sessions, OpenVINO compiled models and infer requests, TensorRT
+# engines and execution contexts (DESIGN.md: graphs run through one runner layer).
+RUNNER_CALLS = ("InferenceSession", "compile_model", "create_infer_request", "deserialize_cuda_engine",
+                "create_execution_context")
+RUNNERS = ROOT / "dit_ref" / "runners"
+
+
+def runner_calls(path: Path) -> list[str]:
+    """"name line" of each call of a RUNNER_CALLS function (plain or as an attribute) in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
+            if name in RUNNER_CALLS:
+                found.append(f"{name} line {node.lineno}")
+    return found
+
+
+def test_sessions_and_compiled_models_are_made_in_the_runner_layer_only():
+    files = [*modules().values(), *(ROOT / "scripts").glob("*.py")]
+    outside = [f"{path.relative_to(ROOT)}: {call}" for path in files if RUNNERS not in path.parents
+               for call in runner_calls(path)]
+    inside = [call for path in RUNNERS.glob("*.py") for call in runner_calls(path)]
+    print(f"{len(files)} files; the runner layer makes {len(inside)}: {', '.join(inside)}")
+    assert inside, "the runner layer makes no session: the test reads the wrong calls"
+    assert not outside, "made outside dit_ref/runners/: " + "; ".join(outside)

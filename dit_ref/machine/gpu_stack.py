@@ -85,8 +85,8 @@ def onnxruntime_packages_problem() -> str | None:
 def onnxruntime_cuda_unavailable_reason() -> str | None:
     """None when ONNX Runtime makes a session on its CUDA provider here; else why not, in one line.
 
-    The last step makes a real session on a one-node graph and runs it: ONNX Runtime falls back to
-    CPU without an error when the provider cannot load, so only the session's providers tell.
+    The last step opens a one-node graph on CUDA and runs it: ONNX Runtime falls back to CPU without an error
+    when the provider cannot load, so only the session's providers tell (the runner checks them).
     """
     prefix = "ONNX Runtime's CUDA provider is not loadable: "
     try:
@@ -105,32 +105,37 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
     from dit_ref.machine.onnxruntime_stack import cuda_provider_load_error, preload_cuda_libraries
 
     preload_cuda_libraries(ort)
-    failure = probe_cuda_session(ort, prefix)
+    failure = probe_cuda_session(prefix)
     error = cuda_provider_load_error(ort) if failure else None  # the loader names the missing library
     if error:
         return f"{prefix}{error} (onnxruntime-gpu {ort.__version__} is built for CUDA {ort.cuda_version or '?'})"
     return failure
 
 
-def probe_cuda_session(ort, prefix: str) -> str | None:
-    """Make and run a session of one Add node on the CUDA provider; None when CUDA is its first provider."""
-    import numpy as np
+def probe_cuda_session(prefix: str) -> str | None:
+    """Open and run a graph of one Add node in ONNX Runtime on CUDA, as the runtime does (dit_ref.runners); None when
+    it runs there."""
+    import tempfile
+
     import onnx
+    import torch
     from onnx import TensorProto, helper
+
+    from dit_ref.runners import open_runner
 
     value = helper.make_tensor_value_info
     graph = helper.make_graph([helper.make_node("Add", ["a", "a"], ["b"])], "probe",
                               [value("a", TensorProto.FLOAT, [4])], [value("b", TensorProto.FLOAT, [4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
-        providers = session.get_providers()
-        if not providers or providers[0] != "CUDAExecutionProvider":
-            return f"{prefix}a session asked for CUDA runs on {', '.join(providers)} (ONNX Runtime's log above says why)"
-        session.run(["b"], {"a": np.ones(4, np.float32)})
-    except Exception as error:
-        return f"{prefix}{first_line(error)[:300]}"
+    with tempfile.TemporaryDirectory(prefix="dit-probe-") as scratch:
+        path = Path(scratch) / "probe.onnx"
+        onnx.save(model, path)
+        try:
+            with open_runner(path, "onnxruntime", "cuda") as runner:
+                runner.run({"a": torch.ones(4, device="cuda")})
+        except Exception as error:
+            return f"{prefix}{first_line(error)[:300]}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""OpenVINO as export's bf16 check and runtime's CPU backend use it: importing it, and compiling a graph.
+"""OpenVINO as the runner layer (dit_ref.runners.openvino_runner) uses it: importing it, reading a graph, port names.
 
 OpenVINO reads the exported .onnx itself (FP32, FP16- and BF16-typed graphs, Q/DQ graphs). It is in the
 `cpu` extra; a missing install is one line saying what to do.
@@ -23,24 +23,6 @@ def import_openvino():
             raise
         raise DiTError(NOT_INSTALLED) from None
     return openvino
-
-
-def compile_graph(graph_path, hint: str = "f32", threads: int | None = None):
-    """An OpenVINO CompiledModel of an ONNX graph on the CPU (dynamic batch kept), latency-tuned;
-    DiTError (one line) when the file is not a graph OpenVINO can compile."""
-    if hint not in HINTS:
-        raise DiTError(f"OpenVINO precision hint must be one of {', '.join(HINTS)}, not {hint!r}")
-    openvino = import_openvino()
-    core = openvino.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    try:
-        return core.compile_model(read_onnx(openvino, graph_path), "CPU", config)
-    except Exception as error:  # OpenVINO raises RuntimeError with its C++ message, sometimes many lines
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise DiTError(f"cannot load the ONNX graph {graph_path} in OpenVINO: {reason}; re-export it with "
-                       f"dit-export") from None
 
 
 def read_onnx(openvino, graph_path):

@@ -1,14 +1,13 @@
 """The registry of denoiser backends: TensorRT (.plan), ONNX Runtime (.onnx), PyTorch (a checkpoint).
 
 A backend is one module with a `load(path, manifest, expected, **options)` function returning a
-runtime.denoiser.Denoiser and a `default_device()`, plus one line in BACKENDS naming its suffixes and
-its own options.
-Heavy dependencies (tensorrt, onnxruntime) are imported only when their backend is chosen, and a
+runtime.denoiser.Denoiser (a file's: runtime.backends.graph.GraphDenoiser over a dit_ref.runners runner) and a
+`default_device()`, plus one line in BACKENDS naming its suffixes and its own options.
+Heavy dependencies (tensorrt, onnxruntime, openvino) are imported only when their backend is chosen, and a
 file's backend never imports export/ or onnx.
 """
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from dit_ref import configs
 from dit_ref.contract import Manifest, read_manifest
 from dit_ref.errors import DiTError
+from dit_ref.runners import ENGINE_SUFFIXES, choose_runtime, is_engine, onnxruntime_cuda_here, openvino_here
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Backend:
 
 
 BACKENDS = {backend.name: backend for backend in (
-    Backend("tensorrt", (".plan", ".engine"), "runtime.backends.tensorrt_backend", ("device", "threads", "cuda_graphs"),
+    Backend("tensorrt", ENGINE_SUFFIXES, "runtime.backends.tensorrt_backend", ("device", "threads", "cuda_graphs"),
             "TensorRT engine, CUDA"),
     Backend("onnxruntime", (".onnx",), "runtime.backends.onnxruntime_backend", ("device", "threads"),
             "ONNX Runtime on the exported graph, CPU or CUDA"),
@@ -55,13 +55,6 @@ class Expected:
     model: str | None = None
     image_size: int | None = None
     cfg_channels: int | None = None
-
-
-# --backend auto for a graph on a CPU, by the graph's precision: the backend the yardstick found fastest at
-# equal accuracy (the frontier of 2026-12-02, AMD EPYC with AVX-512 BF16/VNNI, docs/benchmarks.md: OpenVINO
-# 1.6x ONNX Runtime in FP32, 1.7x in FP16, 1.8x in INT8). A bf16 graph runs only in OpenVINO (ONNX Runtime
-# has no bfloat16 CPU kernels); an fp8 one only in ONNX Runtime (emulated).
-CPU_CHOICE = {"fp32": "openvino", "fp16": "openvino", "bf16": "openvino", "int8": "openvino", "fp8": "onnxruntime"}
 
 
 def backend_for(path, backend: str = "auto") -> str:
@@ -89,21 +82,17 @@ def backend_for(path, backend: str = "auto") -> str:
 def auto_backend(path) -> tuple[str, str]:
     """(backend, why) for --backend auto: a .plan runs in TensorRT; a graph in ONNX Runtime on a GPU where its
     CUDA provider is here, else on the CPU in the backend dit-tune measured fastest for it here (a profile beside
-    it), else CPU_CHOICE's backend for its precision (OpenVINO when it is installed; ONNX Runtime otherwise)."""
-    if Path(path).suffix.lower() in BACKENDS["tensorrt"].suffixes:
-        return "tensorrt", "a TensorRT engine"
-    if onnxruntime_cuda_here():
-        return "onnxruntime", "ONNX Runtime's CUDA provider and a GPU are here"
+    it), else the runtime dit_ref.runners.CPU_CHOICE names for its precision (OpenVINO when it is installed; ONNX
+    Runtime otherwise)."""
+    chosen = choose_runtime(path, "denoiser", None if is_engine(path) else graph_precision(path))
+    if chosen[0] == "tensorrt" or onnxruntime_cuda_here():
+        return chosen
     from runtime.profile import measured_backend
 
     measured = measured_backend(path)
     if measured is not None and (measured != "openvino" or openvino_here()):
         return measured, "measured fastest for this graph on this machine by dit-tune (the profile beside it)"
-    precision = graph_precision(path)
-    wanted = CPU_CHOICE.get(precision, "openvino")
-    if wanted == "openvino" and not openvino_here():
-        return "onnxruntime", "OpenVINO, the faster CPU runtime, is not installed (pip install -e '.[cpu]')"
-    return wanted, f"the fastest CPU runtime at equal accuracy for {precision or 'these'} graphs (docs/benchmarks.md)"
+    return chosen
 
 
 def graph_precision(path) -> str | None:
@@ -112,21 +101,6 @@ def graph_precision(path) -> str | None:
         return read_manifest(path).precision
     except DiTError:
         return None
-
-
-def onnxruntime_cuda_here() -> bool:
-    """torch sees a GPU and ONNX Runtime has its CUDA provider (onnxruntime-gpu)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import onnxruntime
-    except ModuleNotFoundError:
-        return False
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-def openvino_here() -> bool:
-    return importlib.util.find_spec("openvino") is not None
 
 
 def profile_choice(path, backend: str, spec: str, options: dict) -> tuple:
@@ -198,6 +172,4 @@ def load_denoiser(path=None, backend: str = "auto", *, model=None, image_size=No
             raise DiTError(f"{path} not found; pass an engine (.plan) or graph (.onnx) made by dit-export")
         manifest = read_manifest(path)
         check_expected(manifest, path, expected)
-    denoiser = importlib.import_module(chosen.module).load(path, manifest, expected, **given)
-    denoiser.path, denoiser.loaded_as = path, (chosen.name, given)  # what loads its cached-steps pair alike
-    return denoiser
+    return importlib.import_module(chosen.module).load(path, manifest, expected, **given)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from export.guided import example_inputs
-from export.verify import onnxruntime_session, relative_error, run_graph
+from export.verify import check_runner, relative_error, run_graph
 from testing_utils import random_model
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # issue 3: FP32 1e-4 of the output scale, FP16 1e-2
@@ -35,7 +35,7 @@ def reference(name: str, batch: int, cfg_channels: int):
 @pytest.mark.parametrize("name,cfg_channels", CASES)
 def test_graph_matches_reference(exported_graph, name, cfg_channels, precision):
     graph = exported_graph(name, 512, precision, cfg_channels=cfg_channels)
-    session = onnxruntime_session(graph)
+    session = check_runner(graph)
     for batch in BATCHES:
         inputs, expected = reference(name, batch, cfg_channels)
         outputs = run_graph(session, *inputs)
@@ -53,7 +53,7 @@ def test_cfg_channels_is_baked_in(exported_graph):
     x, t, y, cfg_scale = example_inputs(model, 2, seed=5)
     with torch.no_grad():
         official = model.guided_forward(x, t, y, cfg_scale, 3)[0]
-    eps = run_graph(onnxruntime_session(exported_graph("B/8", 512, "fp32", cfg_channels=4)), x, t, y, cfg_scale)[0]
+    eps = run_graph(check_runner(exported_graph("B/8", 512, "fp32", cfg_channels=4)), x, t, y, cfg_scale)[0]
     gap = relative_error(eps[:, 3], official[:, 3])
     print(f"cfg4 graph vs cfg3 reference on channel 3: {gap:.2e}; channels 0..2: "
           f"{relative_error(eps[:, :3], official[:, :3]):.2e}")

@@ -20,7 +20,7 @@ from export.cli import main
 from export.engine import input_profile
 from export.opcheck import check_operators
 from export.vae_export import Float32Attention
-from export.verify import onnxruntime_session, openvino_session, relative_error
+from export.verify import check_runner, relative_error
 from testing_utils import TINY_VAE_CONFIG
 
 LIMITS = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}  # the issue's bounds; bf16: export's check limit
@@ -36,8 +36,8 @@ def diffusers_decode(vae_dir, latents: np.ndarray) -> np.ndarray:
 def test_decoder_graph_is_diffusers_decode_within_its_bound(exported_decoder, random_vae, precision):
     result = exported_decoder(precision)
     latents = np.random.default_rng(1).standard_normal((3, 4, 32, 32)).astype(np.float32)  # batch 3: dynamic
-    session = openvino_session(result.graph) if precision == "bf16" else onnxruntime_session(result.graph)
-    images = session.run(["images"], {"latents": latents})[0]
+    with check_runner(result.graph, precision) as runner:
+        images = runner.run({"latents": torch.from_numpy(latents)})["images"].numpy()
     error = relative_error(images, diffusers_decode(random_vae, latents))
     print(f"{precision} decoder graph vs diffusers' decode, batch 3: max rel err {error:.2e} (check stage, batch 1: "
           f"{result.errors['images']:.2e}); bound {LIMITS[precision]:g}")

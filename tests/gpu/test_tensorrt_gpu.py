@@ -10,16 +10,14 @@ import dataclasses
 import functools
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from testing_utils import max_rel_error, random_model
+from testing_utils import capture_keys, engine_case_inputs, max_rel_error, onnxruntime_outputs, reference_outputs
 from dit_ref.contract import BatchRange, manifest_path_for, read_manifest
 from dit_ref.errors import DiTError
 from export.engine import build_engine
-from export.guided import example_inputs
-from runtime.backends.tensorrt_backend import TensorRTDenoiser
+from runtime.backends import load_denoiser
 
 pytestmark = [pytest.mark.gpu, pytest.mark.trt, pytest.mark.slow]
 
@@ -49,19 +47,20 @@ def engine_for(exported_graph, tmp_path_factory):
 
 
 def _inputs(batch: int, seed: int):
-    return example_inputs(random_model(MODEL, IMAGE_SIZE), batch, seed)
+    return engine_case_inputs(MODEL, IMAGE_SIZE, batch, seed)  # the CPU suite runs the same (test_tensorrt_backend.py)
 
 
 def _cuda(*tensors):
     return [tensor.cuda() for tensor in tensors]
 
 
-def _onnxruntime(graph, x, t, y, cfg_scale) -> torch.Tensor:
-    import onnxruntime
+def engine_denoiser(plan, manifest=None, device="cuda", cuda_graphs=False):
+    """The engine's denoiser as dit-run loads it, or, with a tampered manifest, the runner's refusal of it."""
+    if manifest is None:
+        return load_denoiser(plan, "tensorrt", device=device, cuda_graphs=cuda_graphs)
+    from dit_ref.runners import open_runner
 
-    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    feeds = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy()}
-    return torch.from_numpy(np.concatenate(session.run(["eps", "var_values"], feeds), axis=1))
+    return open_runner(plan, "tensorrt", device, manifest=manifest)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -86,13 +85,12 @@ def test_build_writes_plan_and_manifest_engine_section(engine_for, precision, re
 def test_engine_matches_reference_and_onnxruntime(engine_for, precision, batch, record_property):
     graph, plan = engine_for(precision)
     x, t, y, cfg_scale = _inputs(batch, seed=batch)
-    eps, var_values = TensorRTDenoiser(plan, None, "cuda")(*_cuda(x, t, y, cfg_scale))
+    eps, var_values = engine_denoiser(plan, None, "cuda")(*_cuda(x, t, y, cfg_scale))
     assert eps.device.type == "cuda" and eps.dtype == torch.float32 and eps.shape == x.shape
     engine_out = torch.cat([eps, var_values], 1).cpu()
-    with torch.no_grad():
-        reference = torch.cat(random_model(MODEL, IMAGE_SIZE).guided_forward(x, t, y, cfg_scale, 3), 1)
+    reference = reference_outputs(MODEL, IMAGE_SIZE, x, t, y, cfg_scale)
     error_reference = max_rel_error(engine_out, reference)
-    error_onnxruntime = max_rel_error(engine_out, _onnxruntime(graph, x, t, y, cfg_scale))
+    error_onnxruntime = max_rel_error(engine_out, onnxruntime_outputs(graph, x, t, y, cfg_scale))
     print(f"{precision} batch {batch}: vs torch {error_reference:.2e}, vs onnxruntime {error_onnxruntime:.2e} "
           f"(limit {TOLERANCE[precision]:.0e}, to be measured on first GPU run)")
     record_property("error_vs_torch", error_reference)
@@ -107,11 +105,11 @@ def test_cuda_graph_replay_equals_eager_bitwise(engine_for, precision, record_pr
     # Bitwise is to be measured on first GPU run: the eager context and each graph's context come from
     # one engine (same tactics), but a kernel with atomics would make them differ in the last bits.
     _, plan = engine_for(precision)
-    eager = TensorRTDenoiser(plan, None, "cuda")
-    graphed = TensorRTDenoiser(plan, None, "cuda", cuda_graphs=True)
-    kept, largest = None, 0.0
+    eager = engine_denoiser(plan, None, "cuda")
+    graphed = engine_denoiser(plan, None, "cuda", cuda_graphs=True)
+    kept, largest, calls = None, 0.0, [_inputs(batch, seed=100 + step) for step, batch in enumerate([3, 8, 3, 3])]
     for step, batch in enumerate([3, 8, 3, 3]):  # revisits batch 3: replays with new inputs
-        inputs = _cuda(*_inputs(batch, seed=100 + step))
+        inputs = _cuda(*calls[step])
         expected, replayed = eager(*inputs), graphed(*inputs)
         difference = max((a - b).abs().max().item() for a, b in zip(expected, replayed))
         largest = max(largest, difference)
@@ -122,15 +120,16 @@ def test_cuda_graph_replay_equals_eager_bitwise(engine_for, precision, record_pr
             assert all(torch.equal(a, b) for a, b in zip(*kept))
         kept = (replayed, [tensor.clone() for tensor in replayed])
     record_property("max_abs_difference", largest)
-    assert sorted(graphed._captured) == [3, 8]
-    assert all(entry.graph is not None for entry in graphed._captured.values())  # captured, not the fallback
+    captured = graphed.runner._captured
+    assert sorted(captured) == capture_keys(read_manifest(plan), calls)  # one per (B, U): (3, 2) and (8, 7)
+    assert all(entry.graph is not None for entry in captured.values())  # captured, not the fallback
 
 
 def test_replay_after_the_caller_switches_streams(engine_for):
     # One context (and one graph's I/O) used from two streams in turn: each call waits for the last.
     _, plan = engine_for("fp16")
     for cuda_graphs in (False, True):
-        denoiser = TensorRTDenoiser(plan, None, "cuda", cuda_graphs=cuda_graphs)
+        denoiser = engine_denoiser(plan, None, "cuda", cuda_graphs=cuda_graphs)
         inputs = _cuda(*_inputs(3, seed=7))
         expected = [tensor.clone() for tensor in denoiser(*inputs)]
         for _ in range(3):
@@ -154,7 +153,7 @@ def test_manifest_claiming_another_tensorrt_is_refused(engine_for):
 
     graph, plan = engine_for("fp16")
     with pytest.raises(DiTError) as caught:
-        TensorRTDenoiser(plan, _tampered(plan, tensorrt="9.3.0.1"), "cuda")
+        engine_denoiser(plan, _tampered(plan, tensorrt="9.3.0.1"), "cuda")
     print(caught.value)
     assert "9.3.0.1" in str(caught.value) and trt.__version__ in str(caught.value)
     assert f"dit-export build {graph.name}" in str(caught.value)
@@ -163,13 +162,13 @@ def test_manifest_claiming_another_tensorrt_is_refused(engine_for):
 def test_manifest_claiming_another_gpu_architecture_is_refused(engine_for):
     _, plan = engine_for("fp16")
     with pytest.raises(DiTError, match="compute capability 5.2"):
-        TensorRTDenoiser(plan, _tampered(plan, compute_capability="5.2"), "cuda")
+        engine_denoiser(plan, _tampered(plan, compute_capability="5.2"), "cuda")
 
 
 def test_manifest_claiming_another_gpu_model_is_refused(engine_for):
     _, plan = engine_for("fp16")
     with pytest.raises(DiTError) as caught:
-        TensorRTDenoiser(plan, _tampered(plan, gpu="NVIDIA Some Other GPU"), "cuda")
+        engine_denoiser(plan, _tampered(plan, gpu="NVIDIA Some Other GPU"), "cuda")
     print(caught.value)
     assert "NVIDIA Some Other GPU" in str(caught.value) and torch.cuda.get_device_name() in str(caught.value)
 
@@ -178,7 +177,7 @@ def test_batch_outside_the_profile_is_refused(engine_for):
     _, plan = engine_for("fp16")
     inputs = _cuda(*_inputs(BATCH.max + 1, seed=0))
     with pytest.raises(DiTError, match="outside the engine's range 1..8"):
-        TensorRTDenoiser(plan, None, "cuda")(*inputs)
+        engine_denoiser(plan, None, "cuda")(*inputs)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -46,14 +46,26 @@ def test_backend_from_suffix_or_name(path, backend, expected):
     (False, False, "fp16", "onnxruntime"),
 ])
 def test_auto_picks_a_graphs_backend_by_machine_and_precision(monkeypatch, cuda, openvino, precision, expected):
+    import dit_ref.runners.choice as choice
     import runtime.backends as registry
 
-    monkeypatch.setattr(registry, "onnxruntime_cuda_here", lambda: cuda)
-    monkeypatch.setattr(registry, "openvino_here", lambda: openvino)
+    monkeypatch.setattr(choice, "onnxruntime_cuda_here", lambda: cuda)
+    monkeypatch.setattr(choice, "openvino_here", lambda: openvino)
     monkeypatch.setattr(registry, "graph_precision", lambda path: precision)
     chosen, why = registry.auto_backend("g.onnx")
     print(f"cuda {cuda}, openvino {openvino}, {precision}: {chosen} ({why})")
-    assert chosen == expected and registry.CPU_CHOICE[precision] in ("openvino", "onnxruntime")
+    assert chosen == expected and choice.CPU_CHOICE["denoiser", precision] in ("openvino", "onnxruntime")
+
+
+def test_auto_refuses_a_bf16_graph_without_openvino(monkeypatch):
+    import dit_ref.runners.choice as choice
+    import runtime.backends as registry
+
+    monkeypatch.setattr(choice, "onnxruntime_cuda_here", lambda: False)
+    monkeypatch.setattr(choice, "openvino_here", lambda: False)
+    monkeypatch.setattr(registry, "graph_precision", lambda path: "bf16")
+    with pytest.raises(DiTError, match="g.onnx is a bf16 denoiser, which runs on a CPU in OpenVINO only: pip install"):
+        registry.auto_backend("g.onnx")
 
 
 @pytest.mark.parametrize("path, backend, words", [
@@ -197,7 +209,7 @@ def test_missing_file(tmp_path):
 def test_onnxruntime_cuda_io_binding(graphs, reference, record_property):
     # Written for a GPU machine with onnxruntime-gpu; not run here (no GPU).
     denoiser = load_denoiser(graphs["fp32"], device="cuda")
-    assert denoiser.session.get_providers()[0] == "CUDAExecutionProvider"
+    assert denoiser.runner.session.get_providers()[0] == "CUDAExecutionProvider"
     eps, var_values = denoiser(*(value.cuda() for value in guided_inputs()))
     expected = reference(*guided_inputs())
     errors = [max_rel_error(a.cpu(), b) for a, b in zip((eps, var_values), expected)]

@@ -152,6 +152,19 @@ def test_caching_composes_with_a_guidance_interval(pair):
     assert np.isfinite(reused.samples).all()
 
 
+def test_a_graph_denoiser_declares_itself_and_loads_its_pair_once(pair):
+    denoiser = load_denoiser(pair.graph, "openvino", threads=1)
+    assert (denoiser.path, denoiser.backend, denoiser.load_options) == (pair.graph, "openvino", {"threads": 1})
+    refresh, reuse = denoiser.cached_forms()
+    again = denoiser.cached_forms()
+    loaded = denoiser._pair
+    print(f"{denoiser.name}: pair {[form.runner.path.name for form in loaded]}")
+    assert again == (refresh, reuse) and [form.name for form in loaded] == ["openvino-cpu fp32"] * 2
+    assert [form.manifest.role for form in loaded] == ["refresh", "reuse"]
+    denoiser.close()  # closes the pair's runners too
+    assert all(form.runner.request is None for form in loaded) and denoiser.runner.request is None
+
+
 def test_a_graph_without_its_pair_is_refused_before_sampling(graphs):
     with load_denoiser(graphs["fp32"], "onnxruntime", threads=1) as denoiser:
         with pytest.raises(DiTError, match="without its cached-steps graphs; re-export it with dit-export --cached-steps"):

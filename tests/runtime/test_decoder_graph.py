@@ -89,9 +89,9 @@ def test_a_decoder_graph_decodes_on_the_cpu_runtime_of_its_precision(exported_de
 
 
 def test_a_bf16_decoder_without_openvino_is_refused_in_one_line(exported_decoder, monkeypatch):
-    import runtime.backends.decoder as decoders
+    import dit_ref.runners.choice as choice
 
-    monkeypatch.setattr(decoders, "openvino_here", lambda: False)
+    monkeypatch.setattr(choice, "openvino_here", lambda: False)
     with pytest.raises(DiTError, match="bf16 decoder, which runs on a CPU in OpenVINO only: pip install"):
         load_decoder(str(exported_decoder("bf16").graph), "vae", 4, latent_size=32)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from dit_ref.contract import INPUT_NAMES
 from export.guided import example_inputs
-from export.verify import onnxruntime_session, run_graph
+from export.verify import check_runner, run_graph
 from runtime.backends import load_denoiser
 from runtime.generate import generate
 from runtime.sampling import CallOptions, sampler_from_name, step
@@ -28,14 +28,14 @@ def s8(tiny_model):
 
 def graph_outputs(session, inputs, guided):
     rows = torch.tensor(guided, dtype=torch.int64)
-    return torch.cat([torch.from_numpy(out) for out in run_graph(session, *inputs, rows)], dim=1)
+    return torch.cat(run_graph(session, *inputs, rows), dim=1)
 
 
 def test_every_row_guided_is_the_official_guided_forward(graphs, s8):
     x, t, y, cfg_scale = inputs = example_inputs(s8, 8, seed=3)
     official = s8.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 1000)]),
                                    cfg_scale.reshape(-1, 1, 1, 1), 3)[:8]
-    got = graph_outputs(onnxruntime_session(graphs["fp32"]), inputs, list(range(8)))
+    got = graph_outputs(check_runner(graphs["fp32"]), inputs, list(range(8)))
     error = max_rel_error(got, official)
     print(f"graph, every row guided, vs sample.py's forward_with_cfg: {error:.2e}")
     assert error < FP32_LIMIT
@@ -44,7 +44,7 @@ def test_every_row_guided_is_the_official_guided_forward(graphs, s8):
 @pytest.mark.parametrize("guided", [[], [0, 5], [1, 3, 4, 6, 7], list(range(8))], ids=lambda g: f"U={len(g)}")
 def test_each_row_is_its_guided_or_its_conditional_output(graphs, s8, guided):
     inputs = example_inputs(s8, 8, seed=4)
-    got = graph_outputs(onnxruntime_session(graphs["fp32"]), inputs, guided)
+    got = graph_outputs(check_runner(graphs["fp32"]), inputs, guided)
     with torch.no_grad():
         all_guided = torch.cat(s8.guided_forward(*inputs, 3), dim=1)
         conditional = s8(*inputs[:3])

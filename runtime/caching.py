@@ -10,7 +10,7 @@
 The first and last EDGE_CALLS calls of a trajectory always refresh (the coarse structure is laid down
 first, the details last), and so does a call whose guided rows differ from the cached ones (a
 guidance interval's edge). fora:1 refreshes every call: the plain guided forward. The policy is
-pure (refreshes(k, total)); CachingDenoiser keeps each trajectory's features in its memory, so a
+pure (refreshes(k, total)); CachingDenoiser keeps each trajectory's features in its cache_state, so a
 sample's cache travels with it in any batch (dit_ref.cached is what a refresh and a reuse compute). A
 forecast's divided differences are brought up to date once per refresh (Newton), so a reuse costs one
 multiply-add of the features per order, not the whole table again.
@@ -23,13 +23,11 @@ import torch
 
 from dit_ref.contract import GUIDED, guided_rows
 from dit_ref.errors import DiTError
-from runtime.denoiser import Denoiser
+from runtime.denoiser import NO_PAIR, Denoiser  # noqa: F401 (NO_PAIR: part of this module's API)
 
 EDGE_CALLS = 2  # always refreshed at both ends of a trajectory
 SPELLING = ("fora:N (reuse for N-1 calls), forecast:N:ORDER (ORDER 1 or 2), N >= 1, e.g. fora:3, or refresh:K,K,... "
             "(the calls that refresh, from 0, rising; dit-tune calibrates them)")
-NO_PAIR = ("this graph was exported without its cached-steps graphs; re-export it with dit-export --cached-steps "
-           "to use --cache")
 
 
 @dataclass(frozen=True)
@@ -138,29 +136,47 @@ def cache_bytes_per_image(feature_shape: tuple, policy: CachePolicy, guided: boo
     return 4 * values * policy.kept * (2 if guided else 1)
 
 
-class CachingDenoiser(Denoiser):
-    """A refresh and a reuse graph (or the PyTorch reference's two forms) driven by a cache policy.
+@dataclass(frozen=True)
+class CacheState:
+    """What a caching denoiser keeps for a trajectory between its calls (Trajectory.cache_state)."""
 
-    Driven through the step API (runtime.sampling.step sees `stateful`): each trajectory's call either
-    refreshes (the full forward, its features kept in the trajectory's memory) or reuses (the cached or
-    forecast features in, only the cheap parts computed). Refreshing and reusing trajectories of one step
-    run as one refresh call and one reuse call.
+    newton: tuple[Newton, Newton]  # the divided differences of its rows' features and its guided rows' null features
+    guided: torch.Tensor  # (U,) the rows guided when they were kept: other rows are another layout
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One trajectory's next call under its cache policy."""
+
+    inputs: dict  # x, t, y, cfg_scale of its rows (the graph's names)
+    guided: torch.Tensor  # (U,) its guided rows
+    refresh: bool  # the full forward (its features kept), or a reuse of `features`
+    features: tuple | None = None  # a reuse's (features (n, ...), null_features (U, ...)): kept or forecast
+
+
+class CachingDenoiser(Denoiser):
+    """A denoiser's refresh and reuse forms (its cached_forms()) driven by each trajectory's cache policy.
+
+    Each trajectory's call either refreshes (the full forward, its features kept in its cache_state) or reuses
+    (the kept or forecast features in, only the cheap parts computed); a trajectory without a policy is stepped by
+    the base denoiser, as an uncached step runs it. Refreshing and reusing trajectories of one step run as one
+    refresh call and one reuse call.
     """
 
-    stateful = True
-
-    def __init__(self, base: Denoiser, refresh, reuse):
-        """refresh(inputs) -> outputs and reuse(inputs) -> outputs take and give named tensors (run_named).
-        Each trajectory's calls follow its own cache policy (trajectory.options.cache); a trajectory without
-        one is stepped by the base denoiser, as an uncached step runs it."""
-        self.base, self.refresh, self.reuse = base, refresh, reuse
-        self.provenance, self.batch_range, self.device = base.provenance, base.batch_range, base.device
-        self.manifest = base.manifest
+    def __init__(self, base: Denoiser):
+        self.base = base
+        self.refresh, self.reuse = base.cached_forms()  # named tensors in and out; the base owns and closes them
+        self.provenance, self.batch_range, self.device, self.manifest = (base.provenance, base.batch_range,
+                                                                         base.device, base.manifest)
+        self.path, self.backend, self.load_options = base.path, base.backend, base.load_options
         self.name = f"{base.name}, cached steps"
         self.refreshed_rows = self.reused_rows = 0
 
     def __call__(self, x, t, y, cfg_scale):
-        raise DiTError("a caching denoiser is driven by trajectories (runtime.sampling.step), not called directly")
+        return self.base(x, t, y, cfg_scale)
+
+    def cached_forms(self):
+        return self.refresh, self.reuse
 
     def call_trajectories(self, trajectories) -> list[tuple]:
         """(eps, var_values) for each trajectory's next call."""
@@ -168,14 +184,10 @@ class CachingDenoiser(Denoiser):
         results = [None] * len(trajectories)
         plain = [i for i, ask in enumerate(asks) if ask is None]
         if plain:  # trajectories without a cache policy: the base denoiser, as an uncached step runs them
-            parts = [trajectories[i].model_inputs() for i in plain]
-            eps, var_values = self.base(*[join(list(column)) for column in zip(*parts)])
-            sizes = [len(trajectories[i]) for i in plain]
-            for i, eps_i, var_i in zip(plain, eps.split(sizes), [None] * len(sizes) if var_values is None
-                                       else var_values.split(sizes)):
-                results[i] = (eps_i, var_i)
+            for i, result in zip(plain, self.base.call_trajectories([trajectories[i] for i in plain])):
+                results[i] = result
         for refreshing in (True, False):
-            group = [(i, ask) for i, ask in enumerate(asks) if ask is not None and ask["refresh"] == refreshing]
+            group = [(i, ask) for i, ask in enumerate(asks) if ask is not None and ask.refresh == refreshing]
             if group:
                 for (i, ask), outputs in zip(group, self.run_group([ask for _, ask in group], refreshing)):
                     results[i] = (outputs["eps"], outputs.get("var_values"))
@@ -183,50 +195,45 @@ class CachingDenoiser(Denoiser):
                         self.keep(trajectories[i], ask, outputs)
         return results
 
-    def policy_of(self, trajectory) -> CachePolicy | None:
-        return trajectory.options.cache
-
-    def ask(self, trajectory) -> dict | None:
+    def ask(self, trajectory) -> Ask | None:
         """The trajectory's next call: its inputs, guided rows, and whether it refreshes; None without a policy."""
-        policy = self.policy_of(trajectory)
+        policy = trajectory.options.cache
         if policy is None:
             return None
         x, t, y, cfg_scale = trajectory.model_inputs()
         guided = guided_rows(cfg_scale)  # (U,): as every denoiser decides them
-        memory = trajectory.memory
-        refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or "newton" not in memory
-                   or not torch.equal(memory["guided"], guided))
-        ask = {"inputs": {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}, GUIDED: guided, "refresh": refresh}
-        if not refresh:  # (features (n, ...), null_features (U, ...)) at this call: kept (fora) or forecast
-            ask["features"] = tuple(newton.at(trajectory.k) for newton in memory["newton"])
-        return ask
+        state = trajectory.cache_state
+        refresh = (policy.refreshes(trajectory.k, trajectory.sampler.num_calls) or state is None
+                   or not torch.equal(state.guided, guided))
+        features = None if refresh else tuple(newton.at(trajectory.k) for newton in state.newton)
+        return Ask({"x": x, "t": t, "y": y, "cfg_scale": cfg_scale}, guided, refresh, features)
 
-    def run_group(self, asks: list[dict], refreshing: bool) -> list[dict]:
+    def run_group(self, asks: list[Ask], refreshing: bool) -> list[dict]:
         """One graph call for the asks (rows concatenated, guided indices offset), split back per ask."""
-        sizes = [len(ask["inputs"]["x"]) for ask in asks]
+        sizes = [len(ask.inputs["x"]) for ask in asks]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        inputs = {name: join([ask["inputs"][name] for ask in asks]) for name in asks[0]["inputs"]}
-        inputs[GUIDED] = join([ask[GUIDED] + offset for ask, offset in zip(asks, offsets)])
+        inputs = {name: join([ask.inputs[name] for ask in asks]) for name in asks[0].inputs}
+        inputs[GUIDED] = join([ask.guided + offset for ask, offset in zip(asks, offsets)])
         if not refreshing:
-            inputs["features"] = join([ask["features"][0] for ask in asks])
-            inputs["null_features"] = join([ask["features"][1] for ask in asks])
+            inputs["features"] = join([ask.features[0] for ask in asks])
+            inputs["null_features"] = join([ask.features[1] for ask in asks])
             self.reused_rows += len(inputs["x"]) + len(inputs[GUIDED])
         else:
             self.refreshed_rows += len(inputs["x"]) + len(inputs[GUIDED])
         outputs = (self.refresh if refreshing else self.reuse)(inputs)
-        guided_sizes = [len(ask[GUIDED]) for ask in asks]
+        guided_sizes = [len(ask.guided) for ask in asks]
         split = {name: value.split(guided_sizes if name == "null_features" else sizes)
                  for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(asks))]
 
-    def keep(self, trajectory, ask: dict, outputs: dict) -> None:
+    def keep(self, trajectory, ask: Ask, outputs: dict) -> None:
         """A refreshed trajectory's features (its rows, then its null rows) added to its differences."""
-        memory, order, k = trajectory.memory, self.policy_of(trajectory).order, trajectory.k
+        state, order, k = trajectory.cache_state, trajectory.options.cache.order, trajectory.k
         features = (outputs["features"], outputs["null_features"])  # (n, depth, 2, T, D), (U, depth, 2, T, D)
-        same_rows = "guided" in memory and torch.equal(memory["guided"], ask[GUIDED])
-        kept = memory["newton"] if same_rows else (Newton(), Newton())  # other guided rows: another layout, anew
-        memory["newton"] = tuple(newton.add(k, part, order) for newton, part in zip(kept, features))
-        memory["guided"] = ask[GUIDED]
+        same_rows = state is not None and torch.equal(state.guided, ask.guided)
+        kept = state.newton if same_rows else (Newton(), Newton())  # other guided rows: another layout, anew
+        trajectory.cache_state = CacheState(tuple(newton.add(k, part, order) for newton, part in zip(kept, features)),
+                                            ask.guided)
 
     def close(self) -> None:
         self.base.close()
@@ -236,6 +243,4 @@ def cached_denoiser(denoiser: Denoiser) -> CachingDenoiser:
     """The denoiser with cached steps: its own refresh and reuse forms (Denoiser.cached_forms: the PyTorch
     reference's, or the refresh and reuse graphs its manifest names, exported with dit-export --cached-steps).
     Each trajectory names its own policy (trajectory.options.cache)."""
-    if isinstance(denoiser, CachingDenoiser):
-        return denoiser
-    return CachingDenoiser(denoiser, *denoiser.cached_forms())
+    return denoiser if isinstance(denoiser, CachingDenoiser) else CachingDenoiser(denoiser)

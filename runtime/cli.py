@@ -171,7 +171,7 @@ def run_here(path, flags: dict) -> None:
             write_samples(denoiser, plan, decoder, output)
     what = "latents" if decoder is None else "images"
     extras = "".join(f", {key.replace('_', ' ')} {value}" for key, value in named_options(plan).items())
-    extras += f", decoder {decoder.manifest.precision} on {decoder.backend}" if hasattr(decoder, "backend") else ""
+    extras += f", decoder {decoder.runs_on}" if decoder is not None and decoder.runs_on else ""
     click.echo(f"wrote {len(plan.labels)} {what} to {out} ({info['model']}, {denoiser.name}, {info['sampler']}, "
                f"cfg {plan.cfg_scale:g}{extras}, seed {plan.seed})"
                f"{' [' + info['Warning'] + ']' if 'Warning' in info else ''}", err=True)

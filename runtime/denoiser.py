@@ -1,10 +1,12 @@
-"""What every denoiser backend is: a callable (x, t, y, cfg_scale) -> (eps, var_values) and its facts.
+"""What every denoiser is: a callable (x, t, y, cfg_scale) -> (eps, var_values) and its facts, declared here.
 
-Backends (runtime/backends/) subclass Denoiser; the sampling loop, generate(), the CLI and the
-benchmarks see only this. var_values is None for models without learned sigma. A row whose cfg scale
-is 1 is not guided (guidance at scale 1 is the conditional output): the denoiser decides the guided
-rows from each call's cfg scales (graph_inputs), so a cfg-1 sample, or a step outside a guidance
-interval (the sampler then passes scale 1), runs the transformer once, not twice.
+Backends (runtime/backends/) subclass Denoiser, and so do the wrappers (cached steps, a service replica, a
+benchmark's timer); the sampling loop, generate(), the CLI, the service and the benchmarks use only what is
+declared on it. var_values is None for models without learned sigma. A row whose cfg scale is 1 is not guided
+(guidance at scale 1 is the conditional output; dit_ref.contract.guided_rows): the denoiser decides the guided
+rows from each call's cfg scales, so a cfg-1 sample, or a step outside a guidance interval (the sampler then
+passes scale 1), runs the transformer once, not twice. The cfg scales come on the CPU (a trajectory keeps them
+there), so deciding the guided rows never waits for the GPU.
 """
 
 from dataclasses import dataclass
@@ -13,6 +15,10 @@ from pathlib import Path
 import torch
 
 from dit_ref.contract import GUIDED, INPUT_NAMES, BatchRange, Manifest, guided_rows
+from dit_ref.errors import DiTError
+
+NO_PAIR = ("this graph was exported without its cached-steps graphs; re-export it with dit-export --cached-steps "
+           "to use --cache")
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class Provenance:
 
 
 class Denoiser:
-    """Base of the backends: name, device, provenance, batch range, __call__, close / context manager."""
+    """Base of the backends and wrappers: its facts, __call__, call_trajectories (one call for the trajectories of a
+    step), cached_forms (cached steps), close / context manager."""
 
     name: str  # "onnxruntime-cpu fp16", "tensorrt fp16", "torch-cuda float16", ...
     device: torch.device  # where inputs are expected and outputs returned
@@ -67,6 +74,21 @@ class Denoiser:
         """x (B, C, L, L) float32, t, y (B,) int64, cfg_scale (B,) float32 -> (eps, var_values or None)."""
         outputs = self.run_named(self.graph_inputs(x, t, y, cfg_scale))
         return outputs["eps"], outputs.get("var_values")
+
+    def call_trajectories(self, trajectories) -> list[tuple]:
+        """One call for the next step of every trajectory (runtime.sampling.Trajectory), each at its own timestep:
+        their inputs stacked, the outputs split back, (eps, var_values) per trajectory."""
+        parts = [trajectory.model_inputs() for trajectory in trajectories]
+        inputs = parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]
+        eps, var_values = self(*inputs)  # (N, C, L, L) each, N rows of all trajectories
+        sizes = [len(trajectory) for trajectory in trajectories]
+        var_parts = var_values.split(sizes) if var_values is not None else [None] * len(sizes)
+        return list(zip(eps.split(sizes), var_parts))
+
+    def cached_forms(self):
+        """(refresh, reuse) of cached steps, callables over named tensors (runtime.caching): the backend's, owned by
+        this denoiser and closed with it; DiTError for a denoiser without them."""
+        raise DiTError(NO_PAIR)
 
     def run_named(self, inputs: dict) -> dict:
         """The graph on named inputs (the manifest's input_names) -> its named outputs; graph backends."""

@@ -120,7 +120,7 @@ def sample_batch(denoiser, labels: list, sampler, noise, cfg_scales: list[float]
     provenance = denoiser.provenance
     with torch.inference_mode():
         x, y = noise.draw_batch(labels, provenance.latent_shape, provenance.num_classes)  # (n, C, L, L), (n,)
-        scale = torch.tensor(cfg_scales, dtype=torch.float32, device=denoiser.device)  # (n,)
+        scale = torch.tensor(cfg_scales, dtype=torch.float32)  # (n,), on the CPU as a trajectory keeps it
         x = sampler(denoiser, x, y, scale, noise, on_step, options)
         samples = x.float().cpu().numpy() if decoder is None else decoder(x)
     return y.cpu().numpy(), samples

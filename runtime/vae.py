@@ -30,6 +30,7 @@ class Vae:
     random_weights: bool
 
     channels = 3  # of the decoded images
+    runs_on = None  # a decoder graph's precision and runtime (GraphDecoder); the PyTorch VAE says none
 
     def to(self, device) -> "Vae":
         self.model.to(device)
@@ -47,6 +48,7 @@ class PixelDecoder:
     channels: int
     source: str = "pixels (no VAE)"
     random_weights: bool = False
+    runs_on = None  # nothing runs: the samples are the pictures
 
     def to(self, device) -> "PixelDecoder":
         return self
@@ -66,6 +68,11 @@ class GraphDecoder:
         self.chunk = chunk_size(manifest.image_size, manifest.batch.max)
         self.source = f"{manifest.vae.source} decoder ({path.name}, {manifest.precision}, {self.backend})"
         self.random_weights = manifest.random_weights
+
+    @property
+    def runs_on(self) -> str:
+        """"fp16 on onnxruntime-cpu": what dit-run's closing line says of it."""
+        return f"{self.manifest.precision} on {self.backend}"
 
     def to(self, device) -> "GraphDecoder":
         return self

@@ -7,6 +7,8 @@ cached-steps pair its manifest names loads alike.
 
 from pathlib import Path
 
+import torch
+
 from dit_ref.contract import BatchRange, Manifest
 from dit_ref.errors import DiTError
 from dit_ref.runners import Runner
@@ -44,8 +46,14 @@ class GraphDenoiser(Denoiser):
         self._pair = None  # the cached-steps refresh and reuse denoisers, once loaded
 
     def __call__(self, x, t, y, cfg_scale):
-        if self.runner.batch_range is not None:
-            check_inputs(x, t, y, cfg_scale, self.latent_shape, self.runner.batch_range)
+        engine = self.runner.batch_range  # an engine's profile; None: a graph takes any batch
+        if engine is not None and len(x) < engine.min:  # fewer rows than the profile takes: padded with row 0
+            rows, pad = len(x), engine.min - len(x)
+            eps, var_values = self(*(torch.cat([column, column[:1].expand(pad, *column.shape[1:])])
+                                     for column in (x, t, y, cfg_scale)))
+            return eps[:rows], None if var_values is None else var_values[:rows]
+        if engine is not None:
+            check_inputs(x, t, y, cfg_scale, self.latent_shape, engine)
         return super().__call__(x, t, y, cfg_scale)
 
     def run_named(self, inputs: dict) -> dict:

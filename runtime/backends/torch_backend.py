@@ -32,6 +32,8 @@ class TorchDenoiser(Denoiser):
     compile=True runs the same guided forward through torch.compile.
     """
 
+    backend = "torch"  # its name in runtime.backends.BACKENDS
+
     def __init__(self, model: DiT, device=None, dtype="float32", cfg_channels: int | None = None,
                  source: str = "", random_weights: bool = False, compile: bool = False):
         cfg_channels = model.config.default_cfg_channels if cfg_channels is None else cfg_channels
@@ -66,7 +68,8 @@ class TorchDenoiser(Denoiser):
 
         def refresh(inputs):
             with torch.inference_mode():
-                *results, features = cached.guided_refresh(self.model, *self._row_inputs(inputs), inputs["guided"])
+                *results, features = cached.guided_refresh(self.model, *self._row_inputs(inputs),
+                                                           inputs["guided"].to(self.device))
             self.transformer_rows += len(features)
             rows = len(inputs["x"])
             return {**dict(zip(outputs, results)), "features": features[:rows], "null_features": features[rows:]}
@@ -74,18 +77,20 @@ class TorchDenoiser(Denoiser):
         def reuse(inputs):
             features = torch.cat([inputs["features"], inputs["null_features"]])
             with torch.inference_mode():
-                results = cached.guided_reuse(self.model, *self._row_inputs(inputs), inputs["guided"], features)
+                results = cached.guided_reuse(self.model, *self._row_inputs(inputs), inputs["guided"].to(self.device),
+                                              features)
             return dict(zip(outputs, results))
 
         return refresh, reuse
 
     def _row_inputs(self, inputs):
-        return inputs["x"], inputs["t"], inputs["y"], inputs["cfg_scale"], self.cfg_channels
+        x, t, y, cfg_scale = (inputs[name].to(self.device) for name in ("x", "t", "y", "cfg_scale"))
+        return x, t, y, cfg_scale, self.cfg_channels
 
     def __call__(self, x, t, y, cfg_scale):
         with torch.inference_mode():
-            guided = self.guided_rows(cfg_scale)  # (U,): the rows whose cfg scale is not 1
-            outputs = self.forward(x, t, y, cfg_scale, guided)  # (eps, var_values) or (eps,), each (B, C, L, L)
+            guided = self.guided_rows(cfg_scale).to(self.device)  # (U,): the rows whose cfg scale is not 1
+            outputs = self.forward(x, t, y, cfg_scale.to(self.device), guided)  # (eps, var_values) or (eps,)
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 

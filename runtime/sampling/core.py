@@ -15,15 +15,16 @@ take its step: samples at different steps, of different samplers and step counts
 service's step-level batching, and cached steps, build on it). The whole-loop call is one
 trajectory stepped to its end.
 
-x (n, C, L, L) float32 initial latents, y (n,) int64 labels, cfg_scale (n,) float32, all on the
-denoiser's device; C comes from x alone. The denoiser returns (eps, var_values), var_values None
+x (n, C, L, L) float32 initial latents and y (n,) int64 labels on the denoiser's device, cfg_scale (n,) float32
+(a trajectory keeps it on the CPU); C comes from x alone. step() asks the denoiser for one call for all the
+trajectories (Denoiser.call_trajectories: stacked rows; a caching denoiser refreshes or reuses per trajectory). The denoiser returns (eps, var_values), var_values None
 for a model without learned sigma. A Sampler's timesteps are the one source of truth for its
 schedule; samplers never know which backend runs the denoiser. callback, if given, gets
 {"x", "i", "t", "total"} after every denoiser call of its trajectory. NaN or inf in the latents
 raises DiTError naming the step and timestep where it first appeared.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol, Sequence
 
 import torch
@@ -87,7 +88,7 @@ class Sampler:
         what its calls are asked beyond the samples, a guidance interval and a cache policy)."""
         run = self.start(self.timesteps, x, noise_source)
         watch = FiniteWatch(x.device, self.timesteps, backend)
-        return Trajectory(self, run, run.x, y, cfg_scale, watch, callback, options=options)
+        return Trajectory(self, run, run.x, y, cfg_scale.to("cpu", torch.float32), watch, callback, options=options)
 
     def __call__(self, denoiser, x, y, cfg_scale, noise_source, callback: Callback | None = None,
                  options: CallOptions = CallOptions()):
@@ -106,12 +107,12 @@ class Trajectory:
     run: Run
     x: torch.Tensor  # (n, C, L, L) the latents after k calls
     y: torch.Tensor  # (n,) int64
-    cfg_scale: torch.Tensor  # (n,) float32
+    cfg_scale: torch.Tensor  # (n,) float32, on the CPU: the denoiser decides the guided rows from it without a sync
     watch: "FiniteWatch"
     callback: Callback | None = None
     k: int = 0  # denoiser calls made
-    memory: dict = field(default_factory=dict)  # what a stateful denoiser keeps for these samples
     options: CallOptions = CallOptions()  # the guidance interval and cache policy of its calls
+    cache_state: object = None  # what a caching denoiser keeps for these samples (runtime.caching.CacheState)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -159,18 +160,8 @@ def step(denoiser, trajectories: Sequence[Trajectory]) -> None:
     """
     if any(trajectory.done for trajectory in trajectories):
         raise DiTError("internal: a finished trajectory was stepped")
-    if getattr(denoiser, "stateful", False):  # cached steps: it keeps each trajectory's features in its memory
-        for trajectory, (eps, var_values) in zip(trajectories, denoiser.call_trajectories(trajectories)):
-            trajectory.advance(eps, var_values)
-        return
-    parts = [trajectory.model_inputs() for trajectory in trajectories]
-    inputs = parts[0] if len(parts) == 1 else [torch.cat(column) for column in zip(*parts)]
-    eps, var_values = denoiser(*inputs)  # (N, C, L, L) each, N rows of all trajectories
-    sizes = [len(trajectory) for trajectory in trajectories]
-    eps_parts = eps.split(sizes)
-    var_parts = var_values.split(sizes) if var_values is not None else [None] * len(sizes)
-    for trajectory, eps_k, var_k in zip(trajectories, eps_parts, var_parts):
-        trajectory.advance(eps_k, var_k)
+    for trajectory, (eps, var_values) in zip(trajectories, denoiser.call_trajectories(trajectories)):
+        trajectory.advance(eps, var_values)
 
 
 def guided_at(t: int, interval: tuple[int, int]) -> bool:

@@ -75,6 +75,25 @@ def compatible_groups(items: list[Item]) -> list[list[int]]:
     return list(groups.values())
 
 
+def served_points(settings: Settings) -> dict:
+    """The points of the profile beside the served graph: name -> its request options where the point runs on
+    what this service runs, else one line saying what it runs instead; {} without a profile."""
+    from runtime.profile import profile_path_for, read_profile
+
+    path = profile_path_for(settings.path)
+    if not path.is_file():
+        return {}
+    profile, served = read_profile(path), Path(settings.path).resolve()
+    points = {}
+    for name in profile.record["points"]:
+        point = profile.point(name)
+        here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
+                and point.load == settings.load_options)
+        points[name] = point.request if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
+                                                   f"what this service runs").replace(" , ", ", ").replace("  ", " ")
+    return points
+
+
 def failure(error: BaseException, queue_size: int) -> BaseException:
     """What the client hears when making its images failed."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
@@ -255,25 +274,6 @@ class Frontend:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.settings.api_key_sha256):
             raise ServiceError(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
                                {"WWW-Authenticate": "Bearer"})
-
-
-def served_points(settings: Settings) -> dict:
-    """The points of the profile beside the served graph: name -> its request options where the point runs on
-    what this service runs, else one line saying what it runs instead; {} without a profile."""
-    from runtime.profile import profile_path_for, read_profile
-
-    path = profile_path_for(settings.path)
-    if not path.is_file():
-        return {}
-    profile, served = read_profile(path), Path(settings.path).resolve()
-    points = {}
-    for name in profile.record["points"]:
-        point = profile.point(name)
-        here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
-                and point.load == settings.load_options)
-        points[name] = point.request if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
-                                                   f"what this service runs").replace(" , ", ", ").replace("  ", " ")
-    return points
 
 
 def replica_capacity(settings: Settings) -> int:

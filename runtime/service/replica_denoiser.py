@@ -1,7 +1,7 @@
-"""A Generator replica's denoiser: every call padded to the graph's minimum batch and counted, or, for the
-benchmarks only, a stand-in whose call costs the same for any batch.
+"""A Generator replica's denoiser: every call counted, or, for the benchmarks only, a stand-in whose call costs the
+same for any batch.
 
-    denoiser = ReplicaDenoiser(load_denoiser(path))         # pads and counts; denoiser.calls: calls started
+    denoiser = ReplicaDenoiser(load_denoiser(path))         # counts; denoiser.calls: calls started
     denoiser = ReplicaDenoiser(real, simulated_call_ms=10)   # SIMULATION: sleeps 10 ms a call, eps 0
 
 The counter is what a request's answer reports per image (the replica's calls it took part in), so
@@ -14,39 +14,36 @@ import time
 
 import torch
 
+from runtime.denoiser import Denoiser
 
-class ReplicaDenoiser:
-    """Wraps a Denoiser (its name, device, provenance and batch range pass through)."""
 
-    def __init__(self, denoiser, simulated_call_ms: float | None = None):
+class ReplicaDenoiser(Denoiser):
+    """Wraps a Denoiser: the same facts, every call counted (or, for a benchmark, simulated)."""
+
+    def __init__(self, denoiser: Denoiser, simulated_call_ms: float | None = None):
         self.inner = denoiser
+        self.name, self.device, self.provenance, self.batch_range = (denoiser.name, denoiser.device,
+                                                                     denoiser.provenance, denoiser.batch_range)
+        self.manifest, self.path, self.backend, self.load_options = (denoiser.manifest, denoiser.path,
+                                                                     denoiser.backend, denoiser.load_options)
         self.simulated_s = None if simulated_call_ms is None else simulated_call_ms / 1000
         self.calls = 0  # denoiser calls started on this replica (read by the event loop, written by one thread)
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    @property
-    def stateful(self) -> bool:
-        return getattr(self.inner, "stateful", False)
-
-    def call_trajectories(self, trajectories) -> list:
-        """A caching denoiser's step (runtime.caching), counted; its calls are not padded (graphs of batch
-        minimum 1, the default)."""
+    def call_trajectories(self, trajectories) -> list[tuple]:
+        """One counted call for the trajectories' next step (a SIMULATION: eps 0 with the fixed variance after
+        simulated_call_ms, whatever the batch)."""
         self.calls += 1
+        if self.simulated_s is not None:
+            time.sleep(self.simulated_s)
+            return [(torch.zeros_like(trajectory.x), None) for trajectory in trajectories]
         return self.inner.call_trajectories(trajectories)
 
     def __call__(self, x, t, y, cfg_scale):
-        """(x, t, y, cfg_scale) with n rows -> (eps, var_values) with n rows; the call is padded with copies of
-        row 0 up to the graph's minimum batch."""
         self.calls += 1
-        n = len(x)
-        if self.simulated_s is not None:
-            time.sleep(self.simulated_s)
-            return torch.zeros_like(x), None  # the fixed-large variance: finite latents, no image
-        pad = self.inner.batch_range.min - n
-        if pad > 0:
-            x, t, y, cfg_scale = (torch.cat([column, column[:1].expand(pad, *column.shape[1:])])
-                                  for column in (x, t, y, cfg_scale))
-        eps, var_values = self.inner(x, t, y, cfg_scale)  # (n + pad, C, L, L)
-        return eps[:n], None if var_values is None else var_values[:n]
+        return self.inner(x, t, y, cfg_scale)
+
+    def cached_forms(self):
+        return self.inner.cached_forms()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -47,6 +47,7 @@ def answer_model():
 
 
 GenerateAnswer = answer_model()
+ANSWERED = tuple(option.name for option in HTTP_OPTIONS)  # the options an answer echoes, as the plan used them
 
 
 class ReplicaCount(BaseModel):

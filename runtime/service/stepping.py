@@ -144,7 +144,7 @@ class StepBatcher:
         noise = PerSampleNoise([item.seed for item in items], [item.index for item in items], device)
         provenance = self.denoiser.provenance
         x, y = noise.draw_batch([item.label for item in items], provenance.latent_shape, provenance.num_classes)
-        scale = torch.tensor([item.cfg_scale for item in items], dtype=torch.float32, device=device)  # (n,)
+        scale = torch.tensor([item.cfg_scale for item in items], dtype=torch.float32)  # (n,), on the CPU
         sampler = sampler_from_name(items[0].sampler, items[0].steps)
         trajectory = sampler.begin(x, y, scale, noise, backend=self.denoiser.name, options=items[0].options)
         # NaN or inf is told by result(), for this trajectory alone, never from the middle of a shared step.

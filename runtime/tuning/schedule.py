@@ -44,7 +44,7 @@ def feature_changes(denoiser, sampler, labels: list[int], seed: int, cfg_scale: 
     recent = []  # the last max_gap calls' features, newest last
     with torch.inference_mode():
         x, y = noise.draw_batch(labels, provenance.latent_shape, provenance.num_classes)
-        scale = torch.full((len(labels),), float(cfg_scale), device=denoiser.device)
+        scale = torch.full((len(labels),), float(cfg_scale))  # (n,), on the CPU as a trajectory keeps it
         trajectory = sampler.begin(x, y, scale, noise, backend=denoiser.name, options=options)
         while not trajectory.done:
             x, t, y, call_scale = trajectory.model_inputs()

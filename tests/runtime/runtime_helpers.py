@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from runtime.denoiser import Denoiser
+
 
 def graph_copy(graph: Path, directory: Path, **manifest_changes) -> Path:
     """A symlink to graph in directory with its own (edited) manifest beside it."""
@@ -17,20 +19,22 @@ def graph_copy(graph: Path, directory: Path, **manifest_changes) -> Path:
     return link
 
 
-class ScriptedDenoiser:
+class Wrapped(Denoiser):
+    """A test's denoiser around another: the inner one's facts, its own __call__."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name, self.device, self.provenance, self.batch_range, self.manifest = (
+            inner.name, inner.device, inner.provenance, inner.batch_range, inner.manifest)
+
+
+class ScriptedDenoiser(Wrapped):
     """Wraps a denoiser; at call number `at` (0-based) returns NaN eps, or raises `raise_at_call`."""
 
     def __init__(self, inner, at: int, value=float("nan"), exception=None):
-        self.inner, self.at, self.value, self.exception = inner, at, value, exception
-        self.device, self.manifest, self.calls = inner.device, inner.manifest, 0
-        self.provenance, self.batch_range, self.latent_shape = inner.provenance, inner.batch_range, inner.latent_shape
+        super().__init__(inner)
+        self.at, self.value, self.exception, self.calls = at, value, exception, 0
         self.name = f"scripted {inner.name}"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
 
     def __call__(self, x, t, y, cfg_scale):
         eps, var_values = self.inner(x, t, y, cfg_scale)

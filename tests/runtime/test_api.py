@@ -110,7 +110,7 @@ def test_a_backend_option_of_another_backend_is_refused(graphs):
 def test_denoiser_is_a_context_manager(graphs):
     with load_denoiser(graphs["fp32"], "onnxruntime", threads=1) as denoiser:
         assert denoiser.latent_shape == (4, 32, 32) and denoiser.provenance.num_classes == 1000
-    assert denoiser.session is None  # closed
+    assert denoiser.runner.session is None  # closed
 
 
 def test_the_torch_backend_takes_a_train_py_checkpoints_class_count(tmp_path, capsys):

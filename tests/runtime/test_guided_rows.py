@@ -12,6 +12,7 @@ from export.guided import example_inputs
 from export.verify import check_runner, run_graph
 from runtime.backends import load_denoiser
 from runtime.generate import generate
+from runtime_helpers import Wrapped
 from runtime.sampling import CallOptions, sampler_from_name, step
 from runtime.sampling.noise import OfficialNoise
 from runtime.sampling.core import guided_at
@@ -114,12 +115,12 @@ def test_cfg_one_is_never_doubled(graphs, reference, backend):
     assert denoiser.transformer_rows == 2 * 3 * 4
 
 
-class RecordingDenoiser:
+class RecordingDenoiser(Wrapped):
     """Records each call's (t, cfg scales) and runs the reference."""
 
     def __init__(self, inner):
-        self.inner, self.calls = inner, []
-        self.name, self.device = inner.name, inner.device
+        super().__init__(inner)
+        self.calls = []
 
     def __call__(self, x, t, y, cfg_scale):
         self.calls.append((int(t[0]), cfg_scale.tolist()))

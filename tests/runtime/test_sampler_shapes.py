@@ -9,12 +9,13 @@ import torch
 from dit_ref.diffusion import fixed_large_log_variance, schedule_from_spec
 from dit_ref.errors import DiTError
 from runtime.sampling.noise import OfficialNoise
+from runtime.denoiser import Denoiser
 from runtime.sampling import DIFFUSERS_SCHEDULERS, sampler_from_name
 
 L = 4  # latent side: the fake denoiser makes any size equally cheap
 
 
-class FakeDenoiser:
+class FakeDenoiser(Denoiser):
     """A scripted denoiser: eps and var_values are fixed functions of x and t; records each call's t."""
 
     def __init__(self, learned_sigma: bool = True):

@@ -7,6 +7,7 @@ from runtime_helpers import ScriptedDenoiser
 
 from dit_ref.diffusion import linear_betas, respaced_timesteps, schedule_from_spec, schedule_from_timesteps
 from dit_ref.errors import DiTError
+from runtime.denoiser import Denoiser
 from runtime.generate import write_samples
 from runtime.plan import ModelFacts, make_plan
 from testing_utils import max_rel_error
@@ -250,7 +251,7 @@ def test_diffusers_samplers_run(reference, name):
     assert len(calls) == sampler.num_calls
 
 
-class SmoothDenoiser:
+class SmoothDenoiser(Denoiser):
     """eps = 0.9 tanh(x): a cheap field that moves the latents, for what does not need a model."""
 
     name = "smooth"

@@ -16,9 +16,13 @@ import torch
 from PIL import Image
 
 from runtime.generate import generate, load_with_decoder
-from runtime.sampling import sampler_from_name
+from dit_ref.contract import BatchRange
+from dit_ref.runners import Runner
+from runtime.sampling import sampler_from_name, step
+from runtime.sampling.noise import PerSampleNoise
 from runtime.service.replica_denoiser import ReplicaDenoiser
 from runtime.service.stepping import Item, StepBatcher, StepLoop
+from runtime_helpers import Wrapped
 
 GREY_LEVELS = 1
 
@@ -105,14 +109,12 @@ def test_a_short_request_overtakes_a_long_one_and_a_full_batch_waits(loaded):
     assert third.calls.first == short.calls.last + 1 and max(long.batch_size, short.batch_size) == 2
 
 
-class FailingOnce:
+class FailingOnce(Wrapped):
     """A denoiser whose next call raises."""
 
     def __init__(self, denoiser):
-        self.inner, self.fail = denoiser, True
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(denoiser)
+        self.fail = True
 
     def __call__(self, *inputs):
         if self.fail:
@@ -150,38 +152,49 @@ def test_an_abandoned_request_stops_running(loaded):
     assert made.batch_size == 1 and denoiser.calls < 10
 
 
-class Recording:
-    """A denoiser with a minimum batch of 3 that records the rows it was called with."""
+class EngineLike(Runner):
+    """A runner with an engine's profile of 3..8 rows that records the rows it was called with."""
 
-    batch_range = type("Range", (), {"min": 3})()
+    runtime, name, device, batch_range = "test", "engine-like", torch.device("cpu"), BatchRange(3, 4, 8)
 
     def __init__(self):
         self.rows = []
 
-    def __call__(self, x, t, y, cfg_scale):
-        self.rows.append(len(x))
-        return x * 0, x * 0 + 1
+    def run(self, inputs: dict) -> dict:
+        self.rows.append(len(inputs["x"]))
+        return {"eps": inputs["x"] * 0, "var_values": inputs["x"] * 0 + 1}
 
 
-def test_the_replica_pads_a_call_to_the_minimum_batch_and_counts_calls():
-    inner = Recording()
-    denoiser = ReplicaDenoiser(inner)
-    x = torch.zeros(2, 1, 4, 4)
+def test_an_engine_pads_a_call_to_its_profiles_minimum(loaded):
+    from runtime.backends.graph import GraphDenoiser
+
+    runner = EngineLike()
+    graph = loaded[0]
+    denoiser = GraphDenoiser(runner, graph.manifest, graph.path, "tensorrt", {}, "engine-like")
+    x = torch.zeros(2, *graph.latent_shape)
     eps, var_values = denoiser(x, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), torch.ones(2))
-    assert inner.rows == [3] and eps.shape == var_values.shape == (2, 1, 4, 4) and denoiser.calls == 1
-    simulated = ReplicaDenoiser(inner, simulated_call_ms=1)
-    eps, var_values = simulated(x, None, None, None)
-    assert inner.rows == [3] and var_values is None and not eps.any() and simulated.calls == 1
+    assert runner.rows == [3] and eps.shape == var_values.shape == x.shape
 
 
-class NaNFor:
+def test_the_replica_counts_its_calls_and_a_simulated_one_makes_nothing(loaded):
+    sampler = sampler_from_name("ddim", 3)
+    noise = PerSampleNoise(0, [0, 1])
+    x, y = noise.draw_batch([1, 2], loaded[0].latent_shape, 10)
+    for simulated in (None, 1.0):
+        denoiser = ReplicaDenoiser(loaded[0], simulated_call_ms=simulated)
+        trajectory = sampler.begin(x, y, torch.full((2,), 4.0), noise)
+        while not trajectory.done:
+            step(denoiser, [trajectory])
+        assert denoiser.calls == 3 and denoiser.name == loaded[0].name
+        assert (trajectory.x.abs().max() > 0) and (simulated is None or torch.isfinite(trajectory.x).all())
+
+
+class NaNFor(Wrapped):
     """A denoiser whose eps is NaN for the rows of one label."""
 
     def __init__(self, denoiser, label: int):
-        self.inner, self.label = denoiser, label
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        super().__init__(denoiser)
+        self.label = label
 
     def __call__(self, x, t, y, cfg_scale):
         eps, var_values = self.inner(x, t, y, cfg_scale)

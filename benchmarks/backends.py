@@ -71,9 +71,9 @@ def skip_reason(name: str) -> str | None:
     if backend == "openvino":
         return openvino_reason(name, on_gpu)
     if name == "tensorrt":
-        from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
+        from dit_ref.machine.tensorrt_stack import build_unavailable_reason
 
-        return engine_unavailable_reason()
+        return build_unavailable_reason()  # prepare() builds the engine
     return None
 
 

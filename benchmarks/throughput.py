@@ -33,8 +33,9 @@ from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from dit_ref.machine.cpu import physical_cores  # noqa: E402
 
-DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxruntime-fp16,onnxruntime-int8,openvino,"
-                    "openvino-fp16,openvino-bf16,openvino-bf16-compute,openvino-int8,tensorrt")
+DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,torch-compile-fp16,torch-cudagraphs-fp16,"
+                    "torch-cudagraphs-bf16,torch-cudagraphs-fp16-fora3,onnxruntime,onnxruntime-fp16,onnxruntime-int8,"
+                    "openvino,openvino-fp16,openvino-bf16,openvino-bf16-compute,openvino-int8,tensorrt")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,10 +53,12 @@ DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxr
               "[default: this machine's physical cores]")
 @click.option("--gemm-size", default=2048, show_default=True, type=click.IntRange(min=16),
               help="n of the n x n x n MatMul whose speed is the CPU's GEMM peak.")
+@click.option("--worker-seconds", type=click.FloatRange(min=1), help="Stop one measurement (one backend and batch, "
+              "compilation included) after this long and record why; the others still run. [default: no limit]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write one record per measurement.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Plot images/s by batch (PNG).")
 def main(models, image_size, batches, backend_list, steps, repeats, warmup, work_dir, threads, gemm_size,
-         json_path, plot_path):
+         worker_seconds, json_path, plot_path):
     """Measure every backend on this machine and print them side by side."""
     try:
         image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
@@ -68,7 +71,7 @@ def main(models, image_size, batches, backend_list, steps, repeats, warmup, work
         records = []
         for model in [name.strip() for name in models.split(",")]:
             settings = dict(model=model, image_size=image_size, steps=steps, repeats=repeats, warmup=warmup,
-                            threads=threads)
+                            threads=threads, worker_seconds=worker_seconds)
             records += run_model(settings, chosen, batch_sizes, work_dir)
         add_ratios(records)
         if peaks is not None:
@@ -137,10 +140,15 @@ def higher_peaks(before: dict, after: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    """One measurement in a fresh Python process; its last stdout line is the JSON record."""
+    """One measurement in a fresh Python process (stopped after spec's worker_seconds, when given); its last stdout
+    line is the JSON record."""
     command = [sys.executable, "-m", "benchmarks.measure", json.dumps(spec)]
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    seconds = spec.get("worker_seconds")
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"stopped after {seconds:g} s (--worker-seconds), compilation included"}
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

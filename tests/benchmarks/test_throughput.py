@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,14 @@ def test_torch_gpu_settings_say_why_they_cannot_run(monkeypatch):
 
 def test_a_measurement_past_its_time_is_recorded_and_the_others_go_on():
     record = throughput.run_worker({"backend": "torch", "model": "S/8", "image_size": 256, "batch": 1, "steps": 2,
-                                    "repeats": 1, "warmup": 0, "artifact": None, "worker_seconds": 0.5})
-    assert record == {"skipped": "stopped after 0.5 s (--worker-seconds), compilation included"}
+                                    "repeats": 1, "warmup": 0, "artifact": None, "worker_seconds": 1.0})
+    assert record == {"skipped": "stopped after 1 s (its time limit), compilation included"}
+    assert throughput.worker_seconds({"worker_seconds": 90.0, "deadline": None}) == 90.0
+    assert 29 < throughput.worker_seconds({"worker_seconds": 90.0, "deadline": time.monotonic() + 30}) <= 30
+    assert throughput.worker_seconds({"worker_seconds": None, "deadline": None}) is None
+    settings = {"model": "S/8", "image_size": 256, "worker_seconds": None, "deadline": time.monotonic() + 1}
+    records = throughput.run_model(settings, ["torch", "tensorflow"], [1, 2], Path("/nonexistent"))
+    assert [r["skipped"][:12] for r in records] == ["not measured"] * 2 + ["unknown back"] * 2
 
 
 def test_a_full_run_with_cached_steps_times_the_run_not_the_denoiser(tiny_model):

@@ -79,7 +79,8 @@ class Config:
 
 class Network:
     def __init__(self, inputs):
-        self.inputs = [SimpleNamespace(name=name, shape=shape, dtype="float32", is_shape_tensor=False) for name, shape in inputs.items()]
+        self.inputs = [SimpleNamespace(name=name, shape=shape, dtype="float32", is_shape_tensor=False)
+                       for name, shape in inputs.items()]
 
     @property
     def num_inputs(self):

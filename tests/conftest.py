@@ -13,18 +13,7 @@ import os
 
 import pytest
 
-from testing_utils import random_model
-
-MARKERS = ("gpu", "trt", "onnxruntime_cuda")
-
-
-def required_markers(value: str) -> set[str]:
-    """The markers whose missing piece fails a test instead of skipping it: DIT_REQUIRE_GPU "1" (all), "" or "0"
-    (none), or a comma list of markers."""
-    if value in ("", "0"):
-        return set()
-    return set(MARKERS) if value == "1" else {marker.strip() for marker in value.split(",") if marker.strip()}
-
+from testing_utils import GPU_MARKERS, random_model, required_markers
 
 REQUIRED = required_markers(os.environ.get("DIT_REQUIRE_GPU", ""))
 _MISSING = pytest.StashKey[str]()
@@ -48,7 +37,7 @@ def missing(marker: str) -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        reasons = {marker: missing(marker) for marker in MARKERS if item.get_closest_marker(marker)}
+        reasons = {marker: missing(marker) for marker in GPU_MARKERS if item.get_closest_marker(marker)}
         reasons = {marker: reason for marker, reason in reasons.items() if reason}
         required = [reason for marker, reason in reasons.items() if marker in REQUIRED]
         if required:

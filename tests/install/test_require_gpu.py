@@ -40,7 +40,7 @@ def test_without_the_variable_they_skip_with_the_reason():
 
 
 def test_the_variable_names_the_markers_it_requires():
-    from conftest import required_markers
+    from testing_utils import required_markers
 
     assert required_markers("1") == {"gpu", "trt", "onnxruntime_cuda"}
     assert required_markers("") == required_markers("0") == set()

@@ -282,10 +282,10 @@ def tests_stage(run: Run, missing: dict) -> None:
         skip_stage(run.report, "tests needing onnx", cannot_export)
         files = [TORCH_TESTS]
     junit = run.out / "gpu-tests.xml"
+    run.report["require_gpu"] = required = gpu_plan.required_markers(run.install, missing)
     if run.can_run("tests", STAGE_MODULES["torch-tests"]):
         run.stage("tests", [run.python, "-m", "pytest", *files, "-m", "gpu or trt", "-rs", "-s", "-p",
-                            "no:cacheprovider", f"--junitxml={junit}"],
-                  {"DIT_REQUIRE_GPU": gpu_plan.required_markers(run.install, missing)})
+                            "no:cacheprovider", f"--junitxml={junit}"], {"DIT_REQUIRE_GPU": required})
     run.report["tests"] = parse_junit(junit)
 
 

@@ -84,7 +84,8 @@ def tests_section(report: dict) -> list[str]:
     rows = [[test["test"].split("::", 1)[-1], test["outcome"], number(test["seconds"]),
              ", ".join(f"{name} {number(value)}" for name, value in test["measured"].items()), test["message"] or ""]
             for test in tests]
-    lines = ["## GPU tests (DIT_REQUIRE_GPU=1 pytest -m \"gpu or trt\")", "", summary, ""]
+    required = report.get("require_gpu", "1")
+    lines = [f"## GPU tests (DIT_REQUIRE_GPU={required} pytest -m \"gpu or trt\")", "", summary, ""]
     lines += table(["test", "outcome", "s", "measured", "message"], rows) + [""]
     lines += ["### Tolerances to be measured on first GPU run", ""]
     measured = []

@@ -231,6 +231,7 @@ def test_without_tensorrt_the_torch_paths_run_and_the_run_is_partial(monkeypatch
     assert report["not_checked"][0] == {"what": "TensorRT not checked", "why": NO_TENSORRT}
     text = gpu_report.markdown(report)
     assert "**Result: PARTIAL: TensorRT not checked;" in text and f"- TensorRT not checked: {NO_TENSORRT}" in text
+    assert report["require_gpu"] == "gpu"
 
 
 def test_without_onnx_only_the_torch_cuda_tests_run(monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ class Setting:
     options: dict = field(default_factory=dict)  # load_denoiser options
     precision: str | None = None  # the graph it runs (an export precision), None for the PyTorch reference
     compute: str = "fp32"  # what its matmuls compute in on a CPU: bf16 and int8 are also held against the bf16 peak
+    cache: str | None = None  # cached steps in the full sampling run (runtime.caching), e.g. "fora:3"
 
 
 SETTINGS = {
@@ -33,6 +34,15 @@ SETTINGS = {
     "torch-fp16": Setting("torch", "PyTorch eager, float16 (float32 islands kept)", {"dtype": "float16"}, None, "fp16"),
     "torch-bf16": Setting("torch", "PyTorch eager, bfloat16 (float32 islands kept)", {"dtype": "bfloat16"}, None, "bf16"),
     "torch-compile": Setting("torch", "torch.compile of the guided forward, float32", {"compile": True}),
+    "torch-compile-fp16": Setting("torch", "torch.compile of the guided forward, float16",
+                                  {"compile": True, "dtype": "float16"}, None, "fp16"),
+    "torch-cudagraphs-fp16": Setting("torch", "torch.compile reduce-overhead (CUDA graphs), float16",
+                                     {"compile": "reduce-overhead", "dtype": "float16"}, None, "fp16"),
+    "torch-cudagraphs-bf16": Setting("torch", "torch.compile reduce-overhead (CUDA graphs), bfloat16",
+                                     {"compile": "reduce-overhead", "dtype": "bfloat16"}, None, "bf16"),
+    "torch-cudagraphs-fp16-fora3": Setting("torch", "torch.compile reduce-overhead (CUDA graphs), float16, cached "
+                                           "steps fora:3 in the full run", {"compile": "reduce-overhead",
+                                                                            "dtype": "float16"}, None, "fp16", "fora:3"),
     "onnxruntime": Setting("onnxruntime", "ONNX Runtime, FP32 graph", precision="fp32"),
     "onnxruntime-fp16": Setting("onnxruntime", "ONNX Runtime, FP16-typed graph", precision="fp16"),
     "onnxruntime-int8": Setting("onnxruntime", "ONNX Runtime, INT8 Q/DQ graph", precision="int8", compute="int8"),
@@ -56,24 +66,36 @@ def skip_reason(name: str) -> str | None:
     """Why a setting cannot run on this machine, in one line; None when it can."""
     if name not in SETTINGS:
         return f"unknown backend; choose from {', '.join(SETTINGS)}"
-    on_gpu = device().type == "cuda"
-    if name == "torch-fp16" and not on_gpu and not cpu_has("avx512_fp16", "amx_fp16"):
-        return "this CPU has no float16 units (avx512_fp16 / amx_fp16): float16 would be emulated"
-    if name == "torch-bf16" and not on_gpu and not cpu_has("avx512_bf16", "amx_bf16"):
-        return "this CPU has no bfloat16 units (avx512_bf16 / amx_bf16): bfloat16 would be emulated"
-    if name == "torch-bf16" and on_gpu and not torch.cuda.is_bf16_supported():
-        return "this GPU does not support bfloat16 (needs Ampere or newer)"
-    if name == "torch-compile" and importlib.util.find_spec("triton") is None and on_gpu:
-        return "torch.compile needs triton on a GPU"
-    backend = SETTINGS[name].backend
+    on_gpu, backend = device().type == "cuda", SETTINGS[name].backend
+    if backend == "torch":
+        return torch_reason(SETTINGS[name].options, on_gpu)
     if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
         return "ONNX Runtime is not installed: pip install -e '.[cpu]'"
     if backend == "openvino":
         return openvino_reason(name, on_gpu)
     if name == "tensorrt":
-        from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
+        from dit_ref.machine.tensorrt_stack import build_unavailable_reason
 
-        return engine_unavailable_reason()
+        return build_unavailable_reason()  # prepare() builds the engine
+    return None
+
+
+def torch_reason(options: dict, on_gpu: bool) -> str | None:
+    """Why a torch setting cannot run here: CUDA graphs off a GPU, half precision without its units (CPU) or
+    bfloat16 on a GPU older than Ampere, torch.compile on a GPU without triton."""
+    from runtime.backends.torch_backend import CUDA_GRAPH_MODES
+
+    dtype, compile = options.get("dtype"), options.get("compile")
+    if compile in CUDA_GRAPH_MODES and not on_gpu:
+        return f"CUDA graphs (torch.compile mode {compile}) need a CUDA GPU"
+    if dtype == "float16" and not on_gpu and not cpu_has("avx512_fp16", "amx_fp16"):
+        return "this CPU has no float16 units (avx512_fp16 / amx_fp16): float16 would be emulated"
+    if dtype == "bfloat16" and not on_gpu and not cpu_has("avx512_bf16", "amx_bf16"):
+        return "this CPU has no bfloat16 units (avx512_bf16 / amx_bf16): bfloat16 would be emulated"
+    if dtype == "bfloat16" and on_gpu and not torch.cuda.is_bf16_supported():
+        return "this GPU does not support bfloat16 (needs Ampere or newer)"
+    if compile and on_gpu and importlib.util.find_spec("triton") is None:
+        return "torch.compile needs triton on a GPU"
     return None
 
 

@@ -79,25 +79,28 @@ class TimedDenoiser(Denoiser):
         return outputs
 
 
-def time_sampling_run(denoiser, sampler, batch: int, callback=None) -> float:
-    """Seconds for one seeded generate() run of `batch` random labels, as dit-run draws them (no decoder)."""
+def time_sampling_run(denoiser, sampler, batch: int, callback=None, cache: str | None = None) -> float:
+    """Seconds for one seeded generate() run of `batch` random labels, as dit-run draws them (no decoder), with
+    cached steps when `cache` names a policy."""
     from runtime.generate import generate
 
     synchronize(denoiser.device)
     start = time.perf_counter()
-    for _ in generate(denoiser, [None] * batch, sampler, seed=0, cfg_scale=4.0, batch_size=batch, on_step=callback):
+    for _ in generate(denoiser, [None] * batch, sampler, seed=0, cfg_scale=4.0, batch_size=batch, on_step=callback,
+                      cache=cache):
         pass
     synchronize(denoiser.device)
     return time.perf_counter() - start
 
 
-def time_full_run(denoiser, batch: int, steps: int) -> tuple[float, float]:
-    """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps."""
+def time_full_run(denoiser, batch: int, steps: int, cache: str | None = None) -> tuple[float, float | None]:
+    """(whole run, inside the denoiser) in seconds for one DDPM run of `steps` steps; with cached steps the time
+    inside is None (the refresh and reuse forms run outside the timed call)."""
     from runtime.sampling import sampler_from_name
 
     timed = TimedDenoiser(denoiser)
-    total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch)
-    return total, timed.seconds
+    total = time_sampling_run(timed, sampler_from_name("ddpm", steps), batch, cache=cache)
+    return total, None if cache else timed.seconds
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -192,16 +195,18 @@ def measure(spec: dict) -> dict:
         torch.full((batch,), 4.0, device=device),  # every row guided: the transformer runs 2 x batch rows
     )
     times = time_calls(denoiser, inputs, spec["repeats"], spec["warmup"])
-    full_run, in_denoiser = time_full_run(denoiser, batch, spec["steps"])
+    cache = backends.SETTINGS[spec["backend"]].cache
+    full_run, in_denoiser = time_full_run(denoiser, batch, spec["steps"], cache)
     median = statistics.median(times)
-    overhead = 1000 * (full_run - in_denoiser) / spec["steps"]  # the sampling loop's own host work
+    overhead = None if cache else 1000 * (full_run - in_denoiser) / spec["steps"]  # the sampling loop's host work
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_summary()}, {threads} threads"
     record = {
         "device": device.type, "device_name": name, "torch": torch.__version__, "steps": spec["steps"],
         "denoiser": denoiser.name, "ms_per_step_median": median,
         "ms_per_step_p90": statistics.quantiles(times, n=10)[-1] if len(times) > 1 else median,
         "images_per_s": batch / full_run, "overhead_ms_per_step": overhead,
-        "overhead_percent": 100 * overhead / (1000 * full_run / spec["steps"]), "peak_mem_mb": peak_memory_mb(device),
+        "overhead_percent": None if cache else 100 * overhead / (1000 * full_run / spec["steps"]),
+        "cache": cache, "peak_mem_mb": peak_memory_mb(device),
         "threads": threads, "tflops": None, "percent_of_peak": None, "gflops": None,
     }
     achieved = achieved_gflops(spec["model"], spec["image_size"], batch, median)

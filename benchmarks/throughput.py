@@ -21,6 +21,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -33,8 +34,9 @@ from dit_ref.contract import BatchRange  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from dit_ref.machine.cpu import physical_cores  # noqa: E402
 
-DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxruntime-fp16,onnxruntime-int8,openvino,"
-                    "openvino-fp16,openvino-bf16,openvino-bf16-compute,openvino-int8,tensorrt")
+DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,torch-compile-fp16,torch-cudagraphs-fp16,"
+                    "torch-cudagraphs-bf16,torch-cudagraphs-fp16-fora3,onnxruntime,onnxruntime-fp16,onnxruntime-int8,"
+                    "openvino,openvino-fp16,openvino-bf16,openvino-bf16-compute,openvino-int8,tensorrt")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,10 +54,14 @@ DEFAULT_BACKENDS = ("torch,torch-fp16,torch-bf16,torch-compile,onnxruntime,onnxr
               "[default: this machine's physical cores]")
 @click.option("--gemm-size", default=2048, show_default=True, type=click.IntRange(min=16),
               help="n of the n x n x n MatMul whose speed is the CPU's GEMM peak.")
+@click.option("--worker-seconds", type=click.FloatRange(min=1), help="Stop one measurement (one backend and batch, "
+              "compilation included) after this long and record why; the others still run. [default: no limit]")
+@click.option("--time-budget", type=click.FloatRange(min=1), help="Seconds for all measurements: each stops when "
+              "it runs out, and those not started are recorded as not measured. [default: no limit]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write one record per measurement.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Plot images/s by batch (PNG).")
 def main(models, image_size, batches, backend_list, steps, repeats, warmup, work_dir, threads, gemm_size,
-         json_path, plot_path):
+         worker_seconds, time_budget, json_path, plot_path):
     """Measure every backend on this machine and print them side by side."""
     try:
         image_size, batch_sizes = int(image_size), parse_ints(batches, "--batch")
@@ -68,7 +74,8 @@ def main(models, image_size, batches, backend_list, steps, repeats, warmup, work
         records = []
         for model in [name.strip() for name in models.split(",")]:
             settings = dict(model=model, image_size=image_size, steps=steps, repeats=repeats, warmup=warmup,
-                            threads=threads)
+                            threads=threads, worker_seconds=worker_seconds,
+                            deadline=time.monotonic() + time_budget if time_budget else None)
             records += run_model(settings, chosen, batch_sizes, work_dir)
         add_ratios(records)
         if peaks is not None:
@@ -111,10 +118,27 @@ def run_model(settings: dict, chosen: list[str], batch_sizes: list[int], work_di
             if reason is not None:
                 records.append({**base, "skipped": reason})
                 continue
+            seconds = worker_seconds(settings)
+            if seconds is not None and seconds < MIN_WORKER_SECONDS:
+                records.append({**base, "skipped": "not measured: the run's --time-budget ran out"})
+                continue
             click.echo(f"measuring {backend} {settings['model']} batch {batch} ...", err=True)
-            spec = {**settings, **base, "artifact": str(artifact) if artifact else None}
+            spec = {**settings, **base, "artifact": str(artifact) if artifact else None, "worker_seconds": seconds}
             records.append({**base, **run_worker(spec)})
     return records
+
+
+MIN_WORKER_SECONDS = 5  # less left of the time budget: the measurement is not started
+
+
+def worker_seconds(settings: dict) -> float | None:
+    """How long the next measurement may run: --worker-seconds, or what is left of --time-budget if less; None
+    without either."""
+    limits = [settings.get("worker_seconds")]
+    if settings.get("deadline") is not None:
+        limits.append(settings["deadline"] - time.monotonic())
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
 
 
 def measure_gemm_peaks(size: int, threads: int) -> dict:
@@ -137,10 +161,15 @@ def higher_peaks(before: dict, after: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    """One measurement in a fresh Python process; its last stdout line is the JSON record."""
+    """One measurement in a fresh Python process (stopped after spec's worker_seconds, when given); its last stdout
+    line is the JSON record."""
     command = [sys.executable, "-m", "benchmarks.measure", json.dumps(spec)]
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    seconds = spec.get("worker_seconds")
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"stopped after {seconds:.0f} s (its time limit), compilation included"}
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

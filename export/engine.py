@@ -1,13 +1,16 @@
 """From a guided ONNX graph to a TensorRT engine (.plan) beside it, for TensorRT 10.12+ and 11.x.
 
-Plain TensorRT Python API rather than Polygraphy loaders: the parser errors (with node names), the
-timing cache keyed by GPU and the atomic writes need the objects anyway, and it is about as short.
-The network is strongly typed, so the engine computes in the graph's own types (FP16 graph -> FP16
-engine); TF32 is cleared so an FP32 graph builds an FP32 engine. Written against the documented API,
-not run on a GPU here; tensorrt is imported only inside the functions that need it.
+The build runs on Polygraphy's loaders: CreateConfig (the optimization profile, the optimization
+level, the workspace pool, TF32 cleared, the progress monitor) and EngineBytesFromNetwork (the build).
+Two parts stay ours, each for a reason in Polygraphy's own source (0.53): its NetworkFromOnnxPath logs
+the parser's errors and raises "Could not parse ONNX correctly", where ours names the failing node in
+one line; its CreateConfig ignores set_timing_cache's refusal of a cache made elsewhere and its
+save_timing_cache rewrites the file in place, where ours falls back to an empty cache with a warning
+and replaces the file whole. The network is strongly typed, so the engine computes in the graph's own
+types (FP16 graph -> FP16 engine); TF32 is cleared so an FP32 graph builds an FP32 engine. tensorrt
+and polygraphy are imported only inside the functions that need them.
 """
 
-import contextlib
 import logging
 import re
 import time
@@ -20,7 +23,8 @@ from dit_ref.contract import (
 from dit_ref.errors import DiTError
 from dit_ref.files import write_bytes_atomic
 from dit_ref.machine.tensorrt_stack import (  # noqa: F401 (NOT_INSTALLED, tensorrt_release: part of this module's API)
-    NOT_INSTALLED, compute_capability_text, engine_unavailable_reason, start_tensorrt, tensorrt_release, trt_logger,
+    NOT_INSTALLED, build_unavailable_reason, compute_capability_text, engine_unavailable_reason, start_tensorrt,
+    tensorrt_release, trt_logger,
 )
 
 log = logging.getLogger(__name__)
@@ -116,42 +120,87 @@ def _progress_monitor(trt):
     return ProgressMonitor()
 
 
-def _builder_config(trt, builder, shapes, optimization_level, cache_data):
-    """IBuilderConfig: one profile over the batch range, optimization level, no TF32, the timing cache."""
-    import torch
-
-    config = builder.create_builder_config()
-    config.builder_optimization_level = optimization_level
-    total_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(total_memory))
-    config.clear_flag(trt.BuilderFlag.TF32)  # on by default; the graph's float32 stays float32
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    if config.add_optimization_profile(profile) < 0:
-        raise DiTError(f"TensorRT rejected the optimization profile {shapes}")
-    cache = config.create_timing_cache(cache_data)
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("the timing cache does not fit this GPU or TensorRT; starting an empty one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    with contextlib.suppress(AttributeError):  # progress_monitor exists since 10.0; keep the build going without it
-        config.progress_monitor = _progress_monitor(trt)
-    return config
-
-
-def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
-    """Parse the graph strongly typed and build it: (serialized plan, serialized timing cache)."""
+def parse_network(trt, graph_path: Path):
+    """(builder, network, parser): the graph in a strongly typed network (the parser owns the weights, so it
+    lives as long as the network); DiTError naming the nodes the parser failed on."""
     builder = start_tensorrt(trt.Builder)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, trt_logger())
     if not parser.parse_from_file(str(graph_path)):  # external data is found beside the .onnx
         errors = [parser.get_error(index) for index in range(parser.num_errors)]
-        raise DiTError(f"TensorRT could not parse {graph_path.name}: {format_parser_errors(errors)}")
-    config = _builder_config(trt, builder, shapes, optimization_level, cache_data)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise DiTError(f"TensorRT failed to build an engine from {graph_path.name} (its log above says why; "
-                       "out of GPU memory: lower --batch MAX)")
+        said = format_parser_errors(errors) or "the parser gave no reason; is it an ONNX file from dit-export?"
+        raise DiTError(f"TensorRT could not parse {graph_path.name}: {said}")
+    return builder, network, parser
+
+
+def network_inputs(network) -> dict[str, tuple[int, ...]]:
+    """Input name -> its dimensions in a parsed network (-1: dynamic)."""
+    inputs = (network.get_input(index) for index in range(network.num_inputs))
+    return {tensor.name: tuple(tensor.shape) for tensor in inputs}
+
+
+def profile_mismatch(inputs: dict[str, tuple[int, ...]], shapes: dict) -> str | None:
+    """Why the profile's (min, opt, max) shapes do not fit the network's inputs (names, ranks, fixed dimensions)
+    in one line, or None. TensorRT's own refusal (IOptimizationProfile.set_shape's RuntimeError) names no input."""
+    if set(inputs) != set(shapes):
+        return f"the graph's inputs are {', '.join(inputs)} but its manifest describes {', '.join(shapes)}"
+    for name, dims in inputs.items():
+        for which, shape in zip(("min", "opt", "max"), shapes[name]):
+            if len(shape) != len(dims) or any(dim >= 0 and dim != size for dim, size in zip(dims, shape)):
+                shown = ", ".join("?" if dim < 0 else str(dim) for dim in dims)
+                return f"input {name} is ({shown}) in the graph, but its {which} shape is {tuple(shape)}"
+    return None
+
+
+def config_arguments(trt, shapes, optimization_level: int, workspace: int, progress_monitor=None) -> dict:
+    """Polygraphy CreateConfig's keyword arguments: one profile over the batch range, the optimization level,
+    the workspace pool, TF32 off (the graph's float32 stays float32), the progress monitor."""
+    from polygraphy.backend.trt import Profile
+
+    profile = Profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.add(name, low, opt, high)
+    return {"profiles": [profile], "builder_optimization_level": optimization_level, "tf32": False,
+            "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: workspace}, "progress_monitor": progress_monitor}
+
+
+def use_timing_cache(config, cache_data: bytes) -> None:
+    """The saved timing cache on the config; one that does not load or fit this GPU and TensorRT is replaced by
+    an empty one, with a warning."""
+    if not cache_data:
+        return  # CreateConfig has set an empty one
+    cache = config.create_timing_cache(cache_data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("the timing cache does not fit this GPU or TensorRT; starting an empty one")
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def build_failure(graph_name: str, error: BaseException) -> str:
+    """One line for a build that failed: the first thing TensorRT or Polygraphy said, and what to do."""
+    said = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return (f"TensorRT failed to build an engine from {graph_name} ({said}); TensorRT's log above says why; out of "
+            "GPU memory: lower --batch MAX or free the GPU")
+
+
+def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
+    """Parse the graph, check the profile against it and build it on Polygraphy's loaders: (serialized plan,
+    serialized timing cache)."""
+    import torch
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork
+    from polygraphy.exception import PolygraphyException
+
+    network = parse_network(trt, graph_path)
+    mismatch = profile_mismatch(network_inputs(network[1]), shapes)
+    if mismatch:
+        raise DiTError(f"{graph_path.name} does not match its manifest: {mismatch}; re-export it with dit-export")
+    total_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    arguments = config_arguments(trt, shapes, optimization_level, workspace_bytes(total_memory), _progress_monitor(trt))
+    try:
+        config = CreateConfig(**arguments)(*network[:2])
+        use_timing_cache(config, cache_data)
+        plan = EngineBytesFromNetwork(network, config=config)()
+    except (PolygraphyException, RuntimeError, TypeError) as error:  # pybind's std::runtime_error, bad arguments
+        raise DiTError(build_failure(graph_path.name, error)) from None
     return plan, config.get_timing_cache().serialize()
 
 
@@ -170,7 +219,7 @@ def build_engines(graph_path: Path, batch: BatchRange | None, optimization_level
 def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
                  timing_cache: Path | None = None) -> Path:
     """Build graph_path's engine beside it (same stem, .plan), record it in the manifest, return its path."""
-    reason = engine_unavailable_reason()
+    reason = build_unavailable_reason()
     if reason:
         raise DiTError(reason)
     import tensorrt as trt

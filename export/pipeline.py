@@ -51,9 +51,9 @@ def engine_reason(engine: str) -> str | None:
         raise DiTError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
     if engine == "skip":
         return "--engine skip"
-    from dit_ref.machine.tensorrt_stack import engine_unavailable_reason
+    from dit_ref.machine.tensorrt_stack import build_unavailable_reason
 
-    reason = engine_unavailable_reason()
+    reason = build_unavailable_reason()
     if reason and engine == "required":
         raise DiTError(f"--engine required, but no engine can be built here: {reason}")
     return reason

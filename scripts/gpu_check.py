@@ -3,20 +3,23 @@
 Stages, each logged under OUT (default gpu-check/) and reported with its time and outcome:
   machine     nvidia-smi: driver, GPUs, the CUDA the driver supports; without them it stops at once
   setup       scripts/setup-env.sh with EXTRAS=dev,FLAVOUR (FLAVOUR, else chosen from the driver)
-  stack       python -m dit_ref.machine.gpu_stack describe: torch, CUDA, cuDNN, TensorRT, ONNX Runtime, nvidia-*
-  tests       DIT_REQUIRE_GPU=1 pytest -m "gpu or trt": outcomes and measured errors (junit XML)
-  engine      dit-export XL/2 at 256, random weights, FP16, --engine required: export and build
-  throughput  benchmarks/throughput.py on XL/2: tensorrt, torch-fp16, torch-compile, onnxruntime-fp16
+  stack       python -m dit_ref.machine.gpu_stack describe: torch, CUDA, cuDNN, TensorRT, Polygraphy, ONNX Runtime
+  tests       DIT_REQUIRE_GPU pytest -m "gpu or trt" over the test files that hold such tests (junit XML)
+  engine      dit-export FP16 with --engine required: XL/2 at level 3 (S/2 at level 1 with --no-install)
+  compare     python -m export.compare_engine: that engine in Polygraphy's TrtRunner against ONNX Runtime
+  throughput  benchmarks/throughput.py on XL/2: TensorRT, torch eager/compiled/CUDA graphs, ONNX Runtime on CUDA
+  engine-throughput  (--no-install with TensorRT) the S/2 engine beside torch's CUDA graphs on S/2
   overhead    benchmarks/sampler_overhead.py: the sampling loop's host work per step on CUDA (torch)
-Then OUT/gpu-report.md and OUT/gpu-report.json with every figure and error, ready to paste into an
-issue. Standard library only: it runs before .venv exists.
+Then OUT/gpu-report.md and OUT/gpu-report.json with every figure and error, ready to paste into an issue.
+The result is "passed" only when everything was checked: a missing TensorRT or CUDA provider, a skipped stage
+or GPU test makes it "partial", naming what was not checked (scripts/gpu_plan.py decides). Exit code 0 for
+passed or partial, 1 for failed or stopped; with --require-all partial is 1 too. Standard library only: it runs
+before .venv exists.
 
---no-install (a machine without network, torch preinstalled): no set-up; the Python it runs in
-(PYTHON, default this one) with the checkout on PYTHONPATH; a stage whose packages that Python lacks
-(TensorRT, onnxruntime-gpu, onnx, pytest, ...) is skipped with the reason; the torch CUDA paths
-(float16/bfloat16 backends, torch.compile, noise on CUDA, the host overhead, the gpu tests that need
-no TensorRT) and their throughput still run, each stage bounded so that the whole takes under 8
-minutes on one GPU.
+--no-install (a machine without network, torch preinstalled): no set-up; the Python it runs in (PYTHON,
+default this one) with the checkout on PYTHONPATH; a stage whose packages that Python lacks is skipped with
+the reason, GPU tests needing what it lacks skip with theirs; every stage is bounded (gpu_plan.stage_limits;
+LIMIT_SCALE=2 doubles the bounds), the torch CUDA paths within 8 minutes on one GPU.
 """
 
 import json
@@ -28,22 +31,25 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_plan  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = {"gpu-cu13": (580,), "gpu-cu12": (525, 60, 13)}  # oldest Linux driver per flavour (CUDA 13 / 12)
-MODEL, IMAGE_SIZE = "XL/2", 256
-BENCHMARKED = "tensorrt,torch-fp16,torch-compile,onnxruntime-fp16"  # throughput.py adds the torch baseline
-TORCH_BENCHMARKED = "torch-fp16,torch-bf16,torch-compile"  # --no-install: what needs no TensorRT nor ONNX Runtime
-# --no-install: what each stage imports (a stage whose modules do not import is skipped, saying which is missing),
-# and how long it may run (the whole within 8 minutes on one GPU).
-STAGE_MODULES = {"tests": ("pytest", "runtime.generate", "runtime.backends.torch_backend", "export.onnx_export"),
-                 "torch-tests": ("pytest", "runtime.generate", "runtime.backends.torch_backend"),
-                 "engine": ("tensorrt", "onnx", "onnxscript", "export.pipeline"),
+MODEL, IMAGE_SIZE = "XL/2", 256  # the throughput stage's model
+# --no-install: what each stage imports (a stage whose modules do not import is skipped, saying which is missing)
+STAGE_MODULES = {"tests": ("pytest", "onnx", "onnxscript", "runtime.generate", "export.onnx_export"),
+                 "torch-tests": ("pytest", "runtime.generate", "runtime.backends.torch_backend", "export.guided"),
+                 "engine": ("tensorrt", "polygraphy", "onnx", "onnxscript", "export.pipeline"),
+                 "compare": ("tensorrt", "polygraphy", "onnxruntime", "export.compare_engine"),
                  "throughput": ("click", "benchmarks.throughput", "benchmarks.measure", "runtime.backends.torch_backend"),
                  "overhead": ("click", "benchmarks.sampler_overhead")}
-STAGE_SECONDS = {"tests": 150, "engine": 120, "throughput": 210, "overhead": 45}
+GPU_MARKS = ("mark.gpu", "mark.trt", "mark.onnxruntime_cuda")  # how a test file says it holds GPU tests
+TORCH_TESTS = "tests/gpu/test_torch_cuda.py"  # what collects without onnx: the torch CUDA tests
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -118,7 +124,8 @@ def run_stage(report: dict, name: str, command: list[str], out: Path, env: dict 
             handle.write(f"\nerror: gpu-check stopped this stage after {seconds} s\n")
             code = 124
     stage = {"stage": name, "status": "passed" if code == 0 else "failed", "exit_code": code,
-             "seconds": round(time.perf_counter() - start, 1), "command": " ".join(command), "log": log.name}
+             "seconds": round(time.perf_counter() - start, 1), "limit_s": seconds, "command": " ".join(command),
+             "log": log.name}
     if code != 0:
         stage["detail"] = last_line(log)
     report["stages"].append(stage)
@@ -170,23 +177,51 @@ def _number(text):
         return text
 
 
-def engine_figures(work: Path) -> dict | None:
-    """The XL/2 engine's manifest record, sizes of its files."""
-    stem = work / f"{MODEL.replace('/', '-')}-{IMAGE_SIZE}" / f"DiT-{MODEL.replace('/', '-')}-{IMAGE_SIZE}-fp16"
-    manifest = stem.with_suffix(".json")
-    if not manifest.exists():
+def gpu_test_files(root: Path = ROOT) -> list[str]:
+    """The test files that hold gpu, trt or onnxruntime_cuda tests: pytest collects only these, so a module that
+    this environment cannot import elsewhere in tests/ does not stop the run."""
+    return sorted(str(path.relative_to(root)) for path in (root / "tests").rglob("test_*.py")
+                  if any(mark in path.read_text(errors="replace") for mark in GPU_MARKS))
+
+
+def engine_figures(graph: Path | None) -> dict | None:
+    """The engine's manifest record and the sizes of its files."""
+    manifest = graph.with_suffix(".json") if graph else None
+    if manifest is None or not manifest.exists():
         return None
     record = json.loads(manifest.read_text())
-    sizes = {path.suffix: round(path.stat().st_size / 2**20, 1) for path in (stem.with_suffix(".onnx"),
-                                                                          stem.with_suffix(".plan")) if path.exists()}
-    return {"engine": record.get("engine"), "batch": record.get("batch"), "graph_mib": sizes.get(".onnx"),
-            "plan_mib": sizes.get(".plan")}
+    sizes = {path.suffix: round(path.stat().st_size / 2**20, 1) for path in (graph, graph.with_suffix(".plan"))
+             if path.exists()}
+    return {"model": record.get("model"), "engine": record.get("engine"), "batch": record.get("batch"),
+            "graph_mib": sizes.get(".onnx"), "plan_mib": sizes.get(".plan")}
 
 
-def check(out: Path, flavour_wanted: str, nvidia_smi: str, install: bool = True) -> dict:
+@dataclass
+class Run:
+    """One gpu-check run: its report, the Python and environment the stages run in, their bounds."""
+
+    report: dict
+    python: str
+    env: dict
+    out: Path
+    install: bool
+    limits: dict = field(default_factory=dict)
+
+    def stage(self, name: str, command: list[str], env: dict | None = None) -> bool:
+        return run_stage(self.report, name, command, self.out, {**self.env, **(env or {})}, self.limits.get(name))
+
+    def can_run(self, name: str, modules: tuple[str, ...] | None = None) -> bool:
+        """Whether the stage's modules import here (always when installed); a skipped stage otherwise."""
+        reason = None if self.install else missing_module(self.python, modules or STAGE_MODULES[name], self.env)
+        if reason:
+            skip_stage(self.report, name, reason)
+        return reason is None
+
+
+def check(out: Path, flavour_wanted: str, nvidia_smi: str, install: bool = True, scale: float = 1.0) -> dict:
     """Every stage in order; stops after machine or setup failures (nothing else can run)."""
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": MODEL,
-              "image_size": IMAGE_SIZE, "stages": [], "result": "passed", "mode": "install" if install else "no-install"}
+              "image_size": IMAGE_SIZE, "stages": [], "result": None, "mode": "install" if install else "no-install"}
     report["machine"], reason = probe_machine(nvidia_smi)
     if reason is None and install:
         report["flavour"], reason = choose_flavour(report["machine"]["driver"], flavour_wanted)
@@ -206,82 +241,126 @@ def check(out: Path, flavour_wanted: str, nvidia_smi: str, install: bool = True)
         python = os.environ.get("PYTHON") or sys.executable
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         report["flavour"] = "as installed (--no-install)"
-    run_all(report, python, env, out, install)
-    failed = [stage["stage"] for stage in report["stages"] if stage["status"] not in ("passed", "skipped")]
-    if failed:
-        report.update(result="failed", reason=f"failed: {', '.join(failed)}")
+    run_all(Run(report, python, env, out, install, gpu_plan.stage_limits(install, False, scale)), scale)
+    report["result"], report["reason"] = gpu_plan.verdict(report)
+    report["not_checked"] = [{"what": what, "why": why} for what, why in gpu_plan.not_checked(report)]
     return report
 
 
-def run_all(report: dict, python: str, env: dict, out: Path, install: bool) -> None:
-    """stack, tests, engine, throughput and overhead; without install each only where its packages import."""
-    def can_run(stage: str) -> bool:
-        reason = None if install else missing_module(python, STAGE_MODULES[stage], env)
-        if reason:
-            skip_stage(report, stage.removeprefix("torch-"), reason)
-        return reason is None
+def run_all(run: Run, scale: float = 1.0) -> None:
+    """stack, tests, engine, compare, throughput and overhead; without install each only where its packages
+    import, bounded by limits sized once the stack says whether TensorRT is here."""
+    missing = stack_stage(run)
+    run.limits = gpu_plan.stage_limits(run.install, not missing.get("tensorrt"), scale)
+    tests_stage(run, missing)
+    graph = engine_stage(run, missing)
+    compare_stage(run, graph)
+    throughput_stages(run, missing, graph)
+    if run.can_run("overhead"):
+        batches = os.environ.get("BATCHES", "1,8")
+        run.stage("overhead", [run.python, "benchmarks/sampler_overhead.py", "--model", "S/2", "--batch", batches,
+                               "--steps", "10", "--backends", "torch"])
 
-    bounded = {} if install else STAGE_SECONDS
-    if run_stage(report, "stack", [python, "-m", "dit_ref.machine.gpu_stack", "describe", str(out / "stack.json")], out,
-                 env):
-        report["stack"] = stack = json.loads((out / "stack.json").read_text())
-        print(f"gpu-check: {report['flavour']}: torch {stack['torch']} (CUDA {stack['torch_cuda']}), TensorRT "
-              f"{stack['tensorrt']}, ONNX Runtime {(stack.get('onnxruntime') or {}).get('version')}; packages in "
-              f"{out / 'stack.json'}", flush=True)
-    lacks = (report.get("stack") or {}).get("missing", {}) if not install else {}
-    tensorrt = install or not lacks.get("tensorrt")
-    onnxruntime_cuda = install or not lacks.get("onnxruntime_cuda")
-    junit = out / "gpu-tests.xml"
-    markers = " and ".join(["(gpu or trt)"] + [f"not {marker}" for marker, here in
-                                               (("trt", tensorrt), ("onnxruntime_cuda", onnxruntime_cuda)) if not here])
-    if can_run("tests" if tensorrt or onnxruntime_cuda else "torch-tests"):
-        run_stage(report, "tests", [python, "-m", "pytest", "-m", markers, "-rs", "-s", "-p", "no:cacheprovider",
-                                    f"--junitxml={junit}"], out, {**env, "DIT_REQUIRE_GPU": "1"}, bounded.get("tests"))
-    report["tests"] = parse_junit(junit)
-    work = out / "work"
-    graph_dir = work / f"{MODEL.replace('/', '-')}-{IMAGE_SIZE}"  # where throughput.py looks for it
+
+def stack_stage(run: Run) -> dict:
+    """The stack's versions into the report; what it lacks (gpu_stack's "missing", every piece when it failed)."""
+    path = run.out / "stack.json"
+    if not run.stage("stack", [run.python, "-m", "dit_ref.machine.gpu_stack", "describe", str(path)]):
+        return {key: "not known: the stack stage failed" for key in ("tensorrt", "polygraphy", "onnxruntime_cuda")}
+    run.report["stack"] = stack = json.loads(path.read_text())
+    print(f"gpu-check: {run.report['flavour']}: torch {stack['torch']} (CUDA {stack['torch_cuda']}), TensorRT "
+          f"{stack['tensorrt']}, ONNX Runtime {(stack.get('onnxruntime') or {}).get('version')}; packages in {path}",
+          flush=True)
+    return stack.get("missing") or {}
+
+
+def tests_stage(run: Run, missing: dict) -> None:
+    """The GPU tests with DIT_REQUIRE_GPU naming what must be here; without onnx only the torch CUDA tests."""
+    files = gpu_test_files()
+    cannot_export = None if run.install else missing_module(run.python, STAGE_MODULES["tests"], run.env)
+    if cannot_export:
+        skip_stage(run.report, "tests needing onnx", cannot_export)
+        files = [TORCH_TESTS]
+    junit = run.out / "gpu-tests.xml"
+    run.report["require_gpu"] = required = gpu_plan.required_markers(run.install, missing)
+    if run.can_run("tests", STAGE_MODULES["torch-tests"]):
+        run.stage("tests", [run.python, "-m", "pytest", *files, "-m", "gpu or trt", "-rs", "-s", "-p",
+                            "no:cacheprovider", f"--junitxml={junit}"], {"DIT_REQUIRE_GPU": required})
+    run.report["tests"] = parse_junit(junit)
+
+
+def engine_stage(run: Run, missing: dict) -> Path | None:
+    """Export and build the FP16 engine (XL/2, or S/2 at a low level without install); its graph, or None."""
+    model, level = gpu_plan.ENGINE_MODEL[run.install]
+    graph_dir = run.out / "work" / f"{model.replace('/', '-')}-{IMAGE_SIZE}"  # where throughput.py looks for it
+    graph = graph_dir / f"DiT-{model.replace('/', '-')}-{IMAGE_SIZE}-fp16.onnx"
+    largest = max(int(batch) for batch in os.environ.get("BATCHES", "1,8").split(","))
+    if missing.get("tensorrt"):
+        skip_stage(run.report, "engine", missing["tensorrt"])
+        return None
+    if not run.can_run("engine") or not run.stage("engine", [
+            run.python, "-m", "export.cli", "--model", model, "--image-size", str(IMAGE_SIZE), "--random-init", "0",
+            "--fp16", "--out", str(graph_dir), "--batch", f"1:{largest}:{largest}", "--opt-level", str(level),
+            "--engine", "required"]):
+        return None
+    run.report["engine"] = engine_figures(graph)
+    return graph
+
+
+def compare_stage(run: Run, graph: Path | None) -> None:
+    """The engine against ONNX Runtime through Polygraphy's Comparator (export.compare_engine)."""
+    if graph is None:
+        skip_stage(run.report, "compare", "no engine was built (see the engine stage)")
+        return
+    path = run.out / "compare.json"
+    if run.can_run("compare"):
+        run.stage("compare", [run.python, "-m", "export.compare_engine", str(graph), "--json", str(path)])
+    run.report["compare"] = json.loads(path.read_text()) if path.exists() else None
+
+
+def throughput_stages(run: Run, missing: dict, graph: Path | None) -> None:
+    """XL/2 throughput of the chosen settings; without install and with an S/2 engine, that engine beside torch's
+    CUDA graphs on S/2. Bounded runs give throughput.py their time as --time-budget."""
+    run.report["throughput"] = []
+    if not run.can_run("throughput"):
+        return
     batches = os.environ.get("BATCHES", "1,8")
-    largest = max(int(batch) for batch in batches.split(","))  # the profile the benchmark needs, no larger
-    if not tensorrt:
-        skip_stage(report, "engine", lacks["tensorrt"])
-    elif can_run("engine"):
-        run_stage(report, "engine", [python, "-m", "export.cli", "--model", MODEL, "--image-size", str(IMAGE_SIZE),
-                                     "--random-init", "0", "--fp16", "--out", str(graph_dir), "--batch",
-                                     f"1:{largest}:{largest}", "--engine", "required"], out, env, bounded.get("engine"))
-    report["engine"] = engine_figures(work)
-    chosen = BENCHMARKED if install else ",".join(
-        [TORCH_BENCHMARKED] + (["tensorrt"] if report["engine"] else []) + (["onnxruntime-fp16"] if onnxruntime_cuda
-                                                                              and report["engine"] else []))
-    throughput = out / "throughput.json"
-    if can_run("throughput"):
-        run_stage(report, "throughput", [python, "benchmarks/throughput.py", "--model", MODEL, "--image-size",
-                                         str(IMAGE_SIZE), "--batch", batches, "--backends", chosen, "--steps", "20",
-                                         "--work-dir", str(work), "--json", str(throughput)], out, env,
-                  bounded.get("throughput"))
-    report["throughput"] = json.loads(throughput.read_text()) if throughput.exists() else []
-    if can_run("overhead"):
-        run_stage(report, "overhead", [python, "benchmarks/sampler_overhead.py", "--model", "S/2", "--batch", batches,
-                                       "--steps", "10", "--backends", "torch"], out, env, bounded.get("overhead"))
+    runs = [("throughput", MODEL, gpu_plan.throughput_backends(run.install, not missing.get("onnxruntime_cuda")))]
+    if graph is not None and not run.install:
+        runs.append(("engine-throughput", gpu_plan.ENGINE_MODEL[False][0], gpu_plan.ENGINE_BENCHMARKED))
+    for name, model, chosen in runs:
+        path = run.out / f"{name}.json"
+        bounds = []
+        if name in run.limits:
+            bounds = ["--time-budget", str(max(run.limits[name] - gpu_plan.THROUGHPUT_SLACK, 1)), "--worker-seconds",
+                      str(gpu_plan.WORKER_SECONDS)]
+        run.stage(name, [run.python, "benchmarks/throughput.py", "--model", model, "--image-size", str(IMAGE_SIZE),
+                         "--batch", batches, "--backends", chosen, "--steps", "20", "--work-dir",
+                         str(run.out / "work"), "--json", str(path), *bounds])
+        run.report["throughput"] += json.loads(path.read_text()) if path.exists() else []
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     out = Path(os.environ.get("OUT", "gpu-check")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    install = "--no-install" not in sys.argv[1:] and os.environ.get("NO_INSTALL", "") in ("", "0")
-    unknown = [argument for argument in sys.argv[1:] if argument != "--no-install"]
+    options = ("--no-install", "--require-all")
+    unknown = [argument for argument in argv if argument not in options]
     if unknown:
-        print(f"gpu-check: unknown argument {unknown[0]}; the one option is --no-install", file=sys.stderr)
+        print(f"gpu-check: unknown argument {unknown[0]}; the options are {' and '.join(options)}", file=sys.stderr)
         return 2
-    report = check(out, os.environ.get("FLAVOUR", "auto"), os.environ.get("NVIDIA_SMI", "nvidia-smi"), install)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    install = "--no-install" not in argv and os.environ.get("NO_INSTALL", "") in ("", "0")
+    scale = float(os.environ.get("LIMIT_SCALE") or 1)
+    report = check(out, os.environ.get("FLAVOUR", "auto"), os.environ.get("NVIDIA_SMI", "nvidia-smi"), install, scale)
     from gpu_report import markdown
 
     (out / "gpu-report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "gpu-report.md").write_text(markdown(report))
     print(f"gpu-check: {report['result']}" + (f": {report['reason']}" if report.get("reason") else ""))
+    for gap in report.get("not_checked", []):
+        print(f"gpu-check: not checked: {gap['what']}: {gap['why']}")
     print(f"gpu-check: wrote {out / 'gpu-report.md'} and {out / 'gpu-report.json'}")
-    return 0 if report["result"] == "passed" else 1
+    return gpu_plan.exit_code(report["result"], "--require-all" in argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

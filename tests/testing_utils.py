@@ -6,6 +6,17 @@ from dit_ref import build_model, randomize_weights_
 from export.verify import relative_error as max_rel_error  # noqa: F401 (one definition, for the tests)
 
 
+GPU_MARKERS = ("gpu", "trt", "onnxruntime_cuda")  # tests needing a CUDA device, TensorRT, ORT's CUDA provider
+
+
+def required_markers(value: str) -> set[str]:
+    """The markers whose missing piece fails a test instead of skipping it (conftest.py): DIT_REQUIRE_GPU "1" (all),
+    "" or "0" (none), or a comma list of markers."""
+    if value in ("", "0"):
+        return set()
+    return set(GPU_MARKERS) if value == "1" else {marker.strip() for marker in value.split(",") if marker.strip()}
+
+
 @functools.cache
 def random_model(name: str, image_size: int = 256, seed: int = 0, numerics: str = "official"):
     """A DiT with every tensor randomised (seeded), in eval mode; cached for the session."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dit_ref.machine.onnxruntime_stack import NOT_INSTALLED as ONNXRUNTIME_NOT_INSTALLED
-from dit_ref.machine.tensorrt_stack import GPU_SET_UP, tensorrt_unavailable_reason
+from dit_ref.machine.tensorrt_stack import GPU_SET_UP, polygraphy_unavailable_reason, tensorrt_unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def stack_problems(flavour_name: str) -> list[str]:
         return [f"unknown CUDA flavour {flavour_name!r}; choose {' or '.join(FLAVOURS)}"]
     wrong_torch = torch_problem(flavour)
     checks = (lambda: wrong_torch or cuda_unavailable_reason(), lambda: tensorrt_packages_problem(flavour),
-              tensorrt_unavailable_reason, lambda: onnxruntime_flavour_problem(flavour),
+              tensorrt_unavailable_reason, polygraphy_unavailable_reason, lambda: onnxruntime_flavour_problem(flavour),
               onnxruntime_cuda_unavailable_reason)
     return [problem for problem in (check() for check in checks) if problem]
 
@@ -224,6 +224,7 @@ def describe() -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.version.cuda else None, "gpus": gpus(),
         "tensorrt": _tensorrt_version(), "onnxruntime": onnxruntime, "packages": packages,
         "missing": {"cuda": cuda_unavailable_reason(), "tensorrt": tensorrt_unavailable_reason(),
+                    "polygraphy": polygraphy_unavailable_reason(),
                     "onnxruntime_cuda": onnxruntime_cuda_unavailable_reason()},
         "flavours": {name: asdict(flavour) for name, flavour in FLAVOURS.items()},
     }

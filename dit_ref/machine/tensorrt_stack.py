@@ -11,6 +11,7 @@ import re
 from dit_ref.errors import DiTError
 
 MINIMUM_TENSORRT = (10, 12)
+MINIMUM_POLYGRAPHY = (0, 53, 4)  # earlier releases break on TensorRT 11 (pyproject.toml's gpu extras pin it)
 GPU_SET_UP = "bash scripts/setup-env.sh with EXTRAS=dev,gpu-cu12, or EXTRAS=dev,gpu-cu13 on driver 580+"  # README "GPU machines"
 NOT_INSTALLED = f"TensorRT is not installed: set up a GPU flavour on a machine with a CUDA GPU ({GPU_SET_UP})"
 
@@ -67,6 +68,23 @@ def engine_unavailable_reason() -> str | None:
     if not has_gpu:
         return "no CUDA GPU is visible (torch.cuda.is_available() is False); build on the GPU machine that runs the engine"
     return None
+
+
+def polygraphy_unavailable_reason() -> str | None:
+    """None when Polygraphy (which builds the engines) imports and is 0.53.4 or newer; else one line saying why."""
+    try:
+        import polygraphy
+    except ImportError:
+        return f"Polygraphy is not installed: it builds the TensorRT engines ({GPU_SET_UP})"
+    version = getattr(polygraphy, "__version__", "unknown")
+    if tensorrt_release(version) < MINIMUM_POLYGRAPHY:
+        return f"Polygraphy {version} is too old for TensorRT 11: this project needs 0.53.4 or newer ({GPU_SET_UP})"
+    return None
+
+
+def build_unavailable_reason() -> str | None:
+    """None when an engine can be built here (TensorRT, a GPU, Polygraphy); else one line saying why."""
+    return engine_unavailable_reason() or polygraphy_unavailable_reason()
 
 
 def compute_capability_text(capability: tuple[int, int]) -> str:

@@ -39,7 +39,7 @@ BACKENDS = {backend.name: backend for backend in (
             "OpenVINO on the exported graph, CPU (float32 or bfloat16 compute)"),
     Backend("torch", (), "runtime.backends.torch_backend",
             ("device", "threads", "dtype", "ckpt", "random_init", "compile", "num_classes"),
-            "PyTorch reference (dit_ref), eager or compiled"),
+            "PyTorch reference (dit_ref), eager or torch.compile'd (mode reduce-overhead: CUDA graphs)"),
 )}
 BACKEND_CHOICES = ("auto", *BACKENDS)
 

@@ -1,5 +1,6 @@
-"""The PyTorch reference denoiser: dit_ref's guided forward, the graph contract run in eager mode
-(or compiled with torch.compile)."""
+"""The PyTorch reference denoiser: dit_ref's guided forward, the graph contract run in eager mode, or
+compiled with torch.compile in one of its modes; "reduce-overhead" (and "max-autotune") replay CUDA
+graphs, one per input shape, which is what a PyTorch user gets on a GPU."""
 
 import torch
 
@@ -12,6 +13,8 @@ NEEDS_MODEL = ("the torch backend needs --model (e.g. XL/2, or fashion) and, for
                "--image-size (256 or 512)")
 TORCH_BATCH = BatchRange(1, 32, 32)  # one call's images; dit-run's default batch is the max
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture and replay CUDA graphs
 
 
 def dtype_from_name(dtype) -> torch.dtype:
@@ -23,13 +26,27 @@ def dtype_from_name(dtype) -> torch.dtype:
     raise DiTError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
+def compile_mode(compile) -> str | None:
+    """torch.compile's mode for the compile option: False or None -> None (eager), True -> "default", or a mode
+    of COMPILE_MODES; DiTError otherwise."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if isinstance(compile, str) and compile in COMPILE_MODES:
+        return compile
+    raise DiTError(f"unknown torch.compile mode {compile!r}; choose one of {', '.join(COMPILE_MODES)} (or True: "
+                   "default)")
+
+
 class TorchDenoiser(Denoiser):
     """DiT.guided_forward under inference_mode: (x, t, y, cfg_scale) -> (eps, var_values), float32 out.
 
     The model computes in `dtype` with dit_ref's float32 islands (timestep features, LayerNorm
     statistics, softmax, guidance); float16 works on CPU in torch 2.13 but is slow there.
     The model is moved to the device and dtype in place (no copy of a multi-GB model).
-    compile=True runs the same guided forward through torch.compile.
+    compile (True or a mode of COMPILE_MODES) runs the same guided forward, and the cached-steps forms,
+    through torch.compile; its CUDA-graph modes need a CUDA device.
     """
 
     backend = "torch"  # its name in runtime.backends.BACKENDS
@@ -53,9 +70,29 @@ class TorchDenoiser(Denoiser):
                                      config.num_classes, config.learn_sigma, config.decoder, cfg_channels,
                                      source, random_weights)
         self.batch_range = TORCH_BATCH
-        self.forward = torch.compile(self._guided) if compile else self._guided
-        kind = "torch.compile" if compile else f"torch-{self.device.type}"
+        self.compile_mode = compile_mode(compile)
+        if self.compile_mode in CUDA_GRAPH_MODES and self.device.type != "cuda":
+            raise DiTError(f"torch.compile mode {self.compile_mode} replays CUDA graphs and needs --device cuda; on "
+                           f"the {self.device.type} use the default mode")
+        self.forward = self._compiled(self._guided)
+        kind = {None: f"torch-{self.device.type}", "default": "torch.compile"}.get(
+            self.compile_mode, f"torch.compile {self.compile_mode}")
         self.name = f"{kind} {str(self.dtype).removeprefix('torch.')}"
+
+    def _compiled(self, function):
+        """function through torch.compile in this denoiser's mode (itself when eager). Under CUDA graphs each
+        call begins a new step and its outputs are copied out: the next replay overwrites the graph's own."""
+        if self.compile_mode is None:
+            return function
+        compiled = torch.compile(function, mode=self.compile_mode)
+        if self.compile_mode not in CUDA_GRAPH_MODES:
+            return compiled
+
+        def replay(*inputs):
+            torch.compiler.cudagraph_mark_step_begin()
+            return tuple(output.clone() for output in compiled(*inputs))
+
+        return replay
 
     def _guided(self, x, t, y, cfg_scale, guided):
         return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels, guided)
@@ -65,11 +102,12 @@ class TorchDenoiser(Denoiser):
         from dit_ref import cached
 
         outputs = ("eps", "var_values") if self.model.config.learn_sigma else ("eps",)
+        guided_refresh, guided_reuse = self._compiled(cached.guided_refresh), self._compiled(cached.guided_reuse)
 
         def refresh(inputs):
             with torch.inference_mode():
-                *results, features = cached.guided_refresh(self.model, *self._row_inputs(inputs),
-                                                           inputs["guided"].to(self.device))
+                *results, features = guided_refresh(self.model, *self._row_inputs(inputs),
+                                                    inputs["guided"].to(self.device))
             self.transformer_rows += len(features)
             rows = len(inputs["x"])
             return {**dict(zip(outputs, results)), "features": features[:rows], "null_features": features[rows:]}
@@ -77,8 +115,8 @@ class TorchDenoiser(Denoiser):
         def reuse(inputs):
             features = torch.cat([inputs["features"], inputs["null_features"]])
             with torch.inference_mode():
-                results = cached.guided_reuse(self.model, *self._row_inputs(inputs), inputs["guided"].to(self.device),
-                                              features)
+                results = guided_reuse(self.model, *self._row_inputs(inputs), inputs["guided"].to(self.device),
+                                       features)
             return dict(zip(outputs, results))
 
         return refresh, reuse

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,38 @@ def test_report_prints_the_cpu_columns_and_the_peaks(capsys):
     assert "242.2" in out and "56.3" in out and "28.2" in out
     throughput.print_report([record], {"skipped": "OpenVINO is not installed"})
     assert "GEMM peaks: not measured (OpenVINO is not installed)" in capsys.readouterr().out
+
+
+def test_torch_gpu_settings_say_why_they_cannot_run(monkeypatch):
+    for name in ("torch-cudagraphs-fp16", "torch-cudagraphs-bf16", "torch-cudagraphs-fp16-fora3"):
+        assert backends.skip_reason(name) == "CUDA graphs (torch.compile mode reduce-overhead) need a CUDA GPU"
+    assert backends.SETTINGS["torch-cudagraphs-fp16-fora3"].cache == "fora:3"
+    monkeypatch.setattr(backends, "device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert backends.skip_reason("torch-cudagraphs-bf16") == "this GPU does not support bfloat16 (needs Ampere or newer)"
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    for name in ("torch-compile", "torch-compile-fp16", "torch-cudagraphs-fp16"):
+        assert backends.skip_reason(name) == "torch.compile needs triton on a GPU"
+    assert backends.skip_reason("torch-fp16") is None  # eager float16 on a GPU
+
+
+def test_a_measurement_past_its_time_is_recorded_and_the_others_go_on():
+    record = throughput.run_worker({"backend": "torch", "model": "S/8", "image_size": 256, "batch": 1, "steps": 2,
+                                    "repeats": 1, "warmup": 0, "artifact": None, "worker_seconds": 1.0})
+    assert record == {"skipped": "stopped after 1 s (its time limit), compilation included"}
+    assert throughput.worker_seconds({"worker_seconds": 90.0, "deadline": None}) == 90.0
+    assert 29 < throughput.worker_seconds({"worker_seconds": 90.0, "deadline": time.monotonic() + 30}) <= 30
+    assert throughput.worker_seconds({"worker_seconds": None, "deadline": None}) is None
+    settings = {"model": "S/8", "image_size": 256, "worker_seconds": None, "deadline": time.monotonic() + 1}
+    records = throughput.run_model(settings, ["torch", "tensorflow"], [1, 2], Path("/nonexistent"))
+    assert [r["skipped"][:12] for r in records] == ["not measured"] * 2 + ["unknown back"] * 2
+
+
+def test_a_full_run_with_cached_steps_times_the_run_not_the_denoiser(tiny_model):
+    from runtime.backends.torch_backend import TorchDenoiser
+
+    denoiser = TorchDenoiser(tiny_model("S/8", 256), "cpu")
+    total, inside = measure.time_full_run(denoiser, 1, 6, "fora:2")
+    plain_total, plain_inside = measure.time_full_run(denoiser, 1, 6)
+    print(f"S/8, 6 DDPM steps: fora:2 {total:.3f} s, uncached {plain_total:.3f} s (denoiser {plain_inside:.3f} s)")
+    assert total > 0 and inside is None and 0 < plain_inside <= plain_total

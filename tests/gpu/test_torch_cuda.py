@@ -1,5 +1,6 @@
 """The torch CUDA paths, which need no TensorRT: float16/bfloat16 against float32, torch.compile against eager,
-seeded noise on CUDA, and a sampling run on CUDA batched as on its own (what gpu-check --no-install runs).
+CUDA graphs (torch.compile's reduce-overhead mode) with guided rows and cached steps, seeded noise on CUDA, and a
+sampling run on CUDA batched as on its own (what gpu-check --no-install runs).
 
 Marked gpu: they skip (with the reason) without a CUDA device and fail with it under DIT_REQUIRE_GPU=1.
 Not run where this was written (no GPU there). Each measured error is printed and recorded as a test
@@ -64,6 +65,42 @@ def test_torch_compile_matches_eager(cuda_reference, record_property):
     print(f"torch.compile vs eager on CUDA, float32: {error:.2e}")
     record_property("compile_vs_eager", error)
     assert error < 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_graphs_with_guided_rows_against_float32(cuda_reference, dtype, record_property):
+    """reduce-overhead replays one CUDA graph per input shape: every row guided, then rows 0 and 2 of 4; each
+    call's outputs are its own (copied out of the graph before the next replay overwrites it)."""
+    expected, graphs = cuda_reference(), cuda_reference(dtype, compile="reduce-overhead")
+    assert graphs.name == f"torch.compile reduce-overhead {dtype}"
+    x, t, y, cfg_scale = _inputs()
+    some = cfg_scale.clone()
+    some[[1, 3]] = 1.0  # U = 2: a second shape, a second graph
+    errors = []
+    for scales in (cfg_scale, some, cfg_scale, some):  # the second round replays the recorded graphs
+        got = graphs(x, t, y, scales)
+        kept = [output.clone() for output in got]
+        graphs(x + 1, t, y, scales)  # the next replay must leave `got` alone
+        errors += [max_rel_error(a.cpu(), b.cpu()) for a, b in zip(got, expected(x, t, y, scales))]
+        assert all(torch.equal(a, b) for a, b in zip(got, kept))
+    print(f"CUDA graphs (reduce-overhead) {dtype} vs eager float32, guided rows, {MODEL}: {max(errors):.2e}")
+    record_property(f"cuda_graphs_{dtype}_vs_float32", max(errors))
+    assert max(errors) < TOLERANCE[dtype]
+
+
+def test_cached_steps_under_cuda_graphs_against_eager(cuda_reference, record_property):
+    eager, graphs = cuda_reference(), cuda_reference("float16", compile="reduce-overhead")
+    x, t, y, cfg_scale = _inputs()
+    inputs = {"x": x, "t": t, "y": y, "cfg_scale": cfg_scale, "guided": torch.tensor([0, 2], device="cuda")}
+    (refresh, reuse), (eager_refresh, eager_reuse) = graphs.cached_forms(), eager.cached_forms()
+    expected = eager_refresh(inputs)
+    errors = [max_rel_error(value.cpu(), expected[name].cpu()) for name, value in refresh(inputs).items()]
+    features = {name: expected[name] for name in ("features", "null_features")}
+    errors += [max_rel_error(a.cpu(), b.cpu()) for a, b in zip(reuse({**inputs, **features}).values(),
+                                                               eager_reuse({**inputs, **features}).values())]
+    print(f"cached steps under CUDA graphs, float16 vs eager float32, {MODEL}: {max(errors):.2e}")
+    record_property("cached_steps_cuda_graphs_vs_float32", max(errors))
+    assert max(errors) < TOLERANCE["float16"]
 
 
 def test_noise_on_cuda_is_seeded_and_per_sample_noise_ignores_the_batch():

@@ -37,3 +37,21 @@ def test_without_a_gpu_the_required_run_fails_naming_what_is_missing():
 def test_without_the_variable_they_skip_with_the_reason():
     done = run_gpu_tests(require=False)
     assert done.returncode == 0 and " skipped" in done.stdout and "error" not in done.stdout.lower()
+
+
+def test_the_variable_names_the_markers_it_requires():
+    from testing_utils import required_markers
+
+    assert required_markers("1") == {"gpu", "trt", "onnxruntime_cuda"}
+    assert required_markers("") == required_markers("0") == set()
+    assert required_markers("gpu, onnxruntime_cuda") == {"gpu", "onnxruntime_cuda"}
+
+
+@pytest.mark.skipif(cuda_unavailable_reason() is None, reason="this machine has a CUDA device")
+def test_requiring_some_markers_fails_those_and_skips_the_rest():
+    env = {**os.environ, "DIT_REQUIRE_GPU": "trt"}
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu or trt", "tests/gpu"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    print(done.stdout[-3000:])
+    assert done.returncode == 1 and "DIT_REQUIRE_GPU=trt but TensorRT" in done.stdout  # TensorRT's tests fail
+    assert "SKIPPED" in done.stdout and "test_torch_cuda.py" in done.stdout  # the torch CUDA tests skip (no GPU)

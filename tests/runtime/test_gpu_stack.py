@@ -77,5 +77,5 @@ def test_describe_writes_the_versions_and_what_is_missing(tmp_path):
     assert gpu_stack.main(["describe", str(tmp_path / "stack.json")]) == 0
     stack = json.loads((tmp_path / "stack.json").read_text())
     assert stack["torch"] == torch.__version__ and stack["python"] == sys.version.split()[0]
-    assert set(stack["missing"]) == {"cuda", "tensorrt", "onnxruntime_cuda"}
+    assert set(stack["missing"]) == {"cuda", "tensorrt", "polygraphy", "onnxruntime_cuda"}
     assert stack["packages"]["torch"] == torch.__version__

@@ -5,7 +5,7 @@
 
 Each export runs as `python -m export.cli ... --engine skip` in its own process; the peak resident
 memory is that child's ru_maxrss (os.wait4), so runs do not mask each other. Random weights cost
-the same to export as real ones and need no download. Goal (issue 3): under 3 minutes and 8 GB.
+the same to export as real ones and need no download. The budget: under 3 minutes and 8 GB.
 """
 
 import datetime

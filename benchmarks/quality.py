@@ -56,7 +56,7 @@ class Setting:
 # [-gi<LO>-<HI>][-<cache policy>]. OpenVINO computes in float32 unless a setting says bf16compute.
 BF16_COMPUTE = {"dtype": "bfloat16"}  # OpenVINO's own bfloat16 compute (its default on a CPU with bf16 units)
 PAPER_INTERVAL = "82:468"  # Kynkaenniemi et al. 2024's EDM2 interval sigma (0.28, 2.9] on DiT's schedule
-RECOMMENDED_INTERVAL = "0:600"  # the project's, chosen on the frontier of 2026-12-02 (docs/sampling.md)
+RECOMMENDED_INTERVAL = "0:600"  # the best interval of the shipped model's frontier (docs/sampling.md)
 
 
 def row(name, backend, precision, sampler, steps, cfg=4.0, load=None, **options) -> Setting:

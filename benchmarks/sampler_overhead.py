@@ -1,4 +1,4 @@
-"""The sampler's own cost per step beside the denoiser's (issue 5's budget: under 5% of a step).
+"""The sampler's own cost per step beside the denoiser's (the budget: under 5% of a step).
 
     python benchmarks/sampler_overhead.py [--model S/2] [--batch 1,8] [--steps 10] [--backends torch,onnxruntime]
 

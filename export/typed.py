@@ -1,22 +1,12 @@
 """The FP16 and BF16 graphs: exported from a float16 (bfloat16) copy of the DiT, whose float32 islands
 survive export.
 
-TensorRT 11 builds the types written in the graph, so --fp16 must write a typed graph. Two routes
-were measured (2026-11-23, CPU, ONNX Runtime 1.32, random-weight DiT-S/2 at 256 px, error =
-max|graph - PyTorch float32| / max|PyTorch float32| on eps, var_values, batch 1 and 8):
-
-- float16 module (this file): eps 5.8e-4 / 2.4e-3, var_values 4.9e-4 / 5.9e-4; 22.5 s export.
-- ModelOpt 0.47 AutoCast (convert_to_mixed_precision, keep_io_types) on the FP32 graph: with its
-  default random calibration inputs eps 2.2e-2 / 2.0e-2, var_values 3.1e-2 / 1.6e-2 (fails the
-  1e-2 limit: it casts the timestep product t * freqs and sin/cos to float16, because random
-  inputs never show t near 999); with calibration data holding t up to 999, eps 7.5e-4 / 1.9e-3,
-  var_values 5.3e-4 / 6.4e-4, but 17 s FP32 export + 28 s AutoCast.
-
-The float16 module is kept: same accuracy without calibration data, faster, no extra dependency
-(nvidia-modelopt[onnx] pulls onnxruntime-gpu and cupy and pins an older onnx), and the islands are
-defined once, in dit_ref.model, where the PyTorch FP16 reference uses the same ones. The BF16 graph
-is the same route with bfloat16 (TensorRT's strongly typed build on Ampere and newer, and CPUs with
-bfloat16 units through OpenVINO; ONNX Runtime has no bfloat16 kernels for MatMul, Conv or Gemm on CPU).
+TensorRT 11 builds the types written in the graph, so --fp16 must write a typed graph. A float16 module
+keeps dit_ref.model's float32 islands through export without calibration data, which NVIDIA ModelOpt's
+AutoCast on the FP32 graph needs to be as accurate (it puts the timestep arithmetic in float16 unless shown t
+near 999) and takes twice as long (docs/export.md, the FP16 graph, gives the measurement). The BF16 graph is
+the same route with bfloat16 (TensorRT's strongly typed build on Ampere and newer, and CPUs with bfloat16
+units through OpenVINO; ONNX Runtime has no bfloat16 kernels for MatMul, Conv or Gemm on CPU).
 """
 
 import torch

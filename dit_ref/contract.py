@@ -35,7 +35,7 @@ from dit_ref.files import write_text_atomic
 INPUT_NAMES = ("x", "t", "y", "cfg_scale")  # one row per image (the batch B)
 GUIDED = "guided"  # (U,) the indices of the rows to guide
 OUTPUT_NAMES = ("eps", "var_values")  # var_values only for learned-sigma models
-# Cached steps (dit_ref.cached): a "refresh" graph also gives, and a "reuse" graph takes, every block's branch
+# Cached steps (dit_ref.block_features): a "refresh" graph also gives, and a "reuse" graph takes, every block's branch
 # outputs: features (B, depth, 2, T, D) of the conditional rows, null_features (U, depth, 2, T, D) of the guided
 # rows' null-class pass. The "guided" graph is the plain one.
 FEATURES = ("features", "null_features")

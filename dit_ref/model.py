@@ -157,7 +157,7 @@ class DiTBlock(nn.Module):
 
     def forward_branches(self, x, c):
         """The block and its two branch outputs: (x (N, T, D) float32, attention (N, T, D), MLP (N, T, D)), the
-        branches before their gates (what a cached step reuses, dit_ref.cached)."""
+        branches before their gates (what a cached step reuses, dit_ref.block_features)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.adaLN_modulation(c).chunk(6, dim=1)  # each (N, D)
         )

@@ -182,7 +182,7 @@ def build_failure(graph_name: str, error: BaseException) -> str:
             "GPU memory: lower --batch MAX or free the GPU")
 
 
-def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
+def _build_engine_bytes(trt, graph_path: Path, shapes, optimization_level: int, cache_data: bytes):
     """Parse the graph, check the profile against it and build it on Polygraphy's loaders: (serialized plan,
     serialized timing cache)."""
     import torch
@@ -198,10 +198,10 @@ def _build_plan(trt, graph_path: Path, shapes, optimization_level: int, cache_da
     try:
         config = CreateConfig(**arguments)(*network[:2])
         use_timing_cache(config, cache_data)
-        plan = EngineBytesFromNetwork(network, config=config)()
+        engine_bytes = EngineBytesFromNetwork(network, config=config)()
     except (PolygraphyException, RuntimeError, TypeError) as error:  # pybind's std::runtime_error, bad arguments
         raise DiTError(build_failure(graph_path.name, error)) from None
-    return plan, config.get_timing_cache().serialize()
+    return engine_bytes, config.get_timing_cache().serialize()
 
 
 def build_engines(graph_path: Path, batch: BatchRange | None, optimization_level: int = 3,
@@ -209,10 +209,10 @@ def build_engines(graph_path: Path, batch: BatchRange | None, optimization_level
     """The graph's engine, then those of its cached-steps refresh and reuse graphs when its manifest names
     them (one engine per graph variant)."""
     graph_path = Path(graph_path)
-    plans = [build_engine(graph_path, batch, optimization_level, timing_cache)]
+    engines = [build_engine(graph_path, batch, optimization_level, timing_cache)]
     manifest = read_any_manifest(graph_path)  # a decoder's has no cached-steps pair
     pair = {} if isinstance(manifest, DecoderManifest) else manifest.cached_steps or {}
-    return plans + [build_engine(graph_path.parent / pair[role], batch, optimization_level, timing_cache)
+    return engines + [build_engine(graph_path.parent / pair[role], batch, optimization_level, timing_cache)
                     for role in ("refresh", "reuse") if role in pair]
 
 
@@ -242,13 +242,13 @@ def build_engine(graph_path: Path, batch: BatchRange | None, optimization_level:
              trt.__version__, graph_path.name, batch.min, batch.max, gpu_name)
     start = time.perf_counter()
     shapes = input_profile(manifest, batch)
-    plan, cache = _build_plan(trt, graph_path, shapes, optimization_level, cache_data)
+    engine_bytes, cache = _build_engine_bytes(trt, graph_path, shapes, optimization_level, cache_data)
     seconds = round(time.perf_counter() - start, 1)
-    plan_path = graph_path.with_suffix(".plan")
-    write_bytes_atomic(plan_path, plan)
+    engine_path = graph_path.with_suffix(".plan")
+    write_bytes_atomic(engine_path, engine_bytes)
     write_bytes_atomic(cache_path, cache)
-    engine = EngineRecord(file=plan_path.name, tensorrt=trt.__version__, gpu=gpu_name, compute_capability=capability,
+    engine = EngineRecord(file=engine_path.name, tensorrt=trt.__version__, gpu=gpu_name, compute_capability=capability,
                           build_seconds=seconds, optimization_level=optimization_level)
     write_manifest(graph_path, manifest.replace(batch=batch, engine=engine))  # the batch range is the engine's now
-    log.info("wrote %s in %.1f s (timing cache %s)", plan_path, seconds, cache_path.name)
-    return plan_path
+    log.info("wrote %s in %.1f s (timing cache %s)", engine_path, seconds, cache_path.name)
+    return engine_path

@@ -23,7 +23,7 @@ class RefreshDiT(GuidedDiT):
     """The guided forward that also gives every block's branch outputs: (..., features (B, ...), null_features (U, ...))."""
 
     def forward(self, x, t, y, cfg_scale, guided):
-        *outputs, features = cached.guided_refresh(self.model, x, t, y, cfg_scale, self.cfg_channels, guided)
+        *outputs, features = block_features.guided_refresh(self.model, x, t, y, cfg_scale, self.cfg_channels, guided)
         return (*outputs, features[:x.shape[0]], features[x.shape[0]:])  # conditional rows, null-class rows
 
 
@@ -31,7 +31,7 @@ class ReuseDiT(GuidedDiT):
     """The guided forward taking every block's branch outputs (features (B, ...), null_features (U, ...))."""
 
     def forward(self, x, t, y, cfg_scale, guided, features, null_features):
-        return cached.guided_reuse(self.model, x, t, y, cfg_scale, self.cfg_channels, guided,
+        return block_features.guided_reuse(self.model, x, t, y, cfg_scale, self.cfg_channels, guided,
                                    torch.cat([features, null_features], dim=0))
 
 

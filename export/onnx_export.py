@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dit_ref import DiT, cached
+from dit_ref import DiT, block_features
 from dit_ref import contract
 from dit_ref.contract import DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest
 from dit_ref.errors import DiTError
@@ -74,7 +74,7 @@ def trace_graph(model: DiT, precision: str, cfg_channels: int = 3, opset: int = 
     inputs = (*example_inputs(model, TRACE_BATCH), torch.tensor(TRACE_GUIDED))
     dynamic = {name: {0: batch} for name in INPUT_NAMES} | {contract.GUIDED: {0: guided}}
     if role == "reuse":
-        shape = cached.feature_shape(model)
+        shape = block_features.feature_shape(model)
         inputs += (torch.randn(TRACE_BATCH, *shape), torch.randn(len(TRACE_GUIDED), *shape))
         dynamic |= {"features": {0: batch}, "null_features": {0: guided}}
     with quiet_exporter(), torch.no_grad():
@@ -213,7 +213,7 @@ def graph_manifest(model: DiT, precision: str, cfg_channels: int, batch: BatchRa
         numerics=model.numerics, batch=batch, opset=opset,
         checkpoint=checkpoint or Checkpoint("in-memory model (source not recorded)", None, None),
         versions=package_versions(), created=contract.now_iso(), guided_rows=True, role=role,
-        feature_shape=None if role == "guided" else cached.feature_shape(model),
+        feature_shape=None if role == "guided" else block_features.feature_shape(model),
     )
 
 

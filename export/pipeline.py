@@ -118,9 +118,9 @@ def engine_stage(graph: Path, batch: BatchRange, opt_level: int, timing_cache, s
     from export.engine import build_engines
 
     with stage("engine", f"TensorRT, batch {batch}, level {opt_level}") as result:
-        plans = build_engines(graph, batch, opt_level, timing_cache)
-        result["done"] = ", ".join(map(str, plans))
-    return plans[0]
+        engines = build_engines(graph, batch, opt_level, timing_cache)
+        result["done"] = ", ".join(map(str, engines))
+    return engines[0]
 
 
 def cached_steps_stages(dit, graph: Path, precision: str, cfg_channels: int, batch: BatchRange, checkpoint,
@@ -156,7 +156,7 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     the samples by more than exclusion_limit stay float). cfg_channels None: the model's default (3
     for the paper's 4-channel latents, else all channels). engine: auto | required | skip.
     num_classes: the class count of a checkpoint that does not carry it (a bare state dict; train.py's
-    carry theirs). cached_steps: also the refresh and reuse graphs of cached steps (dit_ref.cached).
+    carry theirs). cached_steps: also the refresh and reuse graphs of cached steps (dit_ref.block_features).
     """
     from export.onnx_export import check_out_dir, export_onnx
 
@@ -179,8 +179,8 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     del dit  # the graph file holds the weights now (onnxscript 0.7.2 may keep them until exit)
     gc.collect()
     errors = check_stage(graph, reference, precision, stage) if check else None
-    plan = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
-    return ExportResult(graph, read_manifest(graph), plan, reason, errors)
+    engine_path = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
+    return ExportResult(graph, read_manifest(graph), engine_path, reason, errors)
 
 
 def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: BatchRange, checkpoint,

@@ -221,5 +221,5 @@ def export_decoder(vae: str, image_size: int = 256, *, precision: str = "fp16", 
         with stage("check", f"{runner} on the graph vs diffusers, limit {TOLERANCE[precision]:g}") as result:
             errors = {DECODER_OUTPUT: check_decoder_graph(graph, reference, precision)}
             result["done"] = f"images max rel err {errors[DECODER_OUTPUT]:.2e}"
-    plan = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
-    return ExportResult(graph, contract.read_decoder_manifest(graph), plan, reason, errors)
+    engine_path = None if reason else engine_stage(graph, batch, opt_level, timing_cache, stage)
+    return ExportResult(graph, contract.read_decoder_manifest(graph), engine_path, reason, errors)

@@ -11,7 +11,7 @@ The first and last EDGE_CALLS calls of a trajectory always refresh (the coarse s
 first, the details last), and so does a call whose guided rows differ from the cached ones (a
 guidance interval's edge). fora:1 refreshes every call: the plain guided forward. The policy is
 pure (refreshes(k, total)); CachingDenoiser keeps each trajectory's features in its cache_state, so a
-sample's cache travels with it in any batch (dit_ref.cached is what a refresh and a reuse compute). A
+sample's cache travels with it in any batch (dit_ref.block_features is what a refresh and a reuse compute). A
 forecast's divided differences are brought up to date once per refresh (Newton), so a reuse costs one
 multiply-add of the features per order, not the whole table again.
 """

@@ -28,9 +28,9 @@ from dit_ref.runners.tensorrt_binding import (
 log = logging.getLogger(__name__)
 
 
-def graph_name(manifest, plan_path: Path) -> str:
-    """The graph an engine is built from: the manifest's record, else the .onnx beside the plan."""
-    return manifest.graph.file if manifest.graph else Path(plan_path).with_suffix(".onnx").name
+def graph_name(manifest, engine_path: Path) -> str:
+    """The graph an engine is built from: the manifest's record, else the .onnx beside the engine."""
+    return manifest.graph.file if manifest.graph else Path(engine_path).with_suffix(".onnx").name
 
 
 def same_gpu_model(built: str, running: str) -> bool:
@@ -38,31 +38,31 @@ def same_gpu_model(built: str, running: str) -> bool:
     return " ".join(built.split()).casefold() == " ".join(running.split()).casefold()
 
 
-def check_engine_fits(manifest, plan_path: Path, tensorrt_version: str, capability: tuple[int, int],
+def check_engine_fits(manifest, engine_path: Path, tensorrt_version: str, capability: tuple[int, int],
                       gpu_name: str | None = None):
     """DiTError unless the manifest's engine was built by this TensorRT release for this GPU.
 
     The GPU must be the same model (gpu_name, when given), not only the same compute capability:
     TensorRT promises nothing for another model of one architecture (A100 and A30, L4 and L40S).
     """
-    plan, graph = Path(plan_path).name, graph_name(manifest, plan_path)
+    engine_name, graph = Path(engine_path).name, graph_name(manifest, engine_path)
     rebuild = f"rebuild it on this machine with: dit-export build {graph}"
     engine = manifest.engine
     if not engine:
-        raise DiTError(f"the manifest of {plan} has no engine; build one with dit-export build {graph}")
+        raise DiTError(f"the manifest of {engine_name} has no engine; build one with dit-export build {graph}")
     built, running = str(engine.tensorrt), str(tensorrt_version)
     if tensorrt_release(built) != tensorrt_release(running):
-        raise DiTError(f"{plan} was built with TensorRT {built} but this machine has TensorRT {running} "
+        raise DiTError(f"{engine_name} was built with TensorRT {built} but this machine has TensorRT {running} "
                        f"(an engine loads only in the release that built it); {rebuild}")
     here = compute_capability_text(capability)
     if str(engine.compute_capability) != here:
-        raise DiTError(f"{plan} was built for GPU compute capability {engine.compute_capability} "
+        raise DiTError(f"{engine_name} was built for GPU compute capability {engine.compute_capability} "
                        f"({engine.gpu}) but this GPU has {here}; {rebuild}")
     reason = precision_unsupported_reason(manifest.precision, capability, gpu_name or "this GPU")
     if reason:
-        raise DiTError(f"cannot run {plan}: {reason}")
+        raise DiTError(f"cannot run {engine_name}: {reason}")
     if gpu_name is not None and engine.gpu and not same_gpu_model(str(engine.gpu), gpu_name):
-        raise DiTError(f"{plan} was built on the GPU model {engine.gpu} but this GPU is {gpu_name} (compute "
+        raise DiTError(f"{engine_name} was built on the GPU model {engine.gpu} but this GPU is {gpu_name} (compute "
                        f"capability {here} both, but TensorRT promises an engine only on the model that built it); "
                        f"{rebuild}")
 
@@ -108,11 +108,11 @@ class TensorRTRunner(Runner):
     def _load(self, trt) -> None:
         """Deserialize the plan; read its I/O; allocate the contexts' shared device memory."""
         try:
-            plan = self.path.read_bytes()
+            engine_bytes = self.path.read_bytes()
         except OSError as error:
             raise DiTError(f"cannot read engine {self.path}: {error.strerror}") from None
         self._runtime = start_tensorrt(trt.Runtime)
-        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        self.engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
             raise DiTError(f"TensorRT could not load {self.path.name} (its log above says why); rebuild it "
                            f"on this machine with: dit-export build {graph_name(self.manifest, self.path)}")

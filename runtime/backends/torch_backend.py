@@ -98,11 +98,12 @@ class TorchDenoiser(Denoiser):
         return self.model.guided_forward(x, t, y, cfg_scale, self.cfg_channels, guided)
 
     def cached_forms(self):
-        """(refresh, reuse) of cached steps on this model (dit_ref.cached): named tensors in and out."""
-        from dit_ref import cached
+        """(refresh, reuse) of cached steps on this model (dit_ref.block_features): named tensors in and out."""
+        from dit_ref import block_features
 
         outputs = ("eps", "var_values") if self.model.config.learn_sigma else ("eps",)
-        guided_refresh, guided_reuse = self._compiled(cached.guided_refresh), self._compiled(cached.guided_reuse)
+        guided_refresh = self._compiled(block_features.guided_refresh)
+        guided_reuse = self._compiled(block_features.guided_reuse)
 
         def refresh(inputs):
             with torch.inference_mode():

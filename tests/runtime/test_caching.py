@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dit_ref import cached
+from dit_ref import block_features
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from export import export
@@ -129,7 +129,7 @@ def test_the_cache_holds_what_its_accounting_says(reference):
     while not trajectory.done:
         step(denoiser, [trajectory])
     held = sum(part.numel() * part.element_size() for newton in trajectory.cache_state.newton for part in newton.diagonal)
-    expected = cache_bytes_per_image(cached.feature_shape(model), policy) * 2  # two images
+    expected = cache_bytes_per_image(block_features.feature_shape(model), policy) * 2  # two images
     print(f"forecast:3:2 on S/8: {held / 2 / 1e6:.2f} MB per image held, {expected / 2 / 1e6:.2f} MB accounted")
     assert held == expected
 

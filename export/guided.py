@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dit_ref import DiT, cached, configs
+from dit_ref import DiT, block_features, configs
 
 
 class GuidedDiT(nn.Module):

@@ -94,14 +94,6 @@ class Denoiser:
         """The graph on named inputs (the manifest's input_names) -> its named outputs; graph backends."""
         raise NotImplementedError
 
-    def output_shapes(self, inputs: dict) -> dict:
-        """The shapes of the graph's outputs for these inputs: eps and var_values (B, C, L, L), the features of a
-        refresh graph (B, ...) and (U, ...)."""
-        batch, guided = len(inputs["x"]), len(inputs.get(GUIDED, ()))
-        rows = {"features": batch, "null_features": guided}
-        return {name: (rows[name], *self.manifest.feature_shape) if name in rows else (batch, *self.latent_shape)
-                for name in self.manifest.output_names}
-
     def guided_rows(self, cfg_scale: torch.Tensor) -> torch.Tensor:
         """(U,) int64 indices of the rows to guide: those whose cfg scale is not 1; counts B + U rows."""
         guided = guided_rows(cfg_scale)  # (U,) on cfg_scale's device

@@ -54,7 +54,8 @@ def test_latents_with_known_noise_have_the_psnr_of_their_range_over_sigma():
     measured = latent_pairs(candidate, reference)["psnr"]  # (64,)
     expected = 20 * np.log10(latent_range(reference) / sigma)  # per pair: its own reference's range
     error = np.abs(measured - expected).max()
-    print(f"sigma {sigma}: PSNR mean {measured.mean():.3f} dB against {expected.mean():.3f}; max |error| {error:.3f} dB")
+    print(f"sigma {sigma}: PSNR mean {measured.mean():.3f} dB against {expected.mean():.3f}; "
+          f"max |error| {error:.3f} dB")
     assert error < 0.4  # 4,096 elements: the MSE's relative spread is 2.2%, 0.1 dB; 4 sd
     assert abs(measured.mean() - expected.mean()) < 0.05  # and the mean's over 64 pairs is 0.012 dB
 

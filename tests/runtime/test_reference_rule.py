@@ -3,7 +3,7 @@
 import pytest
 
 from runtime.sampling import sampler_from_name
-from runtime.tuning.reference import CONVERGED, Reference, reference_for
+from runtime.tuning.reference import CONVERGED, CONVERGED_CHEAPER, Reference, reference_for
 
 
 @pytest.mark.parametrize("sampler, steps", [("ddim", 50), ("ddpm", 250), ("dpm++", 20), ("euler-ancestral", 20)])
@@ -28,3 +28,10 @@ def test_the_converged_solution_is_its_own_reference_and_deterministic():
     assert not converged.stochastic
     assert reference_for(converged, plain=True) is None
     assert reference_for(converged, plain=False) == Reference("trajectory", *CONVERGED)
+
+
+def test_a_cheaper_converged_solution_can_be_asked_for():
+    ddim = sampler_from_name("ddim", 50)
+    assert reference_for(ddim, plain=True, converged=CONVERGED_CHEAPER) == Reference("converged", *CONVERGED_CHEAPER)
+    assert reference_for(sampler_from_name(*CONVERGED_CHEAPER), plain=True, converged=CONVERGED_CHEAPER) is None
+    assert not sampler_from_name(*CONVERGED_CHEAPER).stochastic

@@ -23,8 +23,9 @@ from dit_ref import fashion_mnist  # noqa: E402
 from dit_ref.errors import DiTError  # noqa: E402
 from dit_ref.files import atomic_path, sha256_of_files, write_text_atomic  # noqa: E402
 from runtime.tuning.frechet import frechet_distance, statistics  # noqa: E402
-from runtime.tuning.judge import (CARD_PATH, FEATURE_DIM, STATISTICS_PATH, WEIGHTS_PATH, FashionClassifier,  # noqa: E402
-                                  as_model_input, features, load_classifier, load_test_statistics, predict)
+from runtime.tuning.judge import (CARD_PATH, FEATURE_DIM, STATISTICS_PATH, WEIGHTS_PATH,  # noqa: E402
+                                  FashionClassifier, as_model_input, features, load_classifier, load_test_statistics,
+                                  predict)
 
 FLOOR_SAMPLE = 10_000  # training images compared with the test set for the card's reference FD
 

@@ -6,7 +6,16 @@ from runtime.tuning.search import pareto_front  # noqa: F401 (the one definition
 
 # (row key, axis label, higher is better, scale for the axis)
 METRICS = (("class_accuracy", "class accuracy (%)", True, 100.0),
-           ("frechet_distance", "Fréchet distance to the test set (lower is better)", False, 1.0))
+           ("frechet_distance", "Fréchet distance to the test set (lower is better)", False, 1.0),
+           ("paired_psnr", "paired PSNR (dB) against the row's reference", True, 1.0))
+
+
+def estimate(row: dict, key: str) -> tuple[float, tuple[float, float]] | None:
+    """(estimate, 95% interval) of a row's metric; None where it has none (a paired one without a reference)."""
+    if key == "paired_psnr":
+        paired = row.get("paired")
+        return (paired["psnr"]["mean"], tuple(paired["psnr"]["interval"])) if paired else None
+    return row[key], tuple(row[f"{key}_interval"])
 
 
 def plain_tick(value: float, _position=None) -> str:
@@ -19,19 +28,20 @@ MARKERS = {"ddpm": "s", "ddim": "o", "dpm++": "^"}  # by sampler; another sample
 
 
 def draw_panel(axes, rows: list[dict], key: str, label: str, higher_is_better: bool, scale: float) -> None:
-    """One metric against seconds per image: every setting with its interval, numbered as in the key, and the front
-    as a staircase."""
-    x = [row["seconds_per_image"] for row in rows]
-    y = [scale * row[key] for row in rows]
-    low = [max(value - scale * row[f"{key}_interval"][0], 0.0) for value, row in zip(y, rows)]
-    high = [max(scale * row[f"{key}_interval"][1] - value, 0.0) for value, row in zip(y, rows)]
+    """One metric against seconds per image: every setting that has it with its interval, numbered as in the key,
+    and the front as a staircase."""
+    numbered = [(k, row, found) for k, row in enumerate(rows) if (found := estimate(row, key)) is not None]
+    x = [row["seconds_per_image"] for _, row, _ in numbered]
+    y = [scale * value for _, _, (value, _) in numbered]
+    low = [max(value - scale * bounds[0], 0.0) for value, (_, _, (_, bounds)) in zip(y, numbered)]
+    high = [max(scale * bounds[1] - value, 0.0) for value, (_, _, (_, bounds)) in zip(y, numbered)]
     front = pareto_front(x, y, higher_is_better)
-    for k, row in enumerate(rows):
-        color = "tab:blue" if front[k] else "tab:gray"
-        axes.errorbar(x[k], y[k], yerr=[[low[k]], [high[k]]], fmt=MARKERS.get(row["sampler"], "D"), color=color,
+    for i, (k, row, _) in enumerate(numbered):
+        color = "tab:blue" if front[i] else "tab:gray"
+        axes.errorbar(x[i], y[i], yerr=[[low[i]], [high[i]]], fmt=MARKERS.get(row["sampler"], "D"), color=color,
                       capsize=3, markersize=5)
-        axes.annotate(str(k + 1), (x[k], y[k]), xytext=(4, 2), textcoords="offset points", fontsize=7, color=color)
-    on_front = sorted((x[k], y[k]) for k in range(len(rows)) if front[k])
+        axes.annotate(str(k + 1), (x[i], y[i]), xytext=(4, 2), textcoords="offset points", fontsize=7, color=color)
+    on_front = sorted((x[i], y[i]) for i in range(len(numbered)) if front[i])
     axes.plot(*zip(*on_front), drawstyle="steps-post", color="tab:blue", linewidth=1, alpha=0.6, label="Pareto front")
     for sampler, marker in MARKERS.items():
         axes.plot([], [], marker, color="black", label=sampler)
@@ -50,7 +60,8 @@ def key_text(rows: list[dict]) -> str:
 
 
 def plot_frontier(report: dict, path: Path) -> None:
-    """Two panels, s/image against class accuracy and against the Fréchet distance, written atomically (PNG)."""
+    """s/image against class accuracy, the Fréchet distance and (where rows have one) the paired PSNR, one panel
+    each, written atomically (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,9 +70,10 @@ def plot_frontier(report: dict, path: Path) -> None:
     from dit_ref.files import atomic_path
 
     rows = report["rows"]
-    figure, panels = pyplot.subplots(1, 2, figsize=(15, 6.5))
+    metrics = [metric for metric in METRICS if any(estimate(row, metric[0]) is not None for row in rows)]
+    figure, panels = pyplot.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 6.5), squeeze=False)
     figure.subplots_adjust(right=0.8)
-    for axes, metric in zip(panels, METRICS):
+    for axes, metric in zip(panels[0], metrics):
         draw_panel(axes, rows, *metric)
     n = rows[0]["n"] if rows else 0
     figure.suptitle(f"{report['model']} DiT: quality against speed, {n} samples per setting, 95% bootstrap intervals"

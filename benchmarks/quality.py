@@ -9,8 +9,11 @@ in every setting, whatever the batch. The samples are scored with the fashion mo
 shipped classifier (runtime.tuning.judge): class accuracy (the share assigned to the requested class) and
 the Fréchet distance of its 128-d features against the test set's (lower is better; it grows as the
 sample count falls, so compare rows of equal n only), each with a 95% bootstrap interval
-(runtime.tuning.bootstrap), plus seconds per image measured in the same run. Rows are paired only
-when they run on the same device (the noise generators live there).
+(runtime.tuning.bootstrap), plus seconds per image measured in the same run, and each row's paired
+fidelity: PSNR and SSIM of its pictures against those of the same seed and label in the row the
+reference rule picks (benchmarks/paired.py: its plain self, or the converged ODE solution; references
+the run lacks are added), which tells apart settings the population metrics call equal. Rows are paired
+only when they run on the same device (the noise generators live there).
 
 A setting is one line in SETTINGS; options it gives to generate() or load_denoiser() need no code here.
 """
@@ -216,20 +219,29 @@ def load_for(setting: Setting, path: Path | None, threads: int | None, device: s
 
 def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path = Path("."),
         threads: int | None = None, device: str = "cpu", resamples: int = RESAMPLES, echo=print) -> list[dict]:
-    """One row per setting: the setting, n, both metrics with their intervals, seconds per image."""
+    """One row per setting, and per reference the paired rule needs that the settings lack (benchmarks/paired.py,
+    sampled first): the setting, n, both metrics with their intervals, seconds per image, the paired fidelity."""
+    import torch
+
+    from benchmarks.paired import paired_scores, with_references
     from runtime.sampling import sampler_from_name
     from runtime.tuning.judge import fashion_judge
+    from runtime.vae import pixels_from_images
 
     for setting in settings:
         check_setting(setting)
-    paths = {setting.name: artifact(setting, work_dir) for setting in settings}
-    labels, judge, rows = balanced_labels(per_class), fashion_judge(), []
-    for setting in settings:
+    ordered, references = with_references(settings, list(SETTINGS.values()))
+    paths = {setting.name: artifact(setting, work_dir) for setting in ordered}
+    labels, judge, rows, images = balanced_labels(per_class), fashion_judge(), [], {}
+    for setting in ordered:
         echo(f"sampling {len(labels)} images: {setting.name} ...")
         with load_for(setting, paths[setting.name], threads, device) as denoiser:
-            scores = sample_and_score(denoiser, labels, sampler_from_name(setting.sampler, setting.steps),
-                                      setting.cfg_scale, seed, setting.options, resamples, judge)
-        rows.append({**asdict(setting), **scores})
+            samples, seconds = sample(denoiser, labels, sampler_from_name(setting.sampler, setting.steps),
+                                      setting.cfg_scale, seed, setting.options)
+        images[setting.name] = pixels_from_images(torch.from_numpy(samples))  # uint8 (N, 28, 28, 1), as dit-run's
+        rows.append({**asdict(setting), **score_samples(samples, labels, resamples, judge),
+                     "seconds_per_image": seconds / len(labels), "added_as_reference": setting not in settings,
+                     "paired": paired_scores(images, setting.name, references, resamples, BOOTSTRAP_SEED)})
         echo(table_line(rows[-1]))
     return rows
 
@@ -243,6 +255,7 @@ def package_versions() -> dict:
 
 def record(rows: list[dict], per_class: int, seed: int, resamples: int, threads: int | None, device: str) -> dict:
     """The JSON record of a run: every row, and the machine, date and versions it was measured with."""
+    from benchmarks.paired import METHOD
     from dit_ref.machine.cpu import cpu_summary
 
     return {"benchmark": "quality (the yardstick)", "date": str(date.today()), "machine": cpu_summary(),
@@ -250,7 +263,7 @@ def record(rows: list[dict], per_class: int, seed: int, resamples: int, threads:
             "per_class": per_class, "seed": seed, "seeding": "per-sample",
             "bootstrap": {"resamples": resamples, "seed": BOOTSTRAP_SEED, "level": 0.95,
                           "accuracy": "percentile", "frechet_distance": "percentile, bias-corrected"},
-            "note": SPEED_NOTE, "rows": rows}
+            "paired": METHOD, "note": SPEED_NOTE, "rows": rows}
 
 
 def options_text(row: dict) -> str:
@@ -260,18 +273,22 @@ def options_text(row: dict) -> str:
 
 
 HEADER = ["| setting | backend | precision | sampler | steps | cfg | options | n | class accuracy [95%] | "
-          "Fréchet distance [95%] | s/image |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "Fréchet distance [95%] | s/image | paired reference | PSNR dB [95%], p10 | SSIM [95%], p10 |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def table_line(row: dict) -> str:
-    """One row of the Markdown table: "91.5% [89.6, 93.3]" and "50.8 [47.1, 54.9]"."""
+    """One row of the Markdown table: "91.5% [89.6, 93.3]", "50.8 [47.1, 54.9]", then the paired fidelity
+    against the row's reference ("-" for a row without one)."""
+    from benchmarks.paired import paired_cells
+
     accuracy_low, accuracy_high = (100 * bound for bound in row["class_accuracy_interval"])
     distance_low, distance_high = row["frechet_distance_interval"]
     return (f"| {row['name']} | {row['backend']} | {row['precision'].upper()} | {row['sampler']} | {row['steps']} | "
             f"{row['cfg_scale']:g} | {options_text(row)} | {row['n']} | "
             f"{100 * row['class_accuracy']:.1f}% [{accuracy_low:.1f}, {accuracy_high:.1f}] | "
             f"{row['frechet_distance']:.1f} [{distance_low:.1f}, {distance_high:.1f}] | "
-            f"{row['seconds_per_image']:.3f} |")
+            f"{row['seconds_per_image']:.3f} | {' | '.join(paired_cells(row))} |")
 
 
 def table(rows: list[dict]) -> str:

@@ -13,6 +13,8 @@ from benchmarks import quality
 from benchmarks.frontier import merge, pareto_front, plot_frontier
 from benchmarks.quality import Setting
 from dit_ref import DiTError
+from runtime.tuning.reference import CONVERGED
+
 
 def test_pareto_front():
     # (s/image, accuracy): c is slower and worse than b; d is the fastest; a ties b's speed but is better.
@@ -35,18 +37,56 @@ def test_table_line_reads_estimate_and_interval():
                                "class_accuracy_interval": (0.896, 0.933), "options": {"cache": "none"}})
     print(line)
     assert line == ("| onnxruntime-fp16-ddim25 | onnxruntime | FP16 | ddim | 25 | 4 | cache=none | 1000 | "
-                    "91.5% [89.6, 93.3] | 50.8 [47.8, 54.8] | 0.108 |")
+                    "91.5% [89.6, 93.3] | 50.8 [47.8, 54.8] | 0.108 | - | - | - |")
     assert quality.table([row("a", 1, 0.5, 9)]).splitlines()[0] == quality.HEADER[0]
+    paired = quality.table_line(with_paired(row("b", 0.1, 0.9, 50.0), "onnxruntime-ddim25", 43.21))
+    print(paired)
+    assert paired.endswith("| 0.100 | onnxruntime-ddim25 | 43.2 [42.2, 44.7], 38.9 | 0.995 [0.994, 0.996], 0.990 |")
+    assert paired.count("|") == quality.HEADER[1].count("|")
+
+
+def with_paired(row: dict, reference: str, psnr: float) -> dict:
+    """row with a paired fidelity against reference, as benchmarks.paired.paired_scores makes it."""
+    return {**row, "paired": {"reference": reference, "kind": "trajectory", "n": row["n"], "at_ceiling": 0,
+                              "psnr": {"mean": psnr, "interval": (psnr - 1.0, psnr + 1.5), "p10": psnr - 4.3},
+                              "ssim": {"mean": 0.995, "interval": (0.994, 0.996), "p10": 0.99}}}
+
+
+def test_each_row_gets_the_reference_the_rule_picks_and_missing_ones_are_added_first():
+    from benchmarks.paired import with_references
+
+    chosen = quality.select_settings("openvino-ddim50-fora3,onnxruntime-fp16-ddim50,openvino-ddpm250,"
+                                     "onnxruntime-fp16-ddpm50,onnxruntime-ddim50")
+    ordered, references = with_references(chosen, list(quality.SETTINGS.values()))
+    converged = f"onnxruntime-{CONVERGED[0]}{CONVERGED[1]}"
+    print([setting.name for setting in ordered], references)
+    assert references == {
+        "openvino-ddim50-fora3": ("onnxruntime-ddim50", "trajectory"),  # the run's FP32 row, though on another backend
+        "onnxruntime-fp16-ddim50": ("onnxruntime-ddim50", "trajectory"),
+        "onnxruntime-fp16-ddpm50": ("onnxruntime-ddpm50", "trajectory"),  # a new plain setting
+        "onnxruntime-ddim50": (converged, "converged"),  # new too
+    }  # openvino-ddpm250 (a plain DDPM row) has none
+    names = [setting.name for setting in ordered]
+    assert names == ["openvino-ddpm250", "onnxruntime-ddpm50", converged, "onnxruntime-fp16-ddpm50",
+                     "onnxruntime-ddim50", "openvino-ddim50-fora3", "onnxruntime-fp16-ddim50"]  # references first
+    alone, _ = with_references(quality.select_settings("openvino-ddim50-fora3"), list(quality.SETTINGS.values()))
+    assert [setting.name for setting in alone] == [f"openvino-{CONVERGED[0]}{CONVERGED[1]}", "openvino-ddim50",
+                                                   "openvino-ddim50-fora3"]  # from SETTINGS, on its own backend
+    added = ordered[names.index("onnxruntime-ddpm50")]
+    assert (added.backend, added.precision, added.sampler, added.steps, added.cfg_scale, added.options) == (
+        "onnxruntime", "fp32", "ddpm", 50, 4.0, {})
 
 
 def test_plot_frontier_writes_a_png(tmp_path):
     rows = [row("slow-good", 1.0, 0.92, 50.0), row("fast-bad", 0.1, 0.85, 60.0), row("dominated", 0.5, 0.80, 70.0)]
     report = {"model": "fashion", "machine": "test CPU", "date": "2026-12-02", "note": quality.SPEED_NOTE, "rows": rows}
-    path = tmp_path / "frontier.png"
+    path, paired = tmp_path / "frontier.png", tmp_path / "paired.png"
     plot_frontier(report, path)
-    print(f"{path.stat().st_size} bytes")
+    plot_frontier({**report, "rows": [rows[0], *(with_paired(r, "slow-good", 40.0) for r in rows[1:])]}, paired)
+    print(f"{path.stat().st_size} bytes; with a paired panel {paired.stat().st_size} bytes")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
-    assert [p.name for p in tmp_path.iterdir()] == ["frontier.png"]  # no temporary left beside it
+    assert paired.stat().st_size > 1.2 * path.stat().st_size  # a third panel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier.png", "paired.png"]  # no temporary left beside
 
 
 def test_runs_merge_into_one_frontier_and_foreign_runs_are_refused():
@@ -87,6 +127,8 @@ def test_check_setting_refuses_what_would_fail_later(setting, message):
 
 
 TINY = Setting("tiny-torch-ddim4", "torch", "fp32", "ddim", 4, 4.0)
+TINY_INTERVAL = Setting("tiny-torch-ddim4-gi0-600", "torch", "fp32", "ddim", 4, 4.0,
+                        options={"guidance_interval": "0:600"})
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +156,20 @@ def test_samples_do_not_depend_on_the_batch_and_options_reach_generate(reference
 
 
 def test_cli_runs_a_tiny_setting_and_records_it(tmp_path, monkeypatch):
-    monkeypatch.setitem(quality.SETTINGS, TINY.name, TINY)
+    # TINY is plain: its reference is the converged solution (made cheap here), which the run adds and samples
+    # first; TINY_INTERVAL changes the trajectory: its reference is TINY.
+    monkeypatch.setattr("runtime.tuning.reference.CONVERGED", ("ddim", 8))
+    for setting in (TINY, TINY_INTERVAL):
+        monkeypatch.setitem(quality.SETTINGS, setting.name, setting)
     json_path, plot_path = tmp_path / "run.json", tmp_path / "run.png"
-    result = CliRunner().invoke(quality.main, ["--settings", TINY.name, "--per-class", "2", "--resamples", "200",
-                                               "--threads", "1", "--work-dir", str(tmp_path / "graphs"),
+    result = CliRunner().invoke(quality.main, ["--settings", f"{TINY.name},{TINY_INTERVAL.name}", "--per-class", "2",
+                                               "--resamples", "200", "--threads", "1",
+                                               "--work-dir", str(tmp_path / "graphs"),
                                                "--json", str(json_path), "--plot", str(plot_path)])
     print(result.output)
     assert result.exit_code == 0, result.output
     report = json.loads(json_path.read_text())
-    (only,) = report["rows"]
+    converged, only, interval = report["rows"]
     assert report["per_class"] == 2 and report["seeding"] == "per-sample" and report["versions"]["torch"]
     assert only["name"] == TINY.name and only["n"] == 20 and only["seconds_per_image"] > 0
     for key in ("class_accuracy", "frechet_distance"):
@@ -131,6 +178,15 @@ def test_cli_runs_a_tiny_setting_and_records_it(tmp_path, monkeypatch):
     assert 0.3 <= only["class_accuracy"] <= 1.0  # 4 DDIM steps at cfg 4 already draw most classes
     assert "| tiny-torch-ddim4 | torch | FP32 | ddim | 4 | 4 | - | 20 |" in result.output
     assert "compare it between rows of one run only" in result.output and plot_path.stat().st_size > 20_000
+    assert converged["name"] == "torch-ddim8" and converged["added_as_reference"] and converged["paired"] is None
+    assert (only["paired"]["reference"], only["paired"]["kind"]) == ("torch-ddim8", "converged")
+    assert (interval["paired"]["reference"], interval["paired"]["kind"]) == (TINY.name, "trajectory")
+    for row in (only, interval):
+        psnr, ssim = row["paired"]["psnr"], row["paired"]["ssim"]
+        print(f"{row['name']} against {row['paired']['reference']}: PSNR {psnr}, SSIM {ssim}")
+        assert 5 < psnr["p10"] <= psnr["interval"][0] <= psnr["mean"] <= psnr["interval"][1] < 100
+        assert 0 < ssim["mean"] < 1 and row["paired"]["n"] == 20
+    assert report["paired"]["psnr_ceiling_db"] == 100.0
 
 
 def test_cli_errors_are_one_line():

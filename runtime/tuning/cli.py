@@ -55,7 +55,8 @@ def parse_pairs(text: str) -> tuple[int, int]:
               help="fast, for a model without a judge: the looser paired budget (dB).")
 @click.option("--accuracy-points", type=float, default=1.0, show_default=True,
               help="fast, for a model with a judge: class accuracy at most this far below exact's (points).")
-@click.option("--pairs", default="32:128", show_default=True, help="Pairs that screen and that confirm a setting.")
+@click.option("--pairs", default="16:64", show_default=True, help="Pairs that screen and that confirm a setting "
+              "(16 and 64 resolve settings 3 dB apart on the fashion model: docs/benchmarks.md, paired fidelity).")
 @click.option("--population", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Samples the judge scores (models with a judge: the shipped fashion classifier).")
 @click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per denoiser call.")

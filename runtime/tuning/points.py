@@ -37,8 +37,8 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Pairs:
-    screen: int = 32  # pairs that screen a candidate
-    confirm: int = 128  # pairs that confirm one (and time it)
+    screen: int = 16  # pairs that screen a candidate
+    confirm: int = 64  # pairs that confirm one (and time it)
     population: int = 1000  # samples the judge scores (fast, with a judge)
 
 

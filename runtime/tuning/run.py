@@ -83,6 +83,7 @@ def run_tuning(request: TuneRequest, echo=print) -> dict:
         search = Search(tuner, found.engines, exact, budgets, pairs, judge, clock.left, echo)
         points = stages(search, tuner, found.engines, exact, judge, clock, echo)
         record = profile_record(search, tuner, manifest, exact, points, budgets, pairs, found.notes, clock)
+        converged_fidelity(record, tuner, exact, points, pairs, clock, echo)
     finally:
         tuner.close()
     return write_outputs(out, record, echo)
@@ -137,6 +138,31 @@ def profile_record(search: Search, tuner: Tuner, manifest, exact: Setting, point
             "judge": None if search.judge is None else search.judge.name, "notes": notes,
             "not_found": missing, "points": named, "backends": fastest_backends(tuner, search.engines),
             "frontier": frontier}
+
+
+def converged_fidelity(record: dict, tuner: Tuner, exact: Setting, points: dict, pairs: Pairs, clock: Clock,
+                       echo) -> None:
+    """Each named point's fidelity to a converged solution of the ODE (runtime.tuning.reference), when exact's
+    sampler is deterministic and the budget has room for it (DDIM 1000, else DPM++ 250): how far exact's own
+    pictures are from the truth, and each point's. Recorded as fidelity_converged."""
+    from runtime.sampling import sampler_from_name
+    from runtime.tuning.reference import CONVERGED, CONVERGED_CHEAPER
+
+    if sampler_from_name(exact.sampler, exact.steps).stochastic:
+        return
+    room = clock.seconds - RESERVE_S - clock.elapsed()
+    for sampler, steps in (CONVERGED, CONVERGED_CHEAPER):
+        reference = exact.with_steps(sampler, steps)
+        if tuner.predicted_seconds(reference) * pairs.confirm < room / 2:
+            break
+    else:
+        echo(f"converged reference: no room left in the budget for {pairs.confirm} pairs of {CONVERGED_CHEAPER}")
+        return
+    echo(f"converged reference: {reference.label()}, {pairs.confirm} pairs")
+    for name, setting in points.items():
+        if setting is not None:
+            record["points"][name]["fidelity_converged"] = {"reference": reference.label(),
+                                                            **tuner.fidelity(setting, reference, pairs.confirm)}
 
 
 def fastest_backends(tuner: Tuner, engines) -> dict:

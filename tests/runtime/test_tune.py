@@ -1,0 +1,61 @@
+"""dit-tune end to end on the shipped fashion model, in a short budget: a profile with the exact point, its
+measurements kept and a second run resuming from them, the frontier, and one-line refusals."""
+
+import json
+import shutil
+
+import pytest
+
+import runtime.tuning.cli as tune_cli
+from runtime.profile import read_profile
+
+pytestmark = pytest.mark.slow
+QUICK = ["--time", "75s", "--pairs", "4:8", "--population", "100", "--batch", "8", "--threads", "1"]
+
+
+def dit_tune(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(argv)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def graph(fashion_cached_graph, tmp_path):
+    for source in fashion_cached_graph.parent.iterdir():
+        shutil.copy(source, tmp_path)
+    return tmp_path / fashion_cached_graph.name
+
+
+def test_a_short_run_writes_a_profile_and_a_second_one_resumes(graph, capsys):
+    code, table, said = dit_tune([str(graph), *QUICK], capsys)
+    print(said[-3000:])
+    assert code == 0 and "| exact |" in table
+    profile = read_profile(graph.parent / "fashion-28.profile.json")
+    exact = profile.record["points"]["exact"]
+    assert exact["settings"] == {"graph": graph.name, "backend": exact["settings"]["backend"], "load": {},
+                                 "sampler": "ddim", "steps": 50, "guidance_interval": None, "cache": None}
+    assert exact["quality"]["n"] == 100 and exact["seconds_per_image"] > 0 and profile.record["frontier"]
+    assert profile.record["backends"][graph.name] in ("onnxruntime", "openvino")
+    kept = json.loads((graph.parent / "fashion-28.profile.tune" / "records.json").read_text())
+    code, _, again = dit_tune([str(graph), *QUICK], capsys)
+    assert code == 0
+    resumed = json.loads((graph.parent / "fashion-28.profile.tune" / "records.json").read_text())
+    assert resumed["costs"] == kept["costs"]  # timed once
+    assert resumed["population"][next(iter(kept["population"]))] == kept["population"][next(iter(kept["population"]))]
+    assert (graph.parent / "fashion-28.profile.png").is_file()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--time", "5 minutes"], "give a duration such as 90s"),
+    (["--pairs", "64:16"], "need 4 <= SCREEN <= CONFIRM"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+])
+def test_bad_options_are_one_line(graph, capsys, argv, words):
+    code, _, said = dit_tune([str(graph), *argv], capsys)
+    assert code != 0 and words in said and "Traceback" not in said
+
+
+def test_a_file_that_is_not_a_graph_is_one_line(tmp_path, capsys):
+    code, _, said = dit_tune([str(tmp_path / "missing.onnx")], capsys)
+    assert code == 1 and "not found; pass an engine (.plan) or graph (.onnx)" in said

@@ -26,8 +26,8 @@ def relative_error(actual, expected) -> float:
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
-def onnxruntime_session(graph_path):
-    """A CPU ONNX Runtime session on the graph (external data is found beside the file).
+def onnxruntime_session(graph_path, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session on the graph, CPU unless providers say (external data is found beside the file).
 
     Basic graph optimisations only: the full level folds FP16 weights into float32 copies for the
     CPU kernels (XL/2 FP16: 4.3 GB peak and 7 s to load, against 3.3 GB and 2 s), and a check
@@ -39,7 +39,7 @@ def onnxruntime_session(graph_path):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return onnxruntime.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(graph_path), options, providers=list(providers))
 
 
 class OpenVinoSession:

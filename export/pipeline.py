@@ -217,8 +217,9 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
     with tempfile.TemporaryDirectory(prefix=f"dit-{base}-", dir=out if out.is_dir() else None) as scratch:
         base_graph = export_onnx(dit, Path(scratch), base, cfg_channels, batch, checkpoint,
                                  opset=quantize.QDQ_OPSET, copy_model=True, stage=stage)
-        with stage("quant", f"{precision} Q/DQ on the {base} graph (ONNX Runtime, TensorRT's form); sweep: each token-"
-                            f"wise layer kind alone, kinds moving the samples by more than {limit:g} stay {base}") as result:
+        with stage("quant", f"{precision} Q/DQ on the {base} graph (ONNX Runtime, TensorRT's form); sweep: each "
+                            f"token-wise layer kind alone, kinds moving the samples by more than {limit:g} stay "
+                            f"{base}") as result:
             record = {}
 
             def write(staged: Path):

@@ -1,6 +1,7 @@
 """Every precision through export: bf16 (typed, checked in OpenVINO), int8 and fp8 (Q/DQ on an FP16 or FP32
 base, calibrated on sampling runs, layer kinds excluded by the measured sweep), each passing the operator check,
-within its stated bound, and sampling a few steps; and the precisions a backend or device cannot run refused in one line."""
+within its stated bound, and sampling a few steps; and the precisions a backend or device cannot run refused in one
+line."""
 
 import functools
 

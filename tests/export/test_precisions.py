@@ -67,10 +67,11 @@ def test_quantized_graph_records_its_calibration_sweep_and_exclusions(exported, 
     kinds = layer_kinds(result.graph)  # the Q/DQ graph keeps the exporter's name scopes
     print(f"{precision}: excluded {record['excluded']}, sweep {record['sensitivity']}")
     assert record["calibration"] == SMALL.record() and set(record["sensitivity"]) >= {"blocks.*.attn.qkv",
-                                                                                      "x_embedder.proj"}
-    conditioning = {k for k in kinds if CONDITIONING.search(k)}  # the timestep MLP and adaLN: unswept, kept
+                                                                                      "blocks.*.mlp.fc1"}
+    conditioning = {k for k in kinds if CONDITIONING.search(k)}  # timestep MLP, adaLN, patch embedding: kept
     assert conditioning == {"t_embedder.mlp.0", "t_embedder.mlp.2", "blocks.*.adaLN_modulation.1",
-                            "final_layer.adaLN_modulation.1"} and not conditioning & set(record["sensitivity"])
+                            "final_layer.adaLN_modulation.1", "x_embedder.proj"}
+    assert not conditioning & set(record["sensitivity"])
     over = {k for k, e in record["sensitivity"].items() if e > record["exclusion_limit"]}
     assert record["excluded"] == sorted(over | conditioning) and record["base"] == "fp32"  # auto without an engine
     assert quantized and record["quantized_nodes"] > 0 and kinds

@@ -4,6 +4,7 @@ The float32 reference (dit_ref.DiT.guided_forward) samples with DDIM (dit_ref.di
 noise, random labels and the guidance scales users sample with (sample.py's 4, the FID runs' 1.5); the
 (x, t, y, cfg_scale) of every call is kept, so t covers 999..0 the way a sampler visits it and x has
 the statistics real trajectories have (random inputs never show t near 999 with x near pure noise).
+The reference runs on the GPU when torch sees one, else on the CPU; the feeds are kept as numpy.
 """
 
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ class Calibration:
     """How the calibration inputs were recorded (written into the manifest)."""
 
     trajectories: int = 8  # samples, sampled together in one batch
-    steps: int = 25  # DDIM steps of each trajectory ("ddimN" respacing): one recorded input per step
+    steps: int = 10  # DDIM steps of each trajectory ("ddimN" respacing): one recorded input per step
     cfg_scales: tuple[float, ...] = (4.0, 1.5)  # taken in turn by the trajectories
     seed: int = 0
 
@@ -48,20 +49,27 @@ def ddim_sample(eps_of, x, y, cfg_scale, steps: int, on_call=None) -> torch.Tens
     schedule = schedule_from_timesteps(respaced_timesteps(f"ddim{steps}"))
     with torch.no_grad():
         for i in reversed(range(len(schedule))):
-            t = torch.full((len(x),), int(schedule.timesteps[i]), dtype=torch.int64)
+            t = torch.full((len(x),), int(schedule.timesteps[i]), dtype=torch.int64)  # CPU: on_call's feed
             if on_call is not None:  # every row guided (the calibration's cfg scales are not 1)
-                on_call({"x": x.numpy().copy(), "t": t.numpy(), "y": y.numpy(), "cfg_scale": cfg_scale.numpy(),
-                         "guided": np.arange(len(x), dtype=np.int64)})
+                on_call({"x": x.cpu().numpy().copy(), "t": t.numpy(), "y": y.cpu().numpy(),
+                         "cfg_scale": cfg_scale.cpu().numpy(), "guided": np.arange(len(x), dtype=np.int64)})
             x = ddim_step(schedule, i, x, eps_of(x, t, y, cfg_scale))  # (n, C, L, L)
     return x
 
 
 def trajectory_inputs(model: DiT, cfg_channels: int, calibration: Calibration) -> list[dict]:
-    """One feed {x, t, y, cfg_scale} (numpy, a batch of calibration.trajectories) per DDIM step."""
+    """One feed {x, t, y, cfg_scale} (numpy, a batch of calibration.trajectories) per DDIM step, recorded on
+    the GPU when torch has one (the model is moved there and back)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     feeds = []
 
     def reference_eps(x, t, y, cfg_scale):
-        return model.guided_forward(x, t, y, cfg_scale, cfg_channels)[0]
+        return model.guided_forward(x, t.to(device), y, cfg_scale, cfg_channels)[0]
 
-    ddim_sample(reference_eps, *starts(model, calibration), calibration.steps, feeds.append)
+    model.to(device)
+    try:
+        x, y, scales = (tensor.to(device) for tensor in starts(model, calibration))
+        ddim_sample(reference_eps, x, y, scales, calibration.steps, feeds.append)
+    finally:
+        model.to("cpu")
     return feeds

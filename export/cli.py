@@ -102,6 +102,10 @@ def set_verbosity(verbose: bool) -> None:
 @click.option("--exclusion-limit", type=click.FloatRange(min=0), help="int8/fp8: a layer kind whose own "
               f"quantization moves the samples by more than this (relative RMS) stays float (default: "
               f"{', '.join(f'{p} {limit:g}' for p, limit in EXCLUSION_LIMIT.items())}).")
+@click.option("--qdq-base", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
+              help="int8/fp8: the type of the unquantized ops: fp16 (the FP16 graph's float32 islands: for "
+              "TensorRT; int8 only for now), fp32 (faster on a CPU), auto: fp16 when this export builds an int8 "
+              "engine, else fp32.")
 @click.option("--cached-steps", is_flag=True, help="Also export the refresh and reuse graphs of cached steps "
               "(every block's attention and MLP outputs given, then taken: dit-run --cache fora:N).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "
@@ -126,8 +130,8 @@ def set_verbosity(verbose: bool) -> None:
               "up to the images the runtime decodes per call: 1:8:8 at 256 px, 1:2:2 at 512 px).")
 @click.option("--verbose", is_flag=True, help="Also show the exporter's and libraries' own progress logs.")
 @click.pass_context
-def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, cached_steps, cfg_channels,
-        batch_text, out, engine, opt_level, timing_cache, no_check, list_models, num_classes, vae, vae_batch_text,
+def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_limit, qdq_base, cached_steps,
+        cfg_channels, batch_text, out, engine, opt_level, timing_cache, no_check, list_models, num_classes, vae, vae_batch_text,
         verbose):
     """Export a DiT as a guided ONNX graph (FP32 or FP16) with a manifest, then a TensorRT engine.
 
@@ -159,7 +163,7 @@ def cli(ctx, model, image_size, ckpt, random_init, precision, fp16, exclusion_li
     graph = None
     if model is not None:
         result = export(model, image_size, ckpt=ckpt, random_init=random_init, precision=precision,
-                        exclusion_limit=exclusion_limit, cached_steps=cached_steps,
+                        exclusion_limit=exclusion_limit, qdq_base=qdq_base, cached_steps=cached_steps,
                         cfg_channels=None if cfg_channels is None else int(cfg_channels),
                         batch=BatchRange.parse(batch_text), out=out, engine=engine, check=not no_check,
                         opt_level=opt_level, timing_cache=timing_cache, num_classes=num_classes, stage=stage)

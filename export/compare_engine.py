@@ -90,7 +90,7 @@ def compare_engine(graph: Path, plan: Path | None = None, batches=None, toleranc
     """The engine beside graph (or plan) against ONNX Runtime on the graph, at the manifest's min and max batch
     (or `batches`); DiTError when something needed is missing."""
     from dit_ref.machine.tensorrt_stack import engine_unavailable_reason, polygraphy_unavailable_reason
-    from export.verify import onnxruntime_session
+    from export.verify import check_runner
 
     graph = Path(graph)
     plan = Path(plan) if plan else graph.with_suffix(".plan")
@@ -111,7 +111,7 @@ def compare_engine(graph: Path, plan: Path | None = None, batches=None, toleranc
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     runners = [TrtRunner(EngineFromBytes(BytesFromPath(str(plan))), name="tensorrt"),
-               OnnxrtRunner(onnxruntime_session(graph), name="onnxruntime")]
+               OnnxrtRunner(check_runner(graph).session, name="onnxruntime")]  # our session, Polygraphy's comparison
     inputs = feeds(manifest, batches)
     found = compare_runners(runners, inputs, tolerance)
     return {"graph": graph.name, "plan": plan.name, "precision": manifest.precision,

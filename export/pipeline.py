@@ -147,20 +147,28 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
            precision: str = "fp16", cfg_channels: int | None = None, batch: BatchRange = DEFAULT_BATCH,
            out=".", engine: str = "auto", check: bool = True, opt_level: int = 3, timing_cache=None,
            num_classes: int | None = None, calibration: Calibration = Calibration(),
-           exclusion_limit: float | None = None, cached_steps: bool = False, stage=silent_stage) -> ExportResult:
+           exclusion_limit: float | None = None, qdq_base: str = "auto", cached_steps: bool = False,
+           stage=silent_stage) -> ExportResult:
     """Load a DiT (ckpt: path, "auto", "hf:ID"; or random_init=SEED), export its guided graph into
     out with its manifest, check it in ONNX Runtime, and build its TensorRT engine when possible.
 
     image_size None: the config's first size. precision: fp32, fp16, bf16 (typed graphs), int8 or fp8
     (Q/DQ graphs calibrated on `calibration`'s sampling runs; layer kinds whose own quantization moves
-    the samples by more than exclusion_limit stay float). cfg_channels None: the model's default (3
-    for the paper's 4-channel latents, else all channels). engine: auto | required | skip.
+    the samples by more than exclusion_limit stay in the base type; qdq_base: the unquantized ops' type,
+    fp16, fp32, or auto: fp16 when this export builds an INT8 engine, else fp32, the faster form on a CPU).
+    cfg_channels None: the model's default (3 for the paper's 4-channel latents, else all channels).
+    engine: auto | required | skip.
     num_classes: the class count of a checkpoint that does not carry it (a bare state dict; train.py's
     carry theirs). cached_steps: also the refresh and reuse graphs of cached steps (dit_ref.block_features).
     """
     from export.onnx_export import check_out_dir, export_onnx
 
     image_size = check_request(model, image_size, precision, cfg_channels, ckpt)
+    if qdq_base not in ("auto", *quantize_bases()):
+        raise DiTError(f"--qdq-base must be auto or one of {', '.join(quantize_bases())}, not {qdq_base!r}")
+    if precision == "fp8" and qdq_base == "fp16":  # numpy.histogram of float16 tensors in quantize_static
+        raise DiTError("fp8 comes on an fp32 base for now: ONNX Runtime's distribution calibration cannot histogram "
+                       "the fp16 graph's float16 tensors; drop --qdq-base fp16 (or use --precision int8 on fp16)")
     if cached_steps and precision in QUANTIZED:
         raise DiTError(f"cached steps come as fp32, fp16 or bf16 graphs, not {precision}; drop --cached-steps or "
                        f"choose one of those precisions")
@@ -170,8 +178,9 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     cfg_channels = dit.config.default_cfg_channels if cfg_channels is None else dit.config.check_cfg_channels(cfg_channels)
     reference = reference_stage(dit, cfg_channels, stage) if check else None
     if precision in QUANTIZED:
+        base = qdq_base if qdq_base != "auto" else "fp32" if reason or precision == "fp8" else "fp16"
         graph = quantized_stages(dit, Path(out), precision, cfg_channels, batch, checkpoint, calibration,
-                                 exclusion_limit, stage)
+                                 exclusion_limit, base, stage)
     else:
         graph = export_onnx(dit, Path(out), precision, cfg_channels, batch, checkpoint, copy_model=False, stage=stage)
         if cached_steps:
@@ -183,10 +192,16 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     return ExportResult(graph, read_manifest(graph), engine_path, reason, errors)
 
 
+def quantize_bases() -> tuple[str, ...]:
+    from export.quantize import BASES
+
+    return BASES
+
+
 def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: BatchRange, checkpoint,
-                     calibration: Calibration, exclusion_limit: float | None, stage) -> Path:
-    """calibrate (inputs along the reference's DDIM runs), trace the FP32 graph into a scratch folder,
-    quantize (the sweep, then the Q/DQ graph), save it beside its manifest."""
+                     calibration: Calibration, exclusion_limit: float | None, base: str, stage) -> Path:
+    """calibrate (inputs along the reference's DDIM runs), trace the base graph (FP16-typed or FP32, at the
+    Q/DQ opset) into a scratch folder, quantize (the sweep, then the Q/DQ graph), save it beside its manifest."""
     import tempfile
 
     from export import quantize
@@ -198,21 +213,22 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
                         f"runs of the float32 reference, cfg {'/'.join(f'{s:g}' for s in calibration.cfg_scales)}"):
         feeds = trajectory_inputs(dit, cfg_channels, calibration)
         held_out = starts(dit, dataclasses.replace(calibration, seed=calibration.seed + 1))
-    manifest = graph_manifest(dit, precision, cfg_channels, batch, 18, checkpoint)
-    with tempfile.TemporaryDirectory(prefix="dit-fp32-", dir=out if out.is_dir() else None) as scratch:
-        fp32 = export_onnx(dit, Path(scratch), "fp32", cfg_channels, batch, checkpoint, copy_model=True,
-                           stage=stage)
-        with stage("quant", f"{precision} Q/DQ (ONNX Runtime, TensorRT's form); sweep: each layer kind alone, "
-                            f"kinds moving the samples by more than {limit:g} stay float") as result:
+    manifest = graph_manifest(dit, precision, cfg_channels, batch, quantize.QDQ_OPSET, checkpoint)
+    with tempfile.TemporaryDirectory(prefix=f"dit-{base}-", dir=out if out.is_dir() else None) as scratch:
+        base_graph = export_onnx(dit, Path(scratch), base, cfg_channels, batch, checkpoint,
+                                 opset=quantize.QDQ_OPSET, copy_model=True, stage=stage)
+        with stage("quant", f"{precision} Q/DQ on the {base} graph (ONNX Runtime, TensorRT's form); sweep: each "
+                            f"token-wise layer kind alone, kinds moving the samples by more than {limit:g} stay "
+                            f"{base}") as result:
             record = {}
 
             def write(staged: Path):
-                record.update(quantize.quantize_with_sweep(fp32, staged, precision, feeds, held_out,
+                record.update(quantize.quantize_with_sweep(base_graph, staged, precision, feeds, held_out,
                                                            calibration.steps, limit))
 
             name = graph_file_name(dit, precision)
-            graph = save_file(write, out, name, manifest, lambda: manifest.replace(
-                quantization={**quantize.tool_record(precision), "calibration": calibration.record(), **record}))
+            graph = save_file(write, out, name, manifest, lambda: manifest.replace(quantization={
+                **quantize.tool_record(precision, base), "calibration": calibration.record(), **record}))
             result["done"] = (f"excluded {', '.join(record['excluded']) or 'nothing'}; "
                               f"{record['quantized_nodes']} nodes quantized")
     return graph

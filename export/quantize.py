@@ -1,4 +1,11 @@
-"""INT8 and FP8 Q/DQ graphs from the FP32 graph, in TensorRT's explicit-quantization form.
+"""INT8 and FP8 Q/DQ graphs on a 16-bit (or FP32) base graph, in TensorRT's explicit-quantization form.
+
+The base is the FP16-typed graph by default (export/typed.py: the same float32 islands as --fp16):
+ONNX Runtime's quantizer gives the Q/DQ pairs of a float16 tensor float16 scales, so DequantizeLinear
+yields float16 and a strongly typed TensorRT build runs the quantized MatMul/Gemm/Conv as INT8 (FP8)
+x INT8 (FP8) with 16-bit output and every unquantized op in FP16, as NVIDIA's diffusion engines do.
+Q/DQ with float16 scales (and float8) need opset 19 (QDQ_OPSET), so the base is traced at 19. The
+FP32 base (every unquantized op float32) is kept as --qdq-base fp32 (docs/export.md says when).
 
 ONNX Runtime's quantizer (onnxruntime.quantization.quantize_static, QDQ format) puts QuantizeLinear /
 DequantizeLinear pairs in front of both inputs of the MatMul, Gemm and Conv nodes: weights per
@@ -12,12 +19,17 @@ the patch-embedding Conv and the softmax-times-V MatMul unquantized, quantizes t
 makes asymmetric activations unless told otherwise, which TensorRT cannot take. FP8 needs ONNX
 Runtime's Distribution calibration (MinMax is refused for float types).
 
-Which layers stay in float is measured, not chosen by hand: each kind of layer (the patch
-embedding, the timestep MLP, every block's adaLN, qkv, attention products, projection and MLP, the
-final layer) is quantized alone and the error it makes in the final samples of held-out DDIM runs
-measured; the kinds whose error exceeds the exclusion limit stay float, and the manifest records the sweep and the
-choice. Activation ranges are calibrated once (ONNX Runtime's calibration cache) for the sweep and
-the final graph.
+Which layers stay in the base type is measured, not chosen by hand: each kind of token-wise layer (every
+block's qkv, attention products, projection and MLP, the final linear) is
+quantized alone and the error it makes in the final samples of held-out DDIM runs measured; the kinds
+whose error exceeds the exclusion limit stay in the base type, and the manifest records the sweep and
+the choice. The conditioning layers (the timestep MLP, every adaLN modulation) compute once per sample,
+not per token (under 1% of the flops at any size), so quantizing them saves nothing, and their errors
+shift every token of a sample alike (the most sensitive kinds measured): they stay in the base type
+without a sweep, as NVIDIA's diffusion recipes keep the time embedding and the output norm; so does the
+patch embedding (the input Conv, as cheap, and OpenVINO mis-computes it quantized on this project's CPU). Activation
+ranges are calibrated once (ONNX Runtime's calibration cache) for the sweep and the final graph; on a
+machine with ONNX Runtime's CUDA provider the calibration and the sweep's runs use it.
 """
 
 import ast
@@ -35,10 +47,15 @@ from dit_ref.errors import DiTError
 from export.calibration import ddim_sample
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float16 scales and float8
+BASES = ("fp16", "fp32")  # the type of the unquantized ops: the FP16-typed graph (default) or the FP32 one
 # A kind whose own quantization moves the samples by more than this (relative RMS) stays float. FP8 (e4m3: 3 mantissa
 # bits, per-tensor weights) moves every kind of the shipped model by more than 0.02 (0.013..0.39 measured), so its
 # limit is looser: at 0.02 nothing would be left to quantize.
 EXCLUSION_LIMIT = {"int8": 0.02, "fp8": 0.05}
+# Kept in the base type, unswept: the per-sample conditioning layers and the patch embedding (the one Conv: under 1%
+# of the flops; quantized, OpenVINO on an AVX2 CPU without VNNI drops the fashion model's accuracy to 24%).
+CONDITIONING = re.compile(r"(^t_embedder\.|adaLN_modulation|^x_embedder\.)")
 
 
 def quantization_settings(precision: str) -> dict:
@@ -53,7 +70,7 @@ def quantization_settings(precision: str) -> dict:
                               "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}}
 
 
-def tool_record(precision: str) -> dict:
+def tool_record(precision: str, base: str) -> dict:
     """What made the Q/DQ graph and in which form (the manifest's quantization record)."""
     import onnxruntime
 
@@ -62,7 +79,7 @@ def tool_record(precision: str) -> dict:
     return {"tool": f"onnxruntime.quantization {onnxruntime.__version__} (quantize_static, QDQ)",
             "form": f"weights {weights}, activations {activations} per tensor, symmetric (zero point 0), "
                     f"Q/DQ on the inputs of {', '.join(QUANTIZED_OPS)} only",
-            "method": "minmax" if precision == "int8" else "distribution"}
+            "method": "minmax" if precision == "int8" else "distribution", "base": base}
 
 
 def layer_kinds(graph_path) -> dict[str, list[str]]:
@@ -93,17 +110,17 @@ def calibration_reader(feeds: list[dict]):
     return Reader()
 
 
-def quantize_graph(fp32_graph: Path, out: Path, precision: str, nodes: list[str], calibration: list[dict],
+def quantize_graph(base_graph: Path, out: Path, precision: str, nodes: list[str], calibration: list[dict],
                    cache: Path) -> Path:
-    """The Q/DQ graph of fp32_graph with `nodes` quantized, written to out; activation ranges from the
+    """The Q/DQ graph of base_graph with `nodes` quantized, written to out; activation ranges from the
     calibration feeds, computed once into `cache` and reused."""
     from onnxruntime.quantization import quantize_static
 
-    external = (fp32_graph.parent / f"{fp32_graph.name}.data").exists()
+    external = (base_graph.parent / f"{base_graph.name}.data").exists()
     with quiet_quantizer():
-        quantize_static(str(fp32_graph), str(out), calibration_reader(calibration), nodes_to_quantize=nodes,
+        quantize_static(str(base_graph), str(out), calibration_reader(calibration), nodes_to_quantize=nodes,
                         use_external_data_format=external, calibration_cache_path=str(cache),
-                        **quantization_settings(precision))
+                        calibration_providers=providers(), **quantization_settings(precision))
     return out
 
 
@@ -119,55 +136,72 @@ def quiet_quantizer():
         logger.setLevel(previous)
 
 
-def graph_eps(graph: Path):
-    """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (CPU), for calibration.ddim_sample."""
-    from export.verify import check_runner, run_graph
+def providers() -> list[str]:
+    """ONNX Runtime's providers for quantize_static's own calibration session: CUDA first where it runs here."""
+    from dit_ref.runners import onnxruntime_cuda_here
 
-    runner = check_runner(graph)
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if onnxruntime_cuda_here() else ["CPUExecutionProvider"]
+
+
+def graph_eps(graph: Path):
+    """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (on the GPU where its CUDA provider and a GPU are,
+    else the CPU), for calibration.ddim_sample."""
+    from dit_ref.runners import onnxruntime_cuda_here, open_runner
+    from export.verify import run_graph
+
+    device = torch.device("cuda" if onnxruntime_cuda_here() else "cpu")
+    runner = open_runner(graph, "onnxruntime", device=device, optimization="basic")
 
     def eps_of(x, t, y, cfg_scale):
-        return run_graph(runner, x, t, y, cfg_scale)[0]  # every row guided
+        return run_graph(runner, *(value.to(device) for value in (x, t, y, cfg_scale)))[0].cpu()  # every row guided
 
     return eps_of
 
 
 def sample_error(graph: Path, expected: torch.Tensor, held_out: tuple, steps: int) -> float:
-    """||x - x_fp32|| / ||x_fp32|| (root mean square) of the final samples of DDIM runs from the held-out
+    """||x - x_base|| / ||x_base|| (root mean square) of the final samples of DDIM runs from the held-out
     starts: the error that reaches the pictures (an eps error at t near 0 barely moves a sample; near 999
     it does), averaged over pixels (a deterministic sampler can move a few pixels much for a small change)."""
     got = ddim_sample(graph_eps(graph), *held_out, steps)
     return float(torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected).clamp(min=1e-30))
 
 
-def sensitivity(fp32_graph: Path, precision: str, calibration: list[dict], held_out: tuple, steps: int,
+def swept_kinds(kinds: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The token-wise kinds the sweep judges (the conditioning ones stay in the base type)."""
+    return {kind: nodes for kind, nodes in kinds.items() if not CONDITIONING.search(kind)}
+
+
+def sensitivity(base_graph: Path, precision: str, calibration: list[dict], held_out: tuple, steps: int,
                 cache: Path) -> dict[str, float]:
-    """Each layer kind quantized alone -> its sample error on the held-out starts (the sweep)."""
-    expected = ddim_sample(graph_eps(fp32_graph), *held_out, steps)
+    """Each token-wise layer kind quantized alone -> its sample error on the held-out starts (the sweep)."""
+    expected = ddim_sample(graph_eps(base_graph), *held_out, steps)
     errors = {}
     with tempfile.TemporaryDirectory(prefix="dit-sweep-") as scratch:
-        for kind, nodes in layer_kinds(fp32_graph).items():
-            trial = quantize_graph(fp32_graph, Path(scratch) / "trial.onnx", precision, nodes, calibration, cache)
+        for kind, nodes in swept_kinds(layer_kinds(base_graph)).items():
+            trial = quantize_graph(base_graph, Path(scratch) / "trial.onnx", precision, nodes, calibration, cache)
             errors[kind] = sample_error(trial, expected, held_out, steps)
     return errors
 
 
-def choose_exclusions(errors: dict[str, float], limit: float) -> list[str]:
-    """The kinds that stay float: those whose own quantization error exceeds the limit."""
-    return sorted(kind for kind, error in errors.items() if error > limit)
+def choose_exclusions(errors: dict[str, float], limit: float, kinds) -> list[str]:
+    """The kinds that stay in the base type: the conditioning ones, and those whose own quantization error
+    exceeds the limit."""
+    return sorted({kind for kind in kinds if CONDITIONING.search(kind)} |
+                  {kind for kind, error in errors.items() if error > limit})
 
 
-def quantize_with_sweep(fp32_graph: Path, out: Path, precision: str, calibration: list[dict],
+def quantize_with_sweep(base_graph: Path, out: Path, precision: str, calibration: list[dict],
                         held_out: tuple, steps: int, limit: float) -> dict:
     """The sweep, the exclusions and the final graph at out; returns the quantization record."""
     with tempfile.TemporaryDirectory(prefix="dit-calibration-") as scratch:
         cache = Path(scratch) / "ranges.json"
-        errors = sensitivity(fp32_graph, precision, calibration, held_out, steps, cache)
-        excluded = choose_exclusions(errors, limit)
-        kinds = layer_kinds(fp32_graph)
+        errors = sensitivity(base_graph, precision, calibration, held_out, steps, cache)
+        kinds = layer_kinds(base_graph)
+        excluded = choose_exclusions(errors, limit, kinds)
         nodes = [node for kind, names in kinds.items() if kind not in excluded for node in names]
         if not nodes:
             raise DiTError(f"every layer kind of the graph moves the samples by more than {limit:g} when {precision}: "
                            f"nothing is left to quantize; raise --exclusion-limit, or use --precision fp16 or bf16")
-        quantize_graph(fp32_graph, out, precision, nodes, calibration, cache)
+        quantize_graph(base_graph, out, precision, nodes, calibration, cache)
     return {"excluded": excluded, "sensitivity": {kind: round(error, 6) for kind, error in errors.items()},
             "exclusion_limit": limit, "quantized_nodes": len(nodes)}

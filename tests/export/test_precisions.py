@@ -1,6 +1,7 @@
-"""Every precision through export: bf16 (typed, checked in OpenVINO), int8 and fp8 (Q/DQ, calibrated on sampling
-runs, layer kinds excluded by the measured sweep), each passing the operator check, within its stated bound,
-and sampling a few steps; and the precisions a backend or device cannot run refused in one line."""
+"""Every precision through export: bf16 (typed, checked in OpenVINO), int8 and fp8 (Q/DQ on an FP16 or FP32
+base, calibrated on sampling runs, layer kinds excluded by the measured sweep), each passing the operator check,
+within its stated bound, and sampling a few steps; and the precisions a backend or device cannot run refused in one
+line."""
 
 import functools
 
@@ -14,7 +15,7 @@ from dit_ref.errors import DiTError
 from export import export
 from export.calibration import Calibration
 from export.opcheck import check_operators
-from export.quantize import layer_kinds
+from export.quantize import CONDITIONING, QDQ_OPSET, layer_kinds
 from runtime.backends import load_denoiser
 from runtime.generate import generate
 from runtime.sampling import sampler_from_name
@@ -22,15 +23,15 @@ from runtime.sampling import sampler_from_name
 pytestmark = pytest.mark.slow
 MODEL, IMAGE_SIZE = "S/8", 256
 LIMITS = {"bf16": 3e-2, "int8": 0.5, "fp8": 1.0}  # export's check stage (export/pipeline.TOLERANCE)
-SMALL = Calibration(trajectories=4, steps=10)  # enough to test the path; exports use 8 x 25
+SMALL = Calibration(trajectories=4, steps=5)  # enough to test the path; exports use 8 x 10
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     @functools.cache
-    def make(precision: str):
+    def make(precision: str, base: str = "auto"):
         return export(MODEL, IMAGE_SIZE, random_init=0, precision=precision, out=tmp_path_factory.mktemp(precision),
-                      engine="skip", calibration=SMALL)
+                      engine="skip", calibration=SMALL, qdq_base=base)
 
     return make
 
@@ -66,8 +67,13 @@ def test_quantized_graph_records_its_calibration_sweep_and_exclusions(exported, 
     kinds = layer_kinds(result.graph)  # the Q/DQ graph keeps the exporter's name scopes
     print(f"{precision}: excluded {record['excluded']}, sweep {record['sensitivity']}")
     assert record["calibration"] == SMALL.record() and set(record["sensitivity"]) >= {"blocks.*.attn.qkv",
-                                                                                      "x_embedder.proj"}
-    assert record["excluded"] == sorted(k for k, e in record["sensitivity"].items() if e > record["exclusion_limit"])
+                                                                                      "blocks.*.mlp.fc1"}
+    conditioning = {k for k in kinds if CONDITIONING.search(k)}  # timestep MLP, adaLN, patch embedding: kept
+    assert conditioning == {"t_embedder.mlp.0", "t_embedder.mlp.2", "blocks.*.adaLN_modulation.1",
+                            "final_layer.adaLN_modulation.1", "x_embedder.proj"}
+    assert not conditioning & set(record["sensitivity"])
+    over = {k for k, e in record["sensitivity"].items() if e > record["exclusion_limit"]}
+    assert record["excluded"] == sorted(over | conditioning) and record["base"] == "fp32"  # auto without an engine
     assert quantized and record["quantized_nodes"] > 0 and kinds
     for node in quantized:  # TensorRT's form: a zero point of the quantized type, all zeros (symmetric)
         zero_point = onnx.numpy_helper.to_array(zero_points[node.input[2]]) if len(node.input) > 2 else None
@@ -87,3 +93,29 @@ def test_onnxruntime_refuses_a_bf16_graph_on_a_cpu_and_openvino_runs_it(exported
 def test_fp8_on_a_cpu_is_labelled_emulated(exported):
     with load_denoiser(exported("fp8").graph, "onnxruntime", threads=1) as denoiser:
         assert denoiser.name == "onnxruntime-cpu fp8 (emulated)"
+
+
+@pytest.mark.parametrize("precision, kind", [("int8", onnx.TensorProto.INT8)])
+def test_fp16_base_dequantizes_to_float16_and_keeps_the_float32_islands(exported, precision, kind):
+    """TensorRT's strongly typed build runs what the graph says: on the FP16 base every DequantizeLinear has a float16
+    scale (so yields float16: INT8/FP8 x INT8/FP8 GEMMs with 16-bit output), the float32 islands stay (LayerNorm and
+    softmax in float32, as in the FP16 graph), and the check against the float32 reference holds."""
+    result = exported(precision, "fp16")
+    manifest, graph = read_manifest(result.graph), onnx.load(str(result.graph))
+    initializers = {initializer.name: initializer for initializer in graph.graph.initializer}
+    dequantize = [node for node in graph.graph.node if node.op_type == "DequantizeLinear"]
+    scales = {initializers[node.input[1]].data_type for node in dequantize}
+    weights = {initializers[node.input[0]].data_type for node in dequantize if node.input[0] in initializers}
+    inferred = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+    types = {value.name: value.type.tensor_type.elem_type for value in inferred.graph.value_info}
+    softmax = {types[node.output[0]] for node in graph.graph.node if node.op_type == "Softmax"}
+    print(f"{precision} on fp16: check errors {result.errors}, {len(dequantize)} DequantizeLinear, softmax types "
+          f"{softmax}, excluded {manifest.quantization['excluded']}")
+    assert manifest.quantization["base"] == "fp16" and manifest.opset == QDQ_OPSET
+    assert scales == {onnx.TensorProto.FLOAT16} and weights == {kind} and softmax == {onnx.TensorProto.FLOAT}
+    assert max(result.errors.values()) < LIMITS[precision]
+
+
+def test_fp8_on_an_fp16_base_is_refused_in_one_line(tmp_path):
+    with pytest.raises(DiTError, match="fp8 comes on an fp32 base for now.*drop --qdq-base fp16"):
+        export(MODEL, IMAGE_SIZE, random_init=0, precision="fp8", qdq_base="fp16", out=tmp_path, engine="skip")

@@ -25,13 +25,17 @@ def is_plain(setting) -> bool:
     return setting.precision == "fp32" and not setting.load_options and set(setting.options) <= ORDINARY_OPTIONS
 
 
-def reference_setting(setting, run: list, known: list):
+def reference_setting(setting, run: list, known: list, converged="auto"):
     """(the setting setting is compared with, the kind of reference) or None: one of run's settings (its own
-    backend first), one of known, or a new plain one on its backend."""
+    backend first), one of known, or a new plain one on its backend. converged: a plain row's (sampler, steps),
+    "auto" the rule's own (runtime.tuning.reference.CONVERGED), None: a plain row has none."""
     from runtime.sampling import sampler_from_name
     from runtime.tuning.reference import reference_for
 
-    reference = reference_for(sampler_from_name(setting.sampler, setting.steps), is_plain(setting))
+    if converged is None and is_plain(setting):
+        return None
+    reference = reference_for(sampler_from_name(setting.sampler, setting.steps), is_plain(setting),
+                              None if converged == "auto" else converged)
     if reference is None:
         return None
     wanted = (reference.sampler, reference.steps, setting.cfg_scale)
@@ -46,12 +50,12 @@ def reference_setting(setting, run: list, known: list):
     return new, reference.kind
 
 
-def with_references(settings: list, known: list) -> tuple[list, dict]:
+def with_references(settings: list, known: list, converged="auto") -> tuple[list, dict]:
     """(settings with the references they lack added, each reference before the rows that need it;
     {name: (reference name, kind)} of every row that has one)."""
     ordered, references = list(settings), {}
     for setting in ordered:  # grows while it runs: an added plain reference needs the converged one
-        found = reference_setting(setting, ordered, known)
+        found = reference_setting(setting, ordered, known, converged)
         if found is not None:
             reference, kind = found
             if reference not in ordered:

@@ -151,7 +151,7 @@ def check_setting(setting: Setting) -> None:
     fixed = sorted(set(setting.options) & set(FIXED_BY_THE_RUN))
     if fixed:
         raise DiTError(f"setting {setting.name}: {fixed[0]!r} is fixed by the run for every row; drop it from options")
-    unknown = sorted(set(setting.options) - set(OPTIONS))
+    unknown = sorted(set(setting.options) - set(OPTIONS))  # the request options (runtime.options)
     if unknown:
         raise DiTError(f"setting {setting.name}: runtime.generate.generate() takes no option {unknown[0]!r}")
     sampler_from_name(setting.sampler, setting.steps)  # DiTError for an unknown sampler or a bad step count
@@ -218,7 +218,8 @@ def load_for(setting: Setting, path: Path | None, threads: int | None, device: s
 
 
 def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path = Path("."),
-        threads: int | None = None, device: str = "cpu", resamples: int = RESAMPLES, echo=print) -> list[dict]:
+        threads: int | None = None, device: str = "cpu", resamples: int = RESAMPLES, echo=print,
+        converged="auto") -> list[dict]:
     """One row per setting, and per reference the paired rule needs that the settings lack (benchmarks/paired.py,
     sampled first): the setting, n, both metrics with their intervals, seconds per image, the paired fidelity."""
     import torch
@@ -230,7 +231,7 @@ def run(settings: list[Setting], per_class: int, seed: int = 0, work_dir: Path =
 
     for setting in settings:
         check_setting(setting)
-    ordered, references = with_references(settings, list(SETTINGS.values()))
+    ordered, references = with_references(settings, list(SETTINGS.values()), converged)
     paths = {setting.name: artifact(setting, work_dir) for setting in ordered}
     labels, judge, rows, images = balanced_labels(per_class), fashion_judge(), [], {}
     for setting in ordered:
@@ -296,6 +297,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join([*HEADER, *map(table_line, rows)])
 
 
+def profile_settings(path: Path) -> list[Setting]:
+    """A row per named point of a dit-tune profile (runtime.profile), named profile-<point>; its graphs are those
+    beside the profile."""
+    from dit_ref.contract import read_manifest
+    from runtime.profile import read_profile
+
+    profile = read_profile(path)
+    rows = []
+    for name in profile.record["points"]:
+        point = profile.point(name)
+        precision = read_manifest(profile.graph_path(point)).precision
+        options = {key: value for key in ("guidance_interval", "cache") if (value := point.request[key]) is not None}
+        rows.append(row(f"profile-{name}", point.backend, precision, point.request["sampler"], point.request["steps"],
+                        profile.record.get("tuned_at", {}).get("cfg_scale", 4.0), point.load, **options))
+    return rows
+
+
+def parse_converged(text: str):
+    """"ddim:1000" -> ("ddim", 1000); "none" -> None (plain rows get no paired reference); "auto" as it is."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    sampler, _, steps = text.partition(":")
+    if not steps.isdigit():
+        raise DiTError(f"--converged {text!r}: give SAMPLER:STEPS (e.g. ddim:1000) or none")
+    return sampler, int(steps)
+
+
 def settings_list() -> str:
     """Every setting's name and what it is, one per line."""
     return "\n".join(f"{s.name:34s} {s.backend} {s.precision}, {s.sampler} {s.steps}, cfg {s.cfg_scale:g}"
@@ -317,7 +345,13 @@ def settings_list() -> str:
               show_default=True, help="Where the graphs are exported once.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the run's record as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Also draw the speed-quality frontier (PNG).")
-def main(per_class, names, list_settings, seed, resamples, threads, device, work_dir, json_path, plot_path):
+@click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path),
+              help="Also a row per named point of this dit-tune profile (its graphs beside it: the work dir).")
+@click.option("--converged", default="auto", show_default=True, metavar="SAMPLER:STEPS|auto|none",
+              help="The converged ODE solution plain deterministic rows are paired with (auto: DDIM 1000, "
+              "runtime.tuning.reference); none: no paired reference for them.")
+def main(per_class, names, list_settings, seed, resamples, threads, device, work_dir, json_path, plot_path,
+         profile_path, converged):
     """The yardstick: class accuracy and Fréchet distance (95% bootstrap intervals) and seconds per image of
     the shipped Fashion-MNIST DiT under each setting, printed as a Markdown table."""
     if list_settings:
@@ -325,9 +359,11 @@ def main(per_class, names, list_settings, seed, resamples, threads, device, work
         return
     try:
         settings = select_settings(names)
+        if profile_path is not None:
+            settings, work_dir = settings + profile_settings(profile_path), profile_path.parent
         work_dir.mkdir(parents=True, exist_ok=True)
         rows = run(settings, per_class, seed, work_dir, threads, device, resamples,
-                   echo=lambda line: click.echo(line, err=True))
+                   echo=lambda line: click.echo(line, err=True), converged=parse_converged(converged))
         report = record(rows, per_class, seed, resamples, threads, device)
         write_outputs(report, json_path, plot_path)
     except DiTError as error:

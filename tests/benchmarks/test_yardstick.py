@@ -197,3 +197,29 @@ def test_cli_errors_are_one_line():
     listed = runner.invoke(quality.main, ["--list-settings"])
     assert listed.exit_code == 0 and all(name in listed.output for name in quality.SETTINGS)
     assert "--per-class" in runner.invoke(quality.main, ["--help"]).output
+
+
+def test_converged_none_leaves_plain_rows_unpaired_and_parses_as_the_flag_says():
+    from benchmarks.paired import with_references
+
+    chosen = quality.select_settings("onnxruntime-ddim50,openvino-ddim50-fora3")
+    _, references = with_references(chosen, list(quality.SETTINGS.values()), converged=None)
+    print(references)
+    assert references == {"openvino-ddim50-fora3": ("onnxruntime-ddim50", "trajectory")}  # the plain row: none
+    assert quality.parse_converged("none") is None and quality.parse_converged("auto") == "auto"
+    assert quality.parse_converged("dpm++:250") == ("dpm++", 250)
+    with pytest.raises(DiTError, match="give SAMPLER:STEPS"):
+        quality.parse_converged("ddim")
+
+
+def test_a_profile_adds_a_row_per_named_point(fashion_graph):
+    from profile_helpers import write_profile_for
+
+    path = write_profile_for(fashion_graph, {
+        "exact": {"sampler": "ddim", "steps": 50},
+        "fast": {"sampler": "unipc", "steps": 8, "cache": "fora:2", "backend": "openvino"}})
+    rows = quality.profile_settings(path)
+    print(rows)
+    assert [(r.name, r.backend, r.precision, r.sampler, r.steps, r.options) for r in rows] == [
+        ("profile-exact", "onnxruntime", "fp32", "ddim", 50, {}),
+        ("profile-fast", "openvino", "fp32", "unipc", 8, {"cache": "fora:2"})]

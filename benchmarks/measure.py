@@ -18,7 +18,7 @@ import torch
 from benchmarks import backends
 from dit_ref import configs
 from dit_ref.machine.cpu import cpu_has, cpu_summary, physical_cores
-from runtime.denoiser import Denoiser
+from runtime.denoiser import WrappedDenoiser
 
 # Dense FP16 tensor-core peaks in TFLOP/s (without sparsity), from NVIDIA's datasheets:
 # A100 (SXM4 and PCIe) 312; L4 121 (242 with sparsity); H100 SXM5 989, H100 PCIe 756,
@@ -63,13 +63,15 @@ def median_ms(function, repeats: int) -> float:
     return statistics.median(call_ms(function, repeats))
 
 
-class TimedDenoiser(Denoiser):
+class TimedDenoiser(WrappedDenoiser):
     """Adds up the (synchronised) wall time spent inside the wrapped denoiser's calls; its facts are the inner's."""
 
     def __init__(self, inner):
-        self.inner, self.seconds = inner, 0.0
-        self.name, self.device, self.provenance, self.batch_range, self.manifest = (
-            inner.name, inner.device, inner.provenance, inner.batch_range, inner.manifest)
+        super().__init__(inner)
+        self.seconds = 0.0
+
+    def reset(self) -> None:
+        self.seconds = 0.0
 
     def __call__(self, *inputs):
         start = time.perf_counter()

@@ -15,7 +15,7 @@ dit-run writes) and the float pixels before rounding (this pixel model's latents
 reference's range), which see differences below one grey level. Another model (--model, random weights)
 gets the convergence part alone, on its latents.
 
-Resolution: the issue's settings against DDIM 50 FP32: per-pair spread of PSNR, and at k pairs (random
+Resolution: the settings of docs/benchmarks.md's paired table against DDIM 50 FP32: per-pair spread of PSNR, and at k pairs (random
 subsets of the pairs) the median width of the 95% bootstrap interval of the mean, and how often two
 settings about 3 dB apart have intervals apart.
 """

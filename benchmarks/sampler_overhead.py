@@ -76,7 +76,7 @@ def measure(backend: str, graph, model: str, image_size: int, batch: int, steps:
     sampler = sampler_from_name("ddpm", steps)
     denoiser = TimedDenoiser(inner)
     run_sampler(denoiser, sampler_from_name("ddpm", 2), batch)  # warm-up
-    denoiser.seconds = 0.0
+    denoiser.reset()
     total = run_sampler(denoiser, sampler, batch)
     noise = OfficialNoise(1)
     probe = [noise.initial(batch, inner.latent_shape), torch.zeros(batch, dtype=torch.int64),

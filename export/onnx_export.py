@@ -26,7 +26,7 @@ from dit_ref.files import sha256_of_files
 from export import opcheck, typed
 from export.guided import MODULES, example_inputs
 
-TRACED_PRECISIONS = ("fp32", "fp16", "bf16")  # int8 and fp8 are Q/DQ graphs made from the fp32 one (export/quantize.py)
+TRACED_PRECISIONS = ("fp32", "fp16", "bf16")  # int8 and fp8: Q/DQ graphs on a traced base (export/quantize.py)
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 TRACE_BATCH = 4  # torch.export specialises a dimension traced at size 1 (or equal to another)
 TRACE_GUIDED = (0, 2)  # U = 2 of 4 rows guided while tracing: B and U stay two dimensions

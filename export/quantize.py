@@ -12,8 +12,8 @@ DequantizeLinear pairs in front of both inputs of the MatMul, Gemm and Conv node
 channel (INT8; FP8 per tensor, as ONNX Runtime makes it), activations per tensor, symmetric, zero
 point 0, no pair on their outputs and none on biases. That is what TensorRT's explicit quantization
 builds (strongly typed: the graph says every type), and the same file runs in ONNX Runtime (INT8 on
-VNNI CPUs) and OpenVINO. Chosen by measurement (2026-12-01, AMD EPYC, ONNX Runtime 1.32, OpenVINO
-2026.4, NNCF 3.4, shipped fashion model and random DiT-S/2): ONNX Runtime's default Q/DQ (pairs on
+VNNI CPUs) and OpenVINO. Chosen by measurement (ONNX Runtime, OpenVINO and NNCF on the shipped fashion model and a random DiT-S/2;
+docs/export.md): ONNX Runtime's default Q/DQ (pairs on
 outputs too) does not compile in OpenVINO (a constant-folding error); NNCF's ONNX quantizer leaves
 the patch-embedding Conv and the softmax-times-V MatMul unquantized, quantizes the label table and
 makes asymmetric activations unless told otherwise, which TensorRT cannot take. FP8 needs ONNX
@@ -143,26 +143,27 @@ def providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if onnxruntime_cuda_here() else ["CPUExecutionProvider"]
 
 
+@contextlib.contextmanager
 def graph_eps(graph: Path):
     """eps_of(x, t, y, cfg_scale) -> eps of a graph in ONNX Runtime (on the GPU where its CUDA provider and a GPU are,
-    else the CPU), for calibration.ddim_sample."""
+    else the CPU), for calibration.ddim_sample; its runner is closed on leaving."""
     from dit_ref.runners import onnxruntime_cuda_here, open_runner
     from export.verify import run_graph
 
     device = torch.device("cuda" if onnxruntime_cuda_here() else "cpu")
-    runner = open_runner(graph, "onnxruntime", device=device, optimization="basic")
+    with open_runner(graph, "onnxruntime", device=device, optimization="basic") as runner:
+        def eps_of(x, t, y, cfg_scale):
+            return run_graph(runner, *(value.to(device) for value in (x, t, y, cfg_scale)))[0].cpu()  # all guided
 
-    def eps_of(x, t, y, cfg_scale):
-        return run_graph(runner, *(value.to(device) for value in (x, t, y, cfg_scale)))[0].cpu()  # every row guided
-
-    return eps_of
+        yield eps_of
 
 
 def sample_error(graph: Path, expected: torch.Tensor, held_out: tuple, steps: int) -> float:
     """||x - x_base|| / ||x_base|| (root mean square) of the final samples of DDIM runs from the held-out
     starts: the error that reaches the pictures (an eps error at t near 0 barely moves a sample; near 999
     it does), averaged over pixels (a deterministic sampler can move a few pixels much for a small change)."""
-    got = ddim_sample(graph_eps(graph), *held_out, steps)
+    with graph_eps(graph) as eps_of:
+        got = ddim_sample(eps_of, *held_out, steps)
     return float(torch.linalg.vector_norm(got - expected) / torch.linalg.vector_norm(expected).clamp(min=1e-30))
 
 
@@ -174,7 +175,8 @@ def swept_kinds(kinds: dict[str, list[str]]) -> dict[str, list[str]]:
 def sensitivity(base_graph: Path, precision: str, calibration: list[dict], held_out: tuple, steps: int,
                 cache: Path) -> dict[str, float]:
     """Each token-wise layer kind quantized alone -> its sample error on the held-out starts (the sweep)."""
-    expected = ddim_sample(graph_eps(base_graph), *held_out, steps)
+    with graph_eps(base_graph) as eps_of:
+        expected = ddim_sample(eps_of, *held_out, steps)
     errors = {}
     with tempfile.TemporaryDirectory(prefix="dit-sweep-") as scratch:
         for kind, nodes in swept_kinds(layer_kinds(base_graph)).items():

@@ -23,7 +23,7 @@ import torch
 
 from dit_ref.contract import GUIDED, guided_rows
 from dit_ref.errors import DiTError
-from runtime.denoiser import NO_PAIR, Denoiser  # noqa: F401 (NO_PAIR: part of this module's API)
+from runtime.denoiser import NO_PAIR, Denoiser, WrappedDenoiser  # noqa: F401 (NO_PAIR: part of this module's API)
 
 EDGE_CALLS = 2  # always refreshed at both ends of a trajectory
 SPELLING = ("fora:N (reuse for N-1 calls), forecast:N:ORDER (ORDER 1 or 2), N >= 1, e.g. fora:3, or refresh:K,K,... "
@@ -154,7 +154,7 @@ class Ask:
     features: tuple | None = None  # a reuse's (features (n, ...), null_features (U, ...)): kept or forecast
 
 
-class CachingDenoiser(Denoiser):
+class CachingDenoiser(WrappedDenoiser):
     """A denoiser's refresh and reuse forms (its cached_forms()) driven by each trajectory's cache policy.
 
     Each trajectory's call either refreshes (the full forward, its features kept in its cache_state) or reuses
@@ -164,16 +164,10 @@ class CachingDenoiser(Denoiser):
     """
 
     def __init__(self, base: Denoiser):
-        self.base = base
+        super().__init__(base)
         self.refresh, self.reuse = base.cached_forms()  # named tensors in and out; the base owns and closes them
-        self.provenance, self.batch_range, self.device, self.manifest = (base.provenance, base.batch_range,
-                                                                         base.device, base.manifest)
-        self.path, self.backend, self.load_options = base.path, base.backend, base.load_options
         self.name = f"{base.name}, cached steps"
         self.refreshed_rows = self.reused_rows = 0
-
-    def __call__(self, x, t, y, cfg_scale):
-        return self.base(x, t, y, cfg_scale)
 
     def cached_forms(self):
         return self.refresh, self.reuse
@@ -184,7 +178,7 @@ class CachingDenoiser(Denoiser):
         results = [None] * len(trajectories)
         plain = [i for i, ask in enumerate(asks) if ask is None]
         if plain:  # trajectories without a cache policy: the base denoiser, as an uncached step runs them
-            for i, result in zip(plain, self.base.call_trajectories([trajectories[i] for i in plain])):
+            for i, result in zip(plain, self.inner.call_trajectories([trajectories[i] for i in plain])):
                 results[i] = result
         for refreshing in (True, False):
             group = [(i, ask) for i, ask in enumerate(asks) if ask is not None and ask.refresh == refreshing]
@@ -234,9 +228,6 @@ class CachingDenoiser(Denoiser):
         kept = state.newton if same_rows else (Newton(), Newton())  # other guided rows: another layout, anew
         trajectory.cache_state = CacheState(tuple(newton.add(k, part, order) for newton, part in zip(kept, features)),
                                             ask.guided)
-
-    def close(self) -> None:
-        self.base.close()
 
 
 def cached_denoiser(denoiser: Denoiser) -> CachingDenoiser:

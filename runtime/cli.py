@@ -94,8 +94,10 @@ def with_profile(path, flags: dict) -> tuple:
     if flags["profile"] is None:
         return path, flags
     profile, point = load_point(flags["profile"], path)
-    chosen = {**point.request, "backend": point.backend, **point.load}
-    flags = {**flags, **{name: value for name, value in chosen.items() if name not in flags["given"]}}
+    given = flags["given"]
+    backend = flags["backend"] if "backend" in given else point.backend
+    chosen = {**point.request_for(given), "backend": backend, **point.load_for(backend)}
+    flags = {**flags, **{name: value for name, value in chosen.items() if name not in given}}
     path = profile.graph_path(point)
     click.echo(f"profile {point.name} ({profile.path.name}): {path.name} on {flags['backend']}", err=True)
     return path, flags

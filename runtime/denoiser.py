@@ -1,12 +1,13 @@
 """What every denoiser is: a callable (x, t, y, cfg_scale) -> (eps, var_values) and its facts, declared here.
 
-Backends (runtime/backends/) subclass Denoiser, and so do the wrappers (cached steps, a service replica, a
-benchmark's timer); the sampling loop, generate(), the CLI, the service and the benchmarks use only what is
-declared on it. var_values is None for models without learned sigma. A row whose cfg scale is 1 is not guided
-(guidance at scale 1 is the conditional output; dit_ref.contract.guided_rows): the denoiser decides the guided
-rows from each call's cfg scales, so a cfg-1 sample, or a step outside a guidance interval (the sampler then
-passes scale 1), runs the transformer once, not twice. The cfg scales come on the CPU (a trajectory keeps them
-there), so deciding the guided rows never waits for the GPU.
+Backends (runtime/backends/) subclass Denoiser, and the wrappers (cached steps, a service replica, a benchmark's
+timer) WrappedDenoiser; the sampling loop, generate(), the CLI, the service and the benchmarks use only what is
+declared on it (tests/test_layout.py: nothing is set on a denoiser or probed from outside). var_values is None
+for models without learned sigma. A row whose cfg scale is 1 is not guided (guidance at scale 1 is the
+conditional output; dit_ref.contract.guided_rows): the denoiser decides the guided rows from each call's cfg
+scales, so a cfg-1 sample, or a step outside a guidance interval (the sampler then passes scale 1), runs the
+transformer once, not twice. The cfg scales come on the CPU (a trajectory keeps them there), so deciding the
+guided rows never waits for the GPU.
 """
 
 from dataclasses import dataclass
@@ -126,3 +127,24 @@ class Denoiser:
     def __exit__(self, *exc_info):
         self.close()
         return False
+
+
+class WrappedDenoiser(Denoiser):
+    """A denoiser around another (cached steps, a service replica, a benchmark's timer): the inner one's facts, its
+    calls and cached forms passed through unless the wrapper changes them, closed with it."""
+
+    def __init__(self, inner: Denoiser):
+        self.inner = inner
+        self.name, self.device, self.provenance, self.batch_range = (inner.name, inner.device, inner.provenance,
+                                                                     inner.batch_range)
+        self.manifest, self.path, self.backend, self.load_options = (inner.manifest, inner.path, inner.backend,
+                                                                     inner.load_options)
+
+    def __call__(self, x, t, y, cfg_scale):
+        return self.inner(x, t, y, cfg_scale)
+
+    def cached_forms(self):
+        return self.inner.cached_forms()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -68,7 +68,8 @@ def generate(denoiser, labels, sampler=None, *, decoder=None, on_step: Callable[
     if sampler is not None:
         options["sampler"] = sampler
     if options.get("profile") is not None:
-        options = {**profile_request(denoiser, options["profile"]), **options}
+        given = {name for name, value in options.items() if value is not None}
+        options = {**profile_request(denoiser, options["profile"], given), **options}
     plan = make_plan(list(labels), decoder=spec, first_index=first_index, **options).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
@@ -77,9 +78,9 @@ def generate(denoiser, labels, sampler=None, *, decoder=None, on_step: Callable[
     return generate_plan(denoiser, plan, decoder, on_step)
 
 
-def profile_request(denoiser, spec: str) -> dict:
-    """The request options of a profile point (runtime.profile), for a denoiser that runs what the point runs;
-    DiTError otherwise."""
+def profile_request(denoiser, spec: str, given) -> dict:
+    """The request options of a profile point (runtime.profile) the caller did not give (names), for a denoiser
+    that runs what the point runs; DiTError otherwise."""
     from runtime.profile import load_point
 
     if denoiser.manifest is None:
@@ -90,7 +91,7 @@ def profile_request(denoiser, spec: str) -> dict:
         raise DiTError(f"profile {point.name} runs {point.graph} on {point.backend} {point.load or ''}, not "
                        f"{denoiser.path.name} on {denoiser.name}; load it with load_denoiser({str(denoiser.path)!r}, "
                        f"profile={spec!r})")
-    return point.request
+    return point.request_for(given)
 
 
 def generate_plan(denoiser, plan: Plan, decoder=None, on_step: Callable[[dict], None] | None = None

@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dit_ref import configs
 from dit_ref.contract import Manifest, now_iso, read_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import write_text_atomic
@@ -40,6 +39,22 @@ class Point:
     request: dict  # the request options dit-tune chooses (runtime.options.TUNED): sampler, steps, ...
     measured: dict  # seconds_per_image, speedup, fidelity, quality, ... (as dit-tune wrote them)
 
+    def request_for(self, given) -> dict:
+        """The point's request options (those set) less the ones the caller gave (names): the caller's win. A
+        calibrated refresh list fits the point's own sampler and steps only, so it goes when either is given."""
+        from runtime.caching import parse_cache
+
+        request = {name: value for name, value in self.request.items() if name not in given and value is not None}
+        policy = parse_cache(request.get("cache"))
+        if policy is not None and policy.kind == "refresh" and {"sampler", "steps"} & set(given):
+            del request["cache"]
+        return request
+
+    def load_for(self, backend) -> dict:
+        """The point's backend options where its own backend runs it (backend None or "auto": the point's); another
+        backend has options of its own."""
+        return dict(self.load) if backend in (None, "auto", self.backend) else {}
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -61,7 +76,7 @@ class Profile:
 
 def profile_name(manifest: Manifest) -> str:
     """"fashion-28.profile.json", "DiT-XL-2-256.profile.json": one profile per model and size, any precision."""
-    return f"{configs.get_config(manifest.model).file_stem}-{manifest.image_size}{SUFFIX}"
+    return f"{manifest.model.replace('/', '-')}-{manifest.image_size}{SUFFIX}"  # any DiT shape (configs.file_stem)
 
 
 def profile_path_for(graph) -> Path:

@@ -8,16 +8,16 @@ or 1 with --require-all); a stage that failed makes it "failed".
 
 # --no-install bounds each stage so that a node with only torch's CUDA build is done within 8 minutes.
 BUDGET_SECONDS = 480
-# Measured on a shared 2-core AMD EPYC (Zen 2, no GPU), 2026-12: dit-export S/2 at 256 as FP16 with its ONNX Runtime
+# Measured on a 2-core CPU (docs/gpu.md): dit-export S/2 at 256 as FP16 with its ONNX Runtime
 # check, 43 s wall; export.compare_engine's ONNX Runtime half on that graph (batch 1 and 8, both guided subsets), 15 s.
 EXPORT_S2_SECONDS = 45
 COMPARE_ORT_S2_SECONDS = 15
-# Not measured (no GPU here): a TensorRT build of S/2 from an empty timing cache, taken as 60 s at level 3 and 30 s
+# Estimated (docs/gpu.md): a TensorRT build of S/2 from an empty timing cache, taken as 60 s at level 3 and 30 s
 # at level 1; gpu-check's report records the real ones (the engine's build_seconds, each stage's seconds).
 BUILD_S2_SECONDS = {3: 60, 1: 30}
 MARGIN = 2  # on the measured figures: a GPU node's CPU may be slower, a first import is
 SMOKE_LEVEL = 1  # --no-install builds S/2 at this optimization level: a real engine, quickly
-# The torch CUDA paths (estimates, no GPU here): the tests compile S/2 five times (default, reduce-overhead at two
+# The torch CUDA paths (estimates, docs/gpu.md): the tests compile S/2 five times (default, reduce-overhead at two
 # shapes, the cached-steps pair); throughput runs 4 settings x 2 batches of XL/2 in fresh processes (about 15 s
 # each eager, up to WORKER_SECONDS compiled). Their sum, with the module probes, stays under BUDGET_SECONDS.
 TORCH_LIMITS = {"stack": 30, "tests": 170, "throughput": 200, "overhead": 40}

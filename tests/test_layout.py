@@ -102,3 +102,31 @@ def test_sessions_and_compiled_models_are_made_in_the_runner_layer_only():
     print(f"{len(files)} files; the runner layer makes {len(inside)}: {', '.join(inside)}")
     assert inside, "the runner layer makes no session: the test reads the wrong calls"
     assert not outside, "made outside dit_ref/runners/: " + "; ".join(outside)
+
+
+def denoiser_probes(source: str) -> list[str]:
+    """"what line" of each assignment to an attribute of a denoiser held in a variable (`denoiser.x = ...`,
+    `inner.x += ...`) and each setattr/getattr/hasattr on one, in a module's source."""
+    def is_denoiser(node) -> bool:
+        return isinstance(node, ast.Name) and ("denoiser" in node.id.lower() or node.id in ("inner", "base"))
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        found += [f"{target.value.id}.{target.attr} = line {node.lineno}" for target in targets
+                  if isinstance(target, ast.Attribute) and is_denoiser(target.value)]
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "getattr", "hasattr")
+                and node.args and is_denoiser(node.args[0])):
+            found.append(f"{node.func.id}({node.args[0].id}, ...) line {node.lineno}")
+    return found
+
+
+def test_nothing_is_set_on_or_probed_in_a_denoiser_from_outside():
+    """What runtime.denoiser.Denoiser declares is all its callers use: nothing set on one, nothing probed."""
+    sample = "denoiser.path = p\nsetattr(inner, 'x', 1)\nhasattr(denoiser, 'stateful')\nself.x = 1\nplan.x = 2\n"
+    assert len(denoiser_probes(sample)) == 3, denoiser_probes(sample)  # the reader finds what it looks for
+    files = [*modules().values(), *(ROOT / "scripts").glob("*.py")]
+    found = [f"{path.relative_to(ROOT)}: {probe}" for path in files for probe in denoiser_probes(path.read_text())]
+    print(f"{len(files)} files read")
+    assert not found, "; ".join(found)

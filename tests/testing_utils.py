@@ -58,9 +58,11 @@ def graph_feeds(manifest, x, t, y, cfg_scale) -> dict:
     whose cfg scale is not 1, for a graph of format 4)."""
     from runtime.denoiser import Denoiser
 
-    denoiser = Denoiser()
-    denoiser.manifest = manifest
-    return denoiser.graph_inputs(x, t, y, cfg_scale)
+    class Feeds(Denoiser):
+        def __init__(self):
+            self.manifest = manifest
+
+    return Feeds().graph_inputs(x, t, y, cfg_scale)
 
 
 def onnxruntime_outputs(graph, x, t, y, cfg_scale):

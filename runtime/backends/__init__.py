@@ -109,7 +109,8 @@ def profile_choice(path, backend: str, spec: str, options: dict) -> tuple:
 
     profile, point = load_point(spec, path)
     chosen = point.backend if backend == "auto" else backend
-    return profile.graph_path(point), chosen, {**point.load, **{k: v for k, v in options.items() if v is not None}}
+    return profile.graph_path(point), chosen, {**point.load_for(chosen), **{k: v for k, v in options.items()
+                                                                            if v is not None}}
 
 
 def check_expected(manifest: Manifest, path, expected: Expected) -> None:

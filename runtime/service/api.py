@@ -44,7 +44,7 @@ class Model:
     max_images: int
     defaults: tuple = ()  # (option, value) pairs: the service's defaults for a request that names none
     cached_steps: bool = False  # the graph has its cached-steps pair: requests may ask for a cache policy
-    points: tuple = ()  # (name, its request options, or why this service cannot run it) of its tuning profile
+    points: tuple = ()  # (name, its runtime.profile.Point, or why this service cannot run it) of its tuning profile
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, max_images: int, defaults: dict | None = None,
@@ -81,7 +81,8 @@ def parse_generate(body: bytes, model: Model) -> Plan:
     options = {**DEFAULTS, **dict(model.defaults)}
     try:
         if fields.get("profile") is not None:
-            options.update(profile_options(fields["profile"], model))
+            given = {name for name, value in fields.items() if value is not None}
+            options.update(profile_options(fields["profile"], model, given))
         options.update(fields)
         labels = check_label_list(options.pop("class_labels", None), model)
         plan = make_plan(labels, seeding="per-sample", decoder="none", names=HTTP_NAMES, **options)
@@ -90,16 +91,17 @@ def parse_generate(body: bytes, model: Model) -> Plan:
         raise bad_request(str(error)) from None
 
 
-def profile_options(name, model: Model) -> dict:
-    """The request options of the service's profile point `name`; DiTError when there is no such point or it runs
-    on another graph or backend than the service's."""
+def profile_options(name, model: Model, given) -> dict:
+    """The request options of the service's profile point `name` the request does not give (names), each of them
+    (None too: the point's, not the service's default); DiTError when there is no such point or it runs on another
+    graph or backend than the service's."""
     points = dict(model.points)
     if name not in points:
         have = ", ".join(points) if points else "none (no dit-tune profile beside the served graph)"
         raise DiTError(f"profile {name!r} is not one of this service's profile points: {have}")
     if isinstance(points[name], str):
         raise DiTError(f"profile {name!r} {points[name]}; start dit-serve with --profile {name} to serve it")
-    return points[name]
+    return {**dict.fromkeys(points[name].request), **points[name].request_for(given)}
 
 
 def check_label_list(values, model: Model) -> list:

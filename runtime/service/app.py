@@ -76,7 +76,7 @@ def compatible_groups(items: list[Item]) -> list[list[int]]:
 
 
 def served_points(settings: Settings) -> dict:
-    """The points of the profile beside the served graph: name -> its request options where the point runs on
+    """The points of the profile beside the served graph: name -> the point (runtime.profile.Point) where it runs on
     what this service runs, else one line saying what it runs instead; {} without a profile."""
     from runtime.profile import profile_path_for, read_profile
 
@@ -89,7 +89,7 @@ def served_points(settings: Settings) -> dict:
         point = profile.point(name)
         here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
                 and point.load == settings.load_options)
-        points[name] = point.request if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
+        points[name] = point if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
                                                    f"what this service runs").replace(" , ", ", ").replace("  ", " ")
     return points
 

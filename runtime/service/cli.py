@@ -70,9 +70,8 @@ def with_profile(path, backend: str, defaults: dict, given) -> tuple:
     if defaults.get("profile") is None:
         return path, backend, {}, defaults
     profile, point = load_point(defaults["profile"], path)
-    request = {name: value for name, value in point.request.items() if name not in given and value is not None}
-    return (profile.graph_path(point), backend if "backend" in given else point.backend, point.load,
-            {**request, **defaults})
+    backend = backend if "backend" in given else point.backend
+    return profile.graph_path(point), backend, point.load_for(backend), {**point.request_for(given), **defaults}
 
 
 def check_request_defaults(defaults: dict, manifest: Manifest) -> None:

@@ -14,18 +14,14 @@ import time
 
 import torch
 
-from runtime.denoiser import Denoiser
+from runtime.denoiser import Denoiser, WrappedDenoiser
 
 
-class ReplicaDenoiser(Denoiser):
+class ReplicaDenoiser(WrappedDenoiser):
     """Wraps a Denoiser: the same facts, every call counted (or, for a benchmark, simulated)."""
 
     def __init__(self, denoiser: Denoiser, simulated_call_ms: float | None = None):
-        self.inner = denoiser
-        self.name, self.device, self.provenance, self.batch_range = (denoiser.name, denoiser.device,
-                                                                     denoiser.provenance, denoiser.batch_range)
-        self.manifest, self.path, self.backend, self.load_options = (denoiser.manifest, denoiser.path,
-                                                                     denoiser.backend, denoiser.load_options)
+        super().__init__(denoiser)
         self.simulated_s = None if simulated_call_ms is None else simulated_call_ms / 1000
         self.calls = 0  # denoiser calls started on this replica (read by the event loop, written by one thread)
 
@@ -42,8 +38,3 @@ class ReplicaDenoiser(Denoiser):
         self.calls += 1
         return self.inner(x, t, y, cfg_scale)
 
-    def cached_forms(self):
-        return self.inner.cached_forms()
-
-    def close(self) -> None:
-        self.inner.close()

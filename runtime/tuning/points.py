@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dit_ref.errors import DiTError
 from runtime.caching import parse_cache, refreshed_calls
 from runtime.sampling import sampler_from_name
 from runtime.tuning import schedule
@@ -46,7 +47,7 @@ class Search:
     """The levers and named points of one tuning run (tuner: runtime.tuning.tuner.Tuner)."""
 
     def __init__(self, tuner, engines: list, exact: Setting, budgets: Budgets, pairs: Pairs, judge=None,
-                 time_left=lambda: True, echo=print):
+                 time_left=lambda need=0.0: True, echo=print):
         self.tuner, self.engines, self.exact, self.budgets = tuner, engines, exact, budgets
         self.pairs, self.judge, self.time_left, self.echo = pairs, judge, time_left, echo
         self.lever_mse: dict[str, np.ndarray] = {}  # lever key -> (screen,) per-pair error against its base
@@ -55,11 +56,16 @@ class Search:
     # --- levers --------------------------------------------------------------------------------------------
 
     def error(self, setting: Setting, base: Setting) -> np.ndarray:
-        """(screen,) per-pair relative squared error of setting against base, measured once."""
+        """(screen,) per-pair relative squared error of setting against base, measured once; infinite for a setting
+        that fails (e.g. its samples are not finite), which no budget passes."""
         key = f"{setting.key} || {base.key}"
         if key not in self.lever_mse:
-            self.note(setting)
-            self.lever_mse[key] = self.tuner.mse(setting, base, self.pairs.screen)
+            try:
+                self.lever_mse[key] = self.tuner.mse(setting, base, self.pairs.screen)
+                self.note(setting)
+            except DiTError as error:
+                self.echo(f"  {setting.label()} failed, left out: {error}")
+                self.lever_mse[key] = np.full(self.pairs.screen, np.inf)
         return self.lever_mse[key]
 
     def note(self, setting: Setting) -> None:
@@ -183,8 +189,11 @@ class Search:
         ceiling = exact["frechet_distance_interval"][1]
 
         def judged(setting: Setting) -> bool:
-            self.note(setting)
             known = self.tuner.knows_population(setting, self.pairs.population)
+            if not known and not self.time_left(self.pairs.population * self.tuner.predicted_seconds(setting)):
+                self.echo(f"  not judged {setting.label()}: its {self.pairs.population} samples do not fit the budget")
+                return False
+            self.note(setting)
             scores = self.tuner.population(setting, self.judge, self.pairs.population)
             passed = scores["class_accuracy"] >= floor and scores["frechet_distance"] <= ceiling
             if not known:
@@ -209,7 +218,14 @@ class Search:
         return setting.built_up(first)
 
     def find(self, check, budget_db: float, caches: dict) -> Setting | None:
-        best, _ = walk(self.candidates(caches), budget_db, check, time_left=self.time_left)
+        def checked(candidate: Candidate) -> Verdict:  # a candidate that fails to sample fails the check
+            try:
+                return check(candidate)
+            except DiTError as error:
+                self.echo(f"  {candidate.setting.label()} failed: {error}")
+                return Verdict(False)
+
+        best, _ = walk(self.candidates(caches), budget_db, checked, time_left=self.time_left)
         return None if best is None else best.setting
 
     def cache_grid(self, budget_db: float, most: int = 4) -> dict:

@@ -50,20 +50,27 @@ class Clock:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def left(self) -> bool:
-        return self.elapsed() < self.seconds - RESERVE_S
+    def left(self, need: float = 0.0) -> bool:
+        """Whether `need` more seconds of measuring fit in the budget."""
+        return self.elapsed() + need < self.seconds - RESERVE_S
 
 
 def run_tuning(request: TuneRequest, echo=print) -> dict:
     """Measure, search and write the profile; returns {"profile": path, "table": text, "summary": record}."""
-    from runtime.profile import profile_path_for
+    from runtime.profile import SUFFIX, profile_path_for
     from runtime.sampling import sampler_from_name
     from runtime.tuning.judge import judge_for
 
+    check_budget(request.seconds)
     clock = Clock(request.seconds)
     graph = require_graph(request.graph)
-    sampler_from_name(request.sampler, request.steps)  # DiTError for an unknown sampler or step count
+    if sampler_from_name(request.sampler, request.steps).stochastic:  # DiTError for an unknown one
+        raise DiTError(f"--sampler {request.sampler} is stochastic: its pictures change with the steps' noise, so "
+                       f"settings cannot be compared picture by picture; tune a deterministic sampler (ddim, dpm++, "
+                       f"unipc) and judge DDPM by the yardstick (benchmarks/quality.py)")
     out = request.out or profile_path_for(graph)
+    if not out.name.endswith(SUFFIX):
+        raise DiTError(f"--out {out}: a profile's name ends in {SUFFIX} (dit-run --profile finds it by that)")
     folder = request.work_dir or out.with_name(out.name.removesuffix(".json") + ".tune")
     if request.fresh and folder.is_dir():
         import shutil
@@ -74,7 +81,7 @@ def run_tuning(request: TuneRequest, echo=print) -> dict:
         echo(note)
     exact = Setting(exact_engine(found, graph), request.sampler, request.steps)
     options = Options(request.seed, request.cfg_scale, request.batch, request.threads)
-    tuner = Tuner(graph, options, Store(folder), echo)
+    tuner = Tuner(graph, options, Store(folder, options.conditions(graph.parent, found.engines), echo), echo)
     manifest = read_manifest(graph)
     judge = judge_for(manifest.model)
     pairs = Pairs(*request.pairs, request.population)
@@ -96,7 +103,10 @@ def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: 
         costs = tuner.costs(engine)
         echo(f"  {engine.label}: " + ", ".join(f"{kind} {guided:.1f}/{plain:.1f} ms" for kind, (guided, plain)
                                                in costs.ms.items()) + " (every row guided / none)")
-    wanted = max(search.pairs.confirm, search.pairs.population if judge else 0)
+    n = search.pairs.population
+    need = 0.0 if tuner.knows_population(exact, n) else n * tuner.predicted_seconds(exact)
+    judged = judge is not None and clock.left(need)  # exact's population (the fast point's bar) fits the budget
+    wanted = max(search.pairs.confirm, n if judged else 0)
     echo(f"exact: {exact.label()}, {wanted} samples")
     tuner.samples(exact, wanted)
     search.note(exact)
@@ -107,7 +117,11 @@ def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: 
     echo(f"faithful: the fastest at {budgets.faithful_db:g} dB or more against exact's pictures")
     faithful = search.find(search.paired_check(budgets.faithful_db), budgets.faithful_db,
                            search.cache_grid(budgets.faithful_db))
-    if judge is not None:
+    if judge is not None and not judged:
+        echo(f"fast: no time for the judge's {n} samples of exact (about {need:.0f} s); give a longer --time or a "
+             f"smaller --population")
+        fast = None
+    elif judge is not None:
         echo(f"fast: the fastest within {budgets.accuracy_points:g} point(s) of exact's class accuracy and its "
              f"Fréchet interval ({search.pairs.population} samples)")
         fast = search.find(search.population_check(), SANITY_DB, search.cache_grid(SANITY_DB))

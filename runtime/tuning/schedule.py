@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dit_ref.contract import guided_rows
+from runtime.options import OPTIONS
 from runtime.sampling import CallOptions
 from runtime.sampling.noise import PerSampleNoise
 
@@ -32,7 +33,7 @@ def relative_change(newer: torch.Tensor, older: torch.Tensor) -> float:
     return float(((newer - older).abs().sum(1) / newer.abs().sum(1).clamp(min=1e-30)).mean())
 
 
-def feature_changes(denoiser, sampler, labels: list[int], seed: int, cfg_scale: float = 4.0,
+def feature_changes(denoiser, sampler, labels: list[int], seed: int, cfg_scale: float = OPTIONS["cfg_scale"].default,
                     options: CallOptions = CallOptions(), max_gap: int = MAX_GAP) -> np.ndarray:
     """(calls, max_gap + 1) float64: [k, g] the relative change of the features from call k - g to call k on
     trajectories of the labels (per-sample seeds (seed, i)); NaN where k < g, 0 at g = 0. The denoiser runs its

@@ -17,6 +17,7 @@ import torch
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
 from dit_ref.files import atomic_path, write_text_atomic
+from runtime.options import OPTIONS
 from runtime.tuning import fidelity
 from runtime.tuning.costs import CallCosts, measure_costs, predict_seconds
 from runtime.tuning.space import Engine, Setting
@@ -27,19 +28,42 @@ class Options:
     """How a tuning run measures."""
 
     seed: int = 0  # pair i is seeded (seed, i)
-    cfg_scale: float = 4.0  # the scale every setting samples with (the user's)
+    cfg_scale: float = OPTIONS["cfg_scale"].default  # the scale every setting samples with (the user's)
     batch: int = 16  # images per denoiser call
     threads: int | None = None  # CPU threads per denoiser (None: physical cores)
 
+    def conditions(self, folder: Path, engines: list) -> dict:
+        """What the kept measurements depend on beside each setting's own key (Store): these options and the
+        sha256 of every graph (an engine's: the graph it was built from) in folder."""
+        graphs = {engine.graph: read_manifest(folder / engine.graph).graph.sha256 for engine in engines}
+        return {**asdict(self), "graphs": dict(sorted(graphs.items()))}
+
 
 class Store:
-    """What a run measured, kept in a folder (records.json and one .npy of pictures per setting)."""
+    """What a run measured, kept in a folder (records.json and one .npy of pictures per setting), under the
+    conditions it was measured in (seed, cfg scale, batch, threads, the graphs' sha256): kept measurements made
+    under others are forgotten, not mixed in."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, conditions: dict, echo=print):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "records.json"
-        self.records = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.records = self.read()
+        if self.records and self.records.get("conditions") != conditions:
+            echo(f"{self.folder.name}: its measurements were made with another seed, cfg scale, batch, thread count "
+                 f"or other graphs; measuring afresh")
+            for kept in self.folder.glob("*.npy"):
+                kept.unlink()
+            self.records = {}
+        self.records["conditions"] = conditions
+
+    def read(self) -> dict:
+        if not self.path.is_file():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DiTError(f"{self.path} is not a dit-tune record ({error}); run again with --fresh") from None
 
     def get(self, kind: str, key: str):
         return self.records.get(kind, {}).get(key)

@@ -23,7 +23,7 @@ from export.vae_export import Float32Attention
 from export.verify import check_runner, relative_error
 from testing_utils import TINY_VAE_CONFIG
 
-LIMITS = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}  # the bounds; bf16: export's check limit
+LIMITS = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}  # the decoder's bounds; bf16: export's check limit
 
 
 def diffusers_decode(vae_dir, latents: np.ndarray) -> np.ndarray:

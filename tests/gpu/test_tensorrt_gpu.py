@@ -92,7 +92,7 @@ def test_engine_matches_reference_and_onnxruntime(engine_for, precision, batch, 
     error_reference = max_rel_error(engine_out, reference)
     error_onnxruntime = max_rel_error(engine_out, onnxruntime_outputs(graph, x, t, y, cfg_scale))
     print(f"{precision} batch {batch}: vs torch {error_reference:.2e}, vs onnxruntime {error_onnxruntime:.2e} "
-          f"(limit {TOLERANCE[precision]:.0e}, to be measured on first GPU run)")
+          f"(limit {TOLERANCE[precision]:.0e})")
     record_property("error_vs_torch", error_reference)
     record_property("error_vs_onnxruntime", error_onnxruntime)
     record_property("limit", TOLERANCE[precision])
@@ -102,7 +102,7 @@ def test_engine_matches_reference_and_onnxruntime(engine_for, precision, batch, 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_graph_replay_equals_eager_bitwise(engine_for, precision, record_property):
-    # Bitwise is to be measured on first GPU run: the eager context and each graph's context come from
+    # Bitwise: the eager context and each graph's context come from
     # one engine (same tactics), but a kernel with atomics would make them differ in the last bits.
     _, plan = engine_for(precision)
     eager = engine_denoiser(plan, None, "cuda")

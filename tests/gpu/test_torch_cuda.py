@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 MODEL, IMAGE_SIZE = "S/2", 256
 # max |error| / max |reference| against float32 on the same GPU (TF32 off): the limits the FP16 graph meets
-# on CPU (1e-2) and the BF16 bound of the precision issue (3e-2).
+# on CPU (1e-2) and the BF16 bound of export's check (3e-2).
 TOLERANCE = {"float16": 1e-2, "bfloat16": 3e-2}
 
 

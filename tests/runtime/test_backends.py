@@ -207,7 +207,6 @@ def test_missing_file(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.onnxruntime_cuda
 def test_onnxruntime_cuda_io_binding(graphs, reference, record_property):
-    # Written for a GPU machine with onnxruntime-gpu; not run here (no GPU).
     denoiser = load_denoiser(graphs["fp32"], device="cuda")
     assert denoiser.runner.session.get_providers()[0] == "CUDAExecutionProvider"
     eps, var_values = denoiser(*(value.cuda() for value in guided_inputs()))

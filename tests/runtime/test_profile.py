@@ -112,3 +112,26 @@ def test_a_profile_whose_graph_is_gone_is_refused(graph):
     assert not manifest_path_for(graph.parent / "fashion-28-int8.onnx").exists()
     with pytest.raises(DiTError, match="runs fashion-28-int8.onnx, which is not beside it"):
         load_point("quick", graph)
+
+
+def test_a_calibrated_list_goes_with_its_steps_and_backend_options_with_their_backend(graph):
+    from runtime.profile import Point
+
+    point = Point("fast", graph.name, "openvino", {"dtype": "bfloat16"},
+                  {"sampler": "ddim", "steps": 5, "guidance_interval": None, "cache": "refresh:0,1,3,4"}, {})
+    assert point.request_for(set()) == {"sampler": "ddim", "steps": 5, "cache": "refresh:0,1,3,4"}
+    assert point.request_for({"steps"}) == {"sampler": "ddim"}  # the list fits 5 DDIM steps only
+    assert point.request_for({"sampler"}) == {"steps": 5}
+    assert point.request_for({"cfg_scale"})["cache"] == "refresh:0,1,3,4"
+    fora = Point("quick", graph.name, "openvino", {}, {**point.request, "cache": "fora:2"}, {})
+    assert fora.request_for({"steps"}) == {"sampler": "ddim", "cache": "fora:2"}  # a rule fits any steps
+    assert point.load_for("openvino") == point.load_for("auto") == point.load_for(None) == {"dtype": "bfloat16"}
+    assert point.load_for("onnxruntime") == {}  # another backend: the point's options are not its
+
+
+def test_generate_with_a_profile_and_other_steps_drops_the_calibrated_list(graph):
+    write_profile_for(graph, {"listed": {"sampler": "ddim", "steps": 5, "cache": "refresh:0,1,3,4"}})
+    with load_denoiser(graph, profile="listed", threads=1) as denoiser:
+        (profiled,) = generate(denoiser, [2, 4], seed=1, seeding="per-sample", profile="listed", steps=8)
+        (spelled,) = generate(denoiser, [2, 4], sampler_from_name("ddim", 8), seed=1, seeding="per-sample")
+    assert np.array_equal(profiled.samples, spelled.samples)

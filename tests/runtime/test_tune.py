@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 import runtime.tuning.cli as tune_cli
+from dit_ref.errors import DiTError
 from runtime.profile import read_profile
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,9 @@ def test_a_short_run_writes_a_profile_and_a_second_one_resumes(graph, capsys):
     (["--time", "5 minutes"], "give a duration such as 90s"),
     (["--pairs", "64:16"], "need 4 <= SCREEN <= CONFIRM"),
     (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--sampler", "ddpm", "--steps", "50"], "--sampler ddpm is stochastic"),
+    (["--out", "tuned.json"], "a profile's name ends in .profile.json"),
+    (["--time", "20s"], "leaves no time to measure"),
 ])
 def test_bad_options_are_one_line(graph, capsys, argv, words):
     code, _, said = dit_tune([str(graph), *argv], capsys)
@@ -59,3 +63,19 @@ def test_bad_options_are_one_line(graph, capsys, argv, words):
 def test_a_file_that_is_not_a_graph_is_one_line(tmp_path, capsys):
     code, _, said = dit_tune([str(tmp_path / "missing.onnx")], capsys)
     assert code == 1 and "not found; pass an engine (.plan) or graph (.onnx)" in said
+
+
+def test_kept_measurements_of_other_conditions_are_forgotten_and_a_corrupt_record_is_one_line(tmp_path, capsys):
+    from runtime.tuning.tuner import Store
+
+    store = Store(tmp_path, {"seed": 0}, echo=print)
+    store.put("costs", "engine", {"ms": 1})
+    (tmp_path / "abc.npy").write_bytes(b"kept")
+    assert Store(tmp_path, {"seed": 0}).get("costs", "engine") == {"ms": 1}  # same conditions: resumed
+    assert Store(tmp_path, {"seed": 1}).get("costs", "engine") is None  # another seed: afresh
+    said = capsys.readouterr().out
+    print(said)
+    assert "measuring afresh" in said and not (tmp_path / "abc.npy").exists()
+    (tmp_path / "records.json").write_text("{not json")
+    with pytest.raises(DiTError, match="is not a dit-tune record .* run again with --fresh"):
+        Store(tmp_path, {"seed": 1})

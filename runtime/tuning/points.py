@@ -13,7 +13,7 @@ Levers: an engine (another precision or backend), a sampler and steps, a guidanc
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +41,18 @@ class Pairs:
     screen: int = 16  # pairs that screen a candidate
     confirm: int = 64  # pairs that confirm one (and time it)
     population: int = 1000  # samples the judge scores (fast, with a judge)
+
+    def fitted(self, exact_seconds: float, budget_s: float) -> "Pairs":
+        """These pairs, fewer where exact's confirming samples (exact_seconds each) would take more than EXACT_SHARE
+        of the budget: a slow model gets wider intervals rather than a run that samples only exact. At least 8 to
+        confirm and 4 to screen."""
+        confirm = max(MIN_CONFIRM, min(self.confirm, int(EXACT_SHARE * budget_s / exact_seconds)))
+        screen = min(self.screen, max(MIN_SCREEN, confirm // 2))
+        return replace(self, screen=screen, confirm=confirm)
+
+
+EXACT_SHARE = 0.25  # of the budget exact's confirming samples may take
+MIN_SCREEN, MIN_CONFIRM = 4, 8
 
 
 class Search:
@@ -78,15 +90,16 @@ class Search:
             grid += [(sampler, steps) for steps in counts if (sampler, steps) != grid[0]]
         return grid
 
-    def measure_levers(self) -> None:
-        """Each engine, sampler and steps, and guidance interval alone, from exact (screen pairs)."""
+    def measure_levers(self, hold: float = 0.0) -> None:
+        """Each engine, sampler and steps, and guidance interval alone, from exact (screen pairs), cheapest first,
+        while one more fits the budget with `hold` seconds kept for the named points."""
         exact = self.exact
         levers = [exact.with_engine(engine) for engine in self.engines if engine != exact.engine]
         levers += [exact.with_steps(sampler, steps) for sampler, steps in self.steps_grid()[1:]]
         levers += [exact.with_interval(interval) for interval in INTERVALS]
         for setting in sorted(levers, key=self.tuner.predicted_seconds):
-            if not self.time_left():
-                self.echo("time budget: the remaining levers are not measured")
+            if not self.time_left(hold + self.pairs.screen * self.tuner.predicted_seconds(setting)):
+                self.echo("time budget: the remaining levers are not measured (the rest is kept for the points)")
                 return
             self.error(setting, exact)
             self.echo(f"  lever {setting.label()}: {self.psnr_of([self.error(setting, exact)]):.1f} dB")
@@ -251,14 +264,15 @@ class Search:
 
 
 def summary_of(tuner, setting: Setting, exact: Setting, pairs: Pairs, judge=None) -> dict:
-    """What a profile records of a named point: its settings, measured s/image, fidelity and quality."""
+    """What a profile records of a named point: its settings, measured s/image, fidelity and, where the judge scored
+    it within the budget, quality."""
     n = pairs.confirm
     record = {"settings": {"graph": setting.engine.graph, "backend": setting.engine.backend,
                            "load": dict(setting.engine.load), **setting.request},
               "label": setting.label(), "seconds_per_image": tuner.seconds_per_image(setting),
               "predicted_seconds_per_image": tuner.predicted_seconds(setting),
               "fidelity": tuner.fidelity(setting, exact, n) if setting != exact else None}
-    if judge is not None:
+    if judge is not None and tuner.knows_population(setting, pairs.population):
         record["quality"] = tuner.population(setting, judge, pairs.population)
     return record
 

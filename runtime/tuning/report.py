@@ -41,8 +41,9 @@ def points_table(record: dict) -> str:
     return "\n".join(lines + notes + [f"{record['machine']['cpu']}; {MEASURED_NOTE}."])
 
 
-def plot_frontier(record: dict, path: Path) -> bool:
-    """The frontier plot (PNG, written atomically); False when matplotlib is not installed."""
+def plot_frontier(record: dict, path: Path, marked: list[dict] = ()) -> bool:
+    """The frontier plot (PNG, written atomically); False when matplotlib is not installed. marked: other settings
+    drawn by name ({"name", "seconds_per_image", "fidelity"}: e.g. benchmarks/hand_picked.py's)."""
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -65,11 +66,17 @@ def plot_frontier(record: dict, path: Path) -> bool:
         axes.plot(point["seconds_per_image"], y, "*", color="tab:red", markersize=12)
         axes.annotate(f"{name}: {point['label']}", (point["seconds_per_image"], y), xytext=(6, 4),
                       textcoords="offset points", fontsize=8)
+    for row in marked:
+        y = row["fidelity"]["psnr"]["mean"]
+        axes.plot(row["seconds_per_image"], y, "D", color="tab:orange", markersize=6)
+        axes.annotate(row["name"], (row["seconds_per_image"], y), xytext=(6, -10), textcoords="offset points",
+                      fontsize=8, color="tab:orange")
     budget = record["budgets"]["faithful_db"]
+    lowest = psnr + [row["fidelity"]["psnr"]["mean"] for row in marked]
     axes.axhline(budget, color="tab:green", linewidth=0.8, linestyle="--", label=f"faithful budget {budget:g} dB")
     axes.set(xscale="log", xlabel="seconds per image (this machine; x: predicted)", ylabel="mean paired PSNR (dB)",
              title=f"{record['model']} {record['image_size']}px: speed against fidelity to exact's pictures\n"
-                   f"{record['machine']['cpu']}", ylim=(max(0.0, min(psnr, default=10) - 3), 102))
+                   f"{record['machine']['cpu']}", ylim=(max(0.0, min(lowest, default=10) - 3), 102))
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     with atomic_path(path, suffix=".tmp.png") as temporary:

@@ -19,6 +19,7 @@ from runtime.tuning.space import Setting, engines_beside, exact_engine
 from runtime.tuning.tuner import Options, Store, Tuner, require_graph
 
 RESERVE_S = 15  # kept at the end of the budget for the profile and its plot
+POINTS_SHARE = 0.35  # of the time left after exact, kept from the levers for the faithful and fast walks
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Clock:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+    def remaining(self) -> float:
+        """Seconds of measuring left."""
+        return self.seconds - RESERVE_S - self.elapsed()
 
     def left(self, need: float = 0.0) -> bool:
         """Whether `need` more seconds of measuring fit in the budget."""
@@ -84,9 +89,9 @@ def run_tuning(request: TuneRequest, echo=print) -> dict:
     tuner = Tuner(graph, options, Store(folder, options.conditions(graph.parent, found.engines), echo), echo)
     manifest = read_manifest(graph)
     judge = judge_for(manifest.model)
-    pairs = Pairs(*request.pairs, request.population)
     budgets = Budgets(request.faithful_db, request.fast_db, request.accuracy_points)
     try:
+        pairs = fitted_pairs(request, tuner.predicted_seconds(exact), echo)
         search = Search(tuner, found.engines, exact, budgets, pairs, judge, clock.left, echo)
         points = stages(search, tuner, found.engines, exact, judge, clock, echo)
         record = profile_record(search, tuner, manifest, exact, points, budgets, pairs, found.notes, clock)
@@ -94,6 +99,16 @@ def run_tuning(request: TuneRequest, echo=print) -> dict:
     finally:
         tuner.close()
     return write_outputs(out, record, echo)
+
+
+def fitted_pairs(request: TuneRequest, exact_seconds: float, echo) -> Pairs:
+    """The pairs asked for, fewer where exact is slow here (Pairs.fitted), said when they are."""
+    asked = Pairs(*request.pairs, request.population)
+    pairs = asked.fitted(exact_seconds, request.seconds)
+    if pairs != asked:
+        echo(f"pairs: {pairs.screen}:{pairs.confirm}, not {asked.screen}:{asked.confirm}: exact takes {exact_seconds:.2f} "
+             f"s an image here, and its pairs may take a quarter of --time at most (a longer --time gives more)")
+    return pairs
 
 
 def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: Clock, echo) -> dict:
@@ -112,11 +127,13 @@ def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: 
     search.note(exact)
     echo(f"  {tuner.seconds_per_image(exact):.4f} s/image")
     echo(f"levers: each alone from exact, {search.pairs.screen} pairs ({clock.elapsed():.0f} s so far)")
-    search.measure_levers()
+    search.measure_levers(hold=POINTS_SHARE * clock.remaining())
     budgets = search.budgets
     echo(f"faithful: the fastest at {budgets.faithful_db:g} dB or more against exact's pictures")
     faithful = search.find(search.paired_check(budgets.faithful_db), budgets.faithful_db,
                            search.cache_grid(budgets.faithful_db))
+    if faithful is not None and judged and clock.left(n * tuner.predicted_seconds(faithful)):
+        tuner.population(faithful, judge, n)  # its quality, for the profile
     if judge is not None and not judged:
         echo(f"fast: no time for the judge's {n} samples of exact (about {need:.0f} s); give a longer --time or a "
              f"smaller --population")

@@ -45,6 +45,22 @@ def test_a_short_run_writes_a_profile_and_a_second_one_resumes(graph, capsys):
     assert resumed["costs"] == kept["costs"]  # timed once
     assert resumed["population"][next(iter(kept["population"]))] == kept["population"][next(iter(kept["population"]))]
     assert (graph.parent / "fashion-28.profile.png").is_file()
+    hand_picked_are_measured_against_the_profile(graph.parent / "fashion-28.profile.json")
+
+
+def hand_picked_are_measured_against_the_profile(path):
+    """benchmarks/hand_picked.py on the profile just written: each former recommendation against exact's kept
+    pictures, marked on the frontier."""
+    from benchmarks import hand_picked
+    from runtime.tuning.report import plot_frontier
+
+    result, record = hand_picked.run(path, None, echo=print)
+    rows = {row["name"]: row for row in result["rows"]}
+    print(hand_picked.table(result["rows"]))
+    assert set(rows) == set(hand_picked.HAND_PICKED) and result["pairs"] == 8
+    assert all(row["seconds_per_image"] > 0 and 0 < row["fidelity"]["psnr"]["mean"] < 100 for row in rows.values())
+    assert rows["interval 0:600"]["settings"]["guidance_interval"] == "0:600"
+    assert plot_frontier(record, path.with_name("marked.png"), marked=result["rows"])
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -95,3 +95,14 @@ def test_a_calibrated_list_past_the_samplers_calls_is_refused():
     assert make_plan([1], sampler="ddim", steps=10, cache="refresh:0,4,9").cache.calls == (0, 4, 9)
     assert torch.equal(torch.tensor(parse_cache("refresh:0,2,7").calls), torch.tensor([0, 2, 7]))
     np.testing.assert_array_equal(refreshed_calls(None, (3, 2, 1)), [True] * 3)
+
+
+def test_pairs_shrink_to_fit_the_budget_where_exact_is_slow():
+    from runtime.tuning.points import Pairs
+
+    asked = Pairs(16, 64, 1000)
+    assert asked.fitted(exact_seconds=0.16, budget_s=900) == asked  # fashion here: 10 s of 900
+    slow = asked.fitted(exact_seconds=12.8, budget_s=900)  # S/2 at 256 px here: 64 pairs would take 819 s
+    print(slow)
+    assert slow == Pairs(8, 17, 1000) and 17 * 12.8 <= 0.25 * 900
+    assert asked.fitted(exact_seconds=100.0, budget_s=900) == Pairs(4, 8, 1000)  # never below 4:8

@@ -38,10 +38,12 @@ def median_ms(call, repeats: int, warmup: int = 1) -> float:
 
 
 def repeats_for(call, seconds: float = 1.5, most: int = 15, least: int = 3) -> int:
-    """How many timed calls fit in about `seconds` (one untimed call measures it)."""
+    """How many timed calls fit in about `seconds` (one untimed call measures it, and warms up): at least `least`,
+    one for a call that takes half of `seconds` or more (a large model on a CPU)."""
     start = time.perf_counter()
     call()
-    return max(least, min(most, int(seconds / max(time.perf_counter() - start, 1e-6))))
+    took = max(time.perf_counter() - start, 1e-6)
+    return 1 if took >= seconds / 2 else max(least, min(most, int(seconds / took)))
 
 
 def measure_costs(denoiser, batch: int, cached: bool) -> CallCosts:
@@ -63,7 +65,7 @@ def measure_costs(denoiser, batch: int, cached: bool) -> CallCosts:
 
 
 def timed(call) -> float:
-    return median_ms(call, repeats_for(call))
+    return median_ms(call, repeats_for(call), warmup=0)  # repeats_for's call warmed it up
 
 
 def timed_form(refresh, reuse, kind: str, x, t, y, cfg_scale) -> float:

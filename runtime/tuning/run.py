@@ -114,10 +114,16 @@ def fitted_pairs(request: TuneRequest, exact_seconds: float, echo) -> Pairs:
 def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: Clock, echo) -> dict:
     """The named points found: {"exact": Setting, "faithful": Setting or None, "fast": ...}."""
     echo(f"costs: timing {len(engines)} engine(s) at batch {tuner.options.batch}")
+    timed = []
     for engine in engines:
+        if engine != exact.engine and not clock.left():
+            echo(f"  {engine.label}: not timed within the budget, left out")
+            continue
         costs = tuner.costs(engine)
+        timed.append(engine)
         echo(f"  {engine.label}: " + ", ".join(f"{kind} {guided:.1f}/{plain:.1f} ms" for kind, (guided, plain)
                                                in costs.ms.items()) + " (every row guided / none)")
+    search.engines = timed
     n = search.pairs.population
     need = 0.0 if tuner.knows_population(exact, n) else n * tuner.predicted_seconds(exact)
     judged = judge is not None and clock.left(need)  # exact's population (the fast point's bar) fits the budget

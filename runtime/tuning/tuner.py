@@ -39,6 +39,9 @@ class Options:
         return {**asdict(self), "graphs": dict(sorted(graphs.items()))}
 
 
+MOST_LOADED = 2  # engines loaded at once
+
+
 class Store:
     """What a run measured, kept in a folder (records.json and one .npy of pictures per setting), under the
     conditions it was measured in (seed, cfg scale, batch, threads, the graphs' sha256): kept measurements made
@@ -90,10 +93,15 @@ class Tuner:
     # --- engines -------------------------------------------------------------------------------------------
 
     def denoiser(self, engine: Engine):
-        """The engine's denoiser, loaded once."""
+        """The engine's denoiser, kept loaded with the MOST_LOADED - 1 used last (each holds its sessions, cached-steps
+        pair and arenas: a large model's six engines at once do not fit in memory)."""
         from runtime.backends import load_denoiser
 
-        if engine.key not in self.loaded:
+        if engine.key in self.loaded:
+            self.loaded[engine.key] = self.loaded.pop(engine.key)  # the most recently used last
+        else:
+            while len(self.loaded) >= MOST_LOADED:
+                self.loaded.pop(next(iter(self.loaded))).close()
             self.loaded[engine.key] = load_denoiser(self.graph.parent / engine.graph, engine.backend,
                                                     threads=self.options.threads, **dict(engine.load))
         return self.loaded[engine.key]

@@ -138,9 +138,12 @@ class Search:
         if self.cached_engine is None:
             return []
         base = Setting(self.cached_engine, sampler, steps)
+        calibration = CALIBRATION_SAMPLES * self.tuner.predicted_seconds(base)  # every call refreshes
+        if not self.time_left(calibration + self.pairs.screen * self.tuner.predicted_seconds(base)):
+            return []
         specs = self.caches_at(base)
         for spec in specs:
-            if not self.time_left():
+            if not self.time_left(self.pairs.screen * self.tuner.predicted_seconds(base.with_cache(spec))):
                 break
             self.error(base.with_cache(spec), base)
         return [spec for spec in specs if f"{base.with_cache(spec).key} || {base.key}" in self.lever_mse]

@@ -9,7 +9,6 @@ guided; the ratios say what guiding fewer rows and reusing features save. S/2 ha
 does not depend on them), fashion its shipped ones. CPU figures compare only within one run.
 """
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,17 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from dit_ref.errors import DiTError  # noqa: E402
 from dit_ref.machine.cpu import cpu_summary  # noqa: E402
-
-
-def median_ms(call, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from runtime.tuning.costs import median_ms  # noqa: E402
 
 
 def graphs(model: str, work_dir: Path) -> Path:
@@ -60,12 +49,12 @@ def measure(model: str, backend: str, batch: int, repeats: int, threads: int | N
     row = {"model": model, "backend": guided.name, "batch": batch}
     for rows in sorted({0, batch // 2, batch}):
         scales = torch.tensor([4.0] * rows + [1.0] * (batch - rows))  # the first `rows` guided
-        row[f"U={rows}"] = median_ms(lambda: guided(*inputs.values(), scales), repeats)
+        row[f"U={rows}"] = median_ms(lambda: guided(*inputs.values(), scales), repeats, warmup=2)
     named = {**inputs, "cfg_scale": torch.full((batch,), 4.0), "guided": torch.arange(batch)}
     features = refresh.run_named(named)
-    row["refresh"] = median_ms(lambda: refresh.run_named(named), repeats)
+    row["refresh"] = median_ms(lambda: refresh.run_named(named), repeats, warmup=2)
     reused = {**named, "features": features["features"], "null_features": features["null_features"]}
-    row["reuse"] = median_ms(lambda: reuse.run_named(reused), repeats)
+    row["reuse"] = median_ms(lambda: reuse.run_named(reused), repeats, warmup=2)
     return row
 
 

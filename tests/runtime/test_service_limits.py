@@ -83,9 +83,13 @@ def test_a_body_over_the_limit_gets_413_and_the_service_keeps_serving(server, do
 
 @pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after_and_the_service_recovers(server, document):
-    def ask(k):  # 4 images each, 1000 steps: each takes seconds, far longer than the requests take to arrive
-        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 1000}).encode()
-        return server.request("POST", "/v1/generate", body, AUTHORIZED)
+    def ask(k):  # 4 images each, 250 steps: seconds each, far longer than the 8 requests take to arrive (~0.1 s);
+        # the admitted requests run one after another, so their steps bound the last one's wait (REQUEST_SECONDS)
+        body = json.dumps({"class_labels": [k % 10] * 4, "seed": k, "sampler": "ddpm", "steps": 250}).encode()
+        started = time.monotonic()
+        answer = server.request("POST", "/v1/generate", body, AUTHORIZED)
+        print(f"request {k}: {answer[0]} after {time.monotonic() - started:.1f} s")
+        return answer
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, range(8)))

@@ -30,7 +30,7 @@ import torch
 
 from dit_ref.configs import VAE_DOWNSAMPLE
 from dit_ref.errors import DiTError
-from dit_ref.files import write_text_atomic
+from dit_ref.files import read_json, write_text_atomic
 
 INPUT_NAMES = ("x", "t", "y", "cfg_scale")  # one row per image (the batch B)
 GUIDED = "guided"  # (U,) the indices of the rows to guide
@@ -283,13 +283,8 @@ def read_record(path) -> tuple[dict, str]:
     DiTError if it is missing or unreadable."""
     path = Path(path)
     manifest_path = path if path.suffix == ".json" else manifest_path_for(path)
-    remedy = "re-export the graph with dit-export to write it"
-    try:
-        record = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise DiTError(f"no manifest {manifest_path} beside {path.name}; {remedy}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DiTError(f"manifest {manifest_path} is unreadable ({error}); {remedy}") from None
+    record = read_json(manifest_path, "manifest", "re-export the graph with dit-export to write it",
+                       missing=f" beside {path.name}")
     return record, f"manifest {manifest_path}"
 
 

@@ -1,11 +1,15 @@
-"""Writing files so that nothing half-written is ever left: a temporary name beside, then a rename."""
+"""Files: written so that nothing half-written is ever left (a temporary name beside, then a rename), and the
+project's JSON files (manifests, profiles) read with one-line errors."""
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from dit_ref.errors import DiTError
 
 
 HASH_CHUNK_BYTES = 1 << 22
@@ -69,3 +73,15 @@ def write_bytes_atomic(path, data) -> None:
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def read_json(path, what: str, remedy: str, missing: str | None = None):
+    """The JSON value in the file at path; DiTError when it is missing ("no {what} PATH{missing}; remedy") or
+    unreadable ("{what} PATH is unreadable (why); remedy")."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DiTError(f"no {what} {path}{missing or ''}; {remedy}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DiTError(f"{what} {path} is unreadable ({error}); {remedy}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dit_ref.contract import Manifest, now_iso, read_manifest
 from dit_ref.errors import DiTError
-from dit_ref.files import write_text_atomic
+from dit_ref.files import read_json, write_text_atomic
 from runtime.options import TUNED
 
 FORMAT = "dit-deploy-profile/1"
@@ -100,12 +100,7 @@ def read_profile(path) -> Profile:
     """The profile at path; DiTError (one line) when it is missing, unreadable or not a profile."""
     path = Path(path)
     remedy = "make one with dit-tune GRAPH_OR_ENGINE"
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DiTError(f"no profile {path}; {remedy}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DiTError(f"profile {path} is unreadable ({error}); {remedy}") from None
+    record = read_json(path, "profile", remedy)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else None
         raise DiTError(f"{path} is not a {FORMAT} profile (format {found!r}); {remedy}")

@@ -68,8 +68,8 @@ def generate(denoiser, labels, sampler=None, *, decoder=None, on_step: Callable[
     if sampler is not None:
         options["sampler"] = sampler
     if options.get("profile") is not None:
-        given = {name for name, value in options.items() if value is not None}
-        options = {**profile_request(denoiser, options["profile"], given), **options}
+        given = {name: value for name, value in options.items() if value is not None}  # None: not given
+        options = {**profile_request(denoiser, options["profile"], set(given)), **given}
     plan = make_plan(list(labels), decoder=spec, first_index=first_index, **options).check(ModelFacts.of(denoiser))
     if isinstance(decoder, str):
         provenance = denoiser.provenance
@@ -88,7 +88,7 @@ def profile_request(denoiser, spec: str, given) -> dict:
                        f"load_denoiser(path, profile={spec!r})")
     profile, point = load_point(spec, denoiser.path)
     if not denoiser.runs(profile.graph_path(point), point.backend, point.load):
-        raise DiTError(f"profile {point.name} runs {point.graph} on {point.backend} {point.load or ''}, not "
+        raise DiTError(f"profile {point.name} runs {point.where()}, not "
                        f"{denoiser.path.name} on {denoiser.name}; load it with load_denoiser({str(denoiser.path)!r}, "
                        f"profile={spec!r})")
     return point.request_for(given)

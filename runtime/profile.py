@@ -42,18 +42,28 @@ class Point:
     def request_for(self, given) -> dict:
         """The point's request options (those set) less the ones the caller gave (names): the caller's win. A
         calibrated refresh list fits the point's own sampler and steps only, so it goes when either is given."""
-        from runtime.caching import parse_cache
-
         request = {name: value for name, value in self.request.items() if name not in given and value is not None}
-        policy = parse_cache(request.get("cache"))
-        if policy is not None and policy.kind == "refresh" and {"sampler", "steps"} & set(given):
-            del request["cache"]
-        return request
+        return without_stale_refresh(request, given)
+
+    def where(self) -> str:
+        """"GRAPH on BACKEND" and the backend's options, for messages."""
+        return f"{self.graph} on {self.backend}" + (f" {self.load}" if self.load else "")
 
     def load_for(self, backend) -> dict:
         """The point's backend options where its own backend runs it (backend None or "auto": the point's); another
         backend has options of its own."""
         return dict(self.load) if backend in (None, "auto", self.backend) else {}
+
+
+def without_stale_refresh(options: dict, given) -> dict:
+    """options less a calibrated refresh list (cache "refresh:...") when the caller gave a sampler or steps of its
+    own (names in given): the list fits the sampler and steps it was calibrated for only."""
+    from runtime.caching import parse_cache
+
+    policy = parse_cache(options.get("cache"))
+    if policy is None or policy.kind != "refresh" or not {"sampler", "steps"} & set(given) or "cache" in given:
+        return options
+    return {name: value for name, value in options.items() if name != "cache"}
 
 
 @dataclass(frozen=True)

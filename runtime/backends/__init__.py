@@ -84,7 +84,7 @@ def auto_backend(path) -> tuple[str, str]:
     CUDA provider is here, else on the CPU in the backend dit-tune measured fastest for it here (a profile beside
     it), else the runtime dit_ref.runners.CPU_CHOICE names for its precision (OpenVINO when it is installed; ONNX
     Runtime otherwise)."""
-    chosen = choose_runtime(path, "denoiser", None if is_engine(path) else graph_precision(path))
+    chosen = unmeasured_backend(path)
     if chosen[0] == "tensorrt" or onnxruntime_cuda_here():
         return chosen
     from runtime.profile import measured_backend
@@ -93,6 +93,11 @@ def auto_backend(path) -> tuple[str, str]:
     if measured is not None and (measured != "openvino" or openvino_here()):
         return measured, "measured fastest for this graph on this machine by dit-tune (the profile beside it)"
     return chosen
+
+
+def unmeasured_backend(path) -> tuple[str, str]:
+    """(backend, why) for --backend auto without a profile: the runtime dit_ref.runners.choose_runtime names."""
+    return choose_runtime(path, "denoiser", None if is_engine(path) else graph_precision(path))
 
 
 def graph_precision(path) -> str | None:

@@ -10,13 +10,16 @@ decoder is the service's, dit-serve --vae). Image i of a request with seed S is 
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from dit_ref.class_names import class_names
-from dit_ref.contract import RANDOM_WEIGHTS, BatchRange, Manifest
+from dit_ref.contract import RANDOM_WEIGHTS, BatchRange, Manifest, read_manifest
 from dit_ref.errors import DiTError
 from runtime.options import HTTP_OPTIONS, OPTIONS
 from runtime.plan import ModelFacts, Plan, make_plan
+from runtime.profile import without_stale_refresh
 from runtime.sampling import default_steps, sampler_names
+from runtime.service.settings import Settings
 
 # dit-run's defaults (steps: the sampler's); the options dit-serve has a flag for (runtime.options SERVE_OPTIONS)
 # default to the service's own, the table's unless it was started with them.
@@ -78,10 +81,10 @@ def parse_generate(body: bytes, model: Model) -> Plan:
     unknown = [key for key in fields if key not in FIELDS]
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
-    options = {**DEFAULTS, **dict(model.defaults)}
+    given = {name for name, value in fields.items() if value is not None}
+    options = {**DEFAULTS, **without_stale_refresh(dict(model.defaults), given)}  # (dit-serve --profile's list)
     try:
         if fields.get("profile") is not None:
-            given = {name for name, value in fields.items() if value is not None}
             options.update(profile_options(fields["profile"], model, given))
         options.update(fields)
         labels = check_label_list(options.pop("class_labels", None), model)
@@ -89,6 +92,32 @@ def parse_generate(body: bytes, model: Model) -> Plan:
         return plan.check(model.facts)
     except DiTError as error:
         raise bad_request(str(error)) from None
+
+
+def served_points(settings: Settings) -> dict:
+    """The points of the profile beside the served graph: name -> the point (runtime.profile.Point) where it runs on
+    what this service runs, else one line saying why not (another model, another graph or backend); {} without a
+    profile. A warning when it was measured elsewhere; DiTError for a profile that cannot be read (dit-serve's
+    prepare reads it before Ray starts)."""
+    from runtime.profile import check_model, profile_path_for, read_profile, warn_if_elsewhere
+
+    path = profile_path_for(settings.path)
+    if not path.is_file():
+        return {}
+    profile, served = read_profile(path), Path(settings.path).resolve()
+    try:
+        check_model(profile, read_manifest(served))
+    except DiTError as error:  # its points are refused, each with the line that says why and what to do
+        return dict.fromkeys(profile.record["points"], str(error))
+    warn_if_elsewhere(profile, served)
+    points = {}
+    for name in profile.record["points"]:
+        point = profile.point(name)
+        here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
+                and point.load == settings.load_options)
+        points[name] = point if here else (f"profile {name!r} runs {point.where()}, not what this service runs; "
+                                           f"start dit-serve with --profile {name} to serve it")
+    return points
 
 
 def profile_options(name, model: Model, given) -> dict:
@@ -99,8 +128,8 @@ def profile_options(name, model: Model, given) -> dict:
     if name not in points:
         have = ", ".join(points) if points else "none (no dit-tune profile beside the served graph)"
         raise DiTError(f"profile {name!r} is not one of this service's profile points: {have}")
-    if isinstance(points[name], str):
-        raise DiTError(f"profile {name!r} {points[name]}; start dit-serve with --profile {name} to serve it")
+    if isinstance(points[name], str):  # why it is not served here, and what to do (runtime.service.app.served_points)
+        raise DiTError(points[name])
     return {**dict.fromkeys(points[name].request), **points[name].request_for(given)}
 
 

@@ -43,7 +43,7 @@ from runtime.sampling.noise import PerSampleNoise
 from runtime.scaleout.cluster import failure_reason
 from runtime.sampling import sampler_from_name
 from runtime.service import schema
-from runtime.service.api import Model, ServiceError, model_summary, parse_generate
+from runtime.service.api import Model, ServiceError, model_summary, parse_generate, served_points
 from runtime.service.replica_denoiser import ReplicaDenoiser
 from runtime.service.settings import Settings, key_digest
 from runtime.service.stepping import Calls, Item, Made, StepBatcher, StepLoop
@@ -73,25 +73,6 @@ def compatible_groups(items: list[Item]) -> list[list[int]]:
     for position, item in enumerate(items):
         groups[item.schedule].append(position)
     return list(groups.values())
-
-
-def served_points(settings: Settings) -> dict:
-    """The points of the profile beside the served graph: name -> the point (runtime.profile.Point) where it runs on
-    what this service runs, else one line saying what it runs instead; {} without a profile."""
-    from runtime.profile import profile_path_for, read_profile
-
-    path = profile_path_for(settings.path)
-    if not path.is_file():
-        return {}
-    profile, served = read_profile(path), Path(settings.path).resolve()
-    points = {}
-    for name in profile.record["points"]:
-        point = profile.point(name)
-        here = (profile.graph_path(point).resolve() == served and point.backend == settings.backend
-                and point.load == settings.load_options)
-        points[name] = point if here else (f"runs {point.graph} on {point.backend} {point.load or ''}, not "
-                                                   f"what this service runs").replace(" , ", ", ").replace("  ", " ")
-    return points
 
 
 def failure(error: BaseException, queue_size: int) -> BaseException:

@@ -27,6 +27,7 @@ from runtime.backends import BACKEND_CHOICES, backend_for
 from dit_ref.machine.cpu import physical_cores
 from runtime.scaleout.cluster import START_SECONDS
 from runtime.cli import run_command
+from runtime.service.api import served_points
 from runtime.service.settings import API_KEY_ENV, Settings, app_name, check_exposure, key_digest
 from runtime.options import SERVE_OPTIONS, click_flags, given_flags
 from runtime.plan import ModelFacts, make_plan
@@ -60,7 +61,9 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     load_decoder(vae, manifest.decoder, manifest.latent_channels, latent_size=manifest.latent_size)  # offline: fail now
     check_request_defaults(options.get("request_defaults", {}), manifest)
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
-    return Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options), manifest
+    settings = Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options)
+    served_points(settings)  # a profile beside the graph that cannot be read: one line now, not a replica failure
+    return settings, manifest
 
 
 def with_profile(path, backend: str, defaults: dict, given) -> tuple:

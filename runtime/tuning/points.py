@@ -44,11 +44,12 @@ class Pairs:
 
     def fitted(self, exact_seconds: float, budget_s: float) -> "Pairs":
         """These pairs, fewer where exact's confirming samples (exact_seconds each) would take more than EXACT_SHARE
-        of the budget: a slow model gets wider intervals rather than a run that samples only exact. At least 8 to
-        confirm and 4 to screen."""
-        confirm = max(MIN_CONFIRM, min(self.confirm, int(EXACT_SHARE * budget_s / exact_seconds)))
-        screen = min(self.screen, max(MIN_SCREEN, confirm // 2))
-        return replace(self, screen=screen, confirm=confirm)
+        of the budget: a slow model gets wider intervals rather than a run that samples only exact. Never more than
+        asked; when fewer, at least 8 to confirm and 4 to screen."""
+        confirm = min(self.confirm, max(MIN_CONFIRM, int(EXACT_SHARE * budget_s / exact_seconds)))
+        if confirm == self.confirm:
+            return self
+        return replace(self, screen=min(self.screen, max(MIN_SCREEN, confirm // 2)), confirm=confirm)
 
 
 EXACT_SHARE = 0.25  # of the budget exact's confirming samples may take
@@ -184,10 +185,14 @@ class Search:
         """check(candidate) for walk: screen, then confirm, against exact's pictures."""
         def check(candidate: Candidate) -> Verdict:
             setting = candidate.setting
+            if not self.fits(setting, self.pairs.screen):
+                return Verdict(False)
             self.note(setting)
             screened = self.tuner.fidelity(setting, self.exact, self.pairs.screen)["psnr"]["mean"]
             if screened < budget_db:
                 self.echo(f"  screened {setting.label()}: {screened:.1f} dB, below {budget_db:g}")
+                return Verdict(False)
+            if not self.fits(setting, self.pairs.confirm):
                 return Verdict(False)
             confirmed = self.tuner.fidelity(setting, self.exact, self.pairs.confirm)["psnr"]["mean"]
             seconds = self.tuner.seconds_per_image(setting)
@@ -196,6 +201,13 @@ class Search:
             return Verdict(confirmed >= budget_db, seconds)
 
         return check
+
+    def fits(self, setting: Setting, n: int) -> bool:
+        """Whether n samples of the setting fit the budget (said when they do not)."""
+        if self.time_left(self.tuner.seconds_to_sample(setting, n)):
+            return True
+        self.echo(f"  not measured {setting.label()}: its {n} samples do not fit the budget")
+        return False
 
     def population_check(self):
         """check(candidate) for walk with a judge: a sanity screen, then the judge on the candidate's levers added one
@@ -206,8 +218,7 @@ class Search:
 
         def judged(setting: Setting) -> bool:
             known = self.tuner.knows_population(setting, self.pairs.population)
-            if not known and not self.time_left(self.pairs.population * self.tuner.predicted_seconds(setting)):
-                self.echo(f"  not judged {setting.label()}: its {self.pairs.population} samples do not fit the budget")
+            if not known and not self.fits(setting, self.pairs.population):
                 return False
             self.note(setting)
             scores = self.tuner.population(setting, self.judge, self.pairs.population)
@@ -220,6 +231,8 @@ class Search:
 
         def check(candidate: Candidate) -> Verdict:
             setting = candidate.setting
+            if not self.fits(setting, self.pairs.screen):
+                return Verdict(False)
             if self.tuner.fidelity(setting, self.exact, self.pairs.screen)["psnr"]["mean"] < SANITY_DB:
                 return Verdict(False)
             if not all(judged(step) for step in self.lever_steps(setting)):

@@ -77,16 +77,13 @@ def run_tuning(request: TuneRequest, echo=print) -> dict:
     if not out.name.endswith(SUFFIX):
         raise DiTError(f"--out {out}: a profile's name ends in {SUFFIX} (dit-run --profile finds it by that)")
     folder = request.work_dir or out.with_name(out.name.removesuffix(".json") + ".tune")
-    if request.fresh and folder.is_dir():
-        import shutil
-
-        shutil.rmtree(folder)
     found = engines_beside(graph)
     for note in found.notes:
         echo(note)
     exact = Setting(exact_engine(found, graph), request.sampler, request.steps)
     options = Options(request.seed, request.cfg_scale, request.batch, request.threads)
-    tuner = Tuner(graph, options, Store(folder, options.conditions(graph.parent, found.engines), echo), echo)
+    store = Store(folder, options.conditions(graph.parent, found.engines), echo, fresh=request.fresh)
+    tuner = Tuner(graph, options, store, echo)
     manifest = read_manifest(graph)
     judge = judge_for(manifest.model)
     budgets = Budgets(request.faithful_db, request.fast_db, request.accuracy_points)
@@ -119,7 +116,13 @@ def stages(search: Search, tuner: Tuner, engines, exact: Setting, judge, clock: 
         if engine != exact.engine and not clock.left():
             echo(f"  {engine.label}: not timed within the budget, left out")
             continue
-        costs = tuner.costs(engine)
+        try:
+            costs = tuner.costs(engine)
+        except DiTError as error:
+            if engine == exact.engine:
+                raise
+            echo(f"  {engine.label}: failed, left out: {error}")
+            continue
         timed.append(engine)
         echo(f"  {engine.label}: " + ", ".join(f"{kind} {guided:.1f}/{plain:.1f} ms" for kind, (guided, plain)
                                                in costs.ms.items()) + " (every row guided / none)")
@@ -165,7 +168,8 @@ def profile_record(search: Search, tuner: Tuner, manifest, exact: Setting, point
              if setting is not None}
     for record in named.values():
         record["speedup"] = speedup(record, named["exact"])
-    frontier = [frontier_row(tuner, setting, exact, pairs) for setting in search.measured]
+    frontier = [frontier_row(tuner, setting, exact, pairs) for setting in search.measured
+                if setting == exact or tuner.kept(setting) >= pairs.screen]  # (one that failed to sample: none kept)
     missing = [name for name, setting in points.items() if setting is None]
     return {"model": manifest.model, "image_size": manifest.image_size,
             "checkpoint": {"source": manifest.checkpoint.source, "sha256": manifest.checkpoint.sha256},

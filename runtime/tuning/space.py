@@ -200,12 +200,13 @@ def engines_beside(graph) -> Found:
 
 
 def exact_engine(found, graph: Path):
-    """The engine of the exact point: the FP32 graph (else the one given) with the backend dit-run picks for it."""
-    from runtime.backends import backend_for
+    """The engine of the exact point: the FP32 graph (else the one given) with the backend dit-run picks for it
+    without a profile (a profile written by an earlier run must not change the point a resumed run measures from)."""
+    from runtime.backends import unmeasured_backend
 
     fp32 = [engine for engine in found.engines if engine.precision == "fp32" and not engine.load]
     pool = fp32 or [engine for engine in found.engines if engine.graph == graph.name and not engine.load]
     if not pool:
         raise DiTError(f"no backend here runs {graph.name}; pass a graph this machine runs")
-    wanted = backend_for(graph.parent / pool[0].graph, "auto")
+    wanted = unmeasured_backend(graph.parent / pool[0].graph)[0]
     return next((engine for engine in pool if engine.backend == wanted), pool[0])

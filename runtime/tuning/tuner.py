@@ -7,6 +7,7 @@ compared as uint8 images, latent models as latents (runtime.tuning.fidelity).
 """
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
-from dit_ref.files import atomic_path, write_text_atomic
+from dit_ref.files import atomic_path, sha256_of_files, write_text_atomic
 from runtime.options import OPTIONS
 from runtime.tuning import fidelity
 from runtime.tuning.costs import CallCosts, measure_costs, predict_seconds
@@ -33,13 +34,21 @@ class Options:
     threads: int | None = None  # CPU threads per denoiser (None: physical cores)
 
     def conditions(self, folder: Path, engines: list) -> dict:
-        """What the kept measurements depend on beside each setting's own key (Store): these options and the
-        sha256 of every graph (an engine's: the graph it was built from) in folder."""
-        graphs = {engine.graph: read_manifest(folder / engine.graph).graph.sha256 for engine in engines}
-        return {**asdict(self), "graphs": dict(sorted(graphs.items()))}
+        """What the kept measurements depend on beside each setting's own key (Store): these options, the sha256 of
+        every graph and engine in folder, and the machine and runtime versions they were measured with."""
+        from runtime.profile import machine_record
+
+        files = {engine.graph: file_sha256(folder / engine.graph) for engine in engines}
+        return {**asdict(self), "graphs": dict(sorted(files.items())), "machine": machine_record()}
+
+
+def file_sha256(path: Path) -> str:
+    """A graph's sha256 as its manifest records it; an engine's, of its own bytes (the manifest's is its graph's)."""
+    return sha256_of_files(path) if path.suffix == ".plan" else read_manifest(path).graph.sha256
 
 
 MOST_LOADED = 2  # engines loaded at once
+SAMPLES_NAME = re.compile(r"[0-9a-f]{16}\.npy")  # a setting's kept pictures (Store.samples_path)
 
 
 class Store:
@@ -47,18 +56,25 @@ class Store:
     conditions it was measured in (seed, cfg scale, batch, threads, the graphs' sha256): kept measurements made
     under others are forgotten, not mixed in."""
 
-    def __init__(self, folder: Path, conditions: dict, echo=print):
+    def __init__(self, folder: Path, conditions: dict, echo=print, fresh: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "records.json"
+        if fresh:
+            self.forget()
         self.records = self.read()
         if self.records and self.records.get("conditions") != conditions:
-            echo(f"{self.folder.name}: its measurements were made with another seed, cfg scale, batch, thread count "
-                 f"or other graphs; measuring afresh")
-            for kept in self.folder.glob("*.npy"):
-                kept.unlink()
+            echo(f"{self.folder.name}: its measurements were made with another seed, cfg scale, batch, thread count, "
+                 f"other graphs or on another machine or runtime versions; measuring afresh")
+            self.forget()
             self.records = {}
         self.records["conditions"] = conditions
+
+    def forget(self) -> None:
+        """Deletes what this store wrote (records.json, its pictures), nothing else in the folder."""
+        for kept in [self.path, *self.folder.glob("*.npy")]:
+            if kept == self.path or SAMPLES_NAME.fullmatch(kept.name):
+                kept.unlink(missing_ok=True)
 
     def read(self) -> dict:
         if not self.path.is_file():
@@ -78,7 +94,7 @@ class Store:
     def samples_path(self, key: str) -> Path:
         import hashlib
 
-        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"  # (SAMPLES_NAME)
 
 
 class Tuner:
@@ -131,6 +147,15 @@ class Tuner:
 
     def labels(self, n: int) -> list[int]:
         return [i % self.manifest.num_classes for i in range(n)]
+
+    def kept(self, setting: Setting) -> int:
+        """How many of the setting's samples are made and kept."""
+        path = self.store.samples_path(setting.key)
+        return len(np.load(path, mmap_mode="r")) if path.is_file() else 0
+
+    def seconds_to_sample(self, setting: Setting, n: int) -> float:
+        """Predicted seconds to have the setting's first n samples (those kept cost nothing)."""
+        return max(0, n - self.kept(setting)) * self.predicted_seconds(setting)
 
     def samples(self, setting: Setting, n: int) -> np.ndarray:
         """The setting's first n samples (N, C, L, L) float32 as generate() gives them without a decoder (a pixel

@@ -135,3 +135,27 @@ def test_generate_with_a_profile_and_other_steps_drops_the_calibrated_list(graph
         (profiled,) = generate(denoiser, [2, 4], seed=1, seeding="per-sample", profile="listed", steps=8)
         (spelled,) = generate(denoiser, [2, 4], sampler_from_name("ddim", 8), seed=1, seeding="per-sample")
     assert np.array_equal(profiled.samples, spelled.samples)
+
+
+def test_an_option_given_as_none_leaves_the_profiles_value(graph):
+    write_profile_for(graph, {"gi": {"sampler": "ddim", "steps": 4, "guidance_interval": "300:700"}})
+    with load_denoiser(graph, profile="gi", threads=1) as denoiser:
+        (profiled,) = generate(denoiser, [2, 4], seed=1, seeding="per-sample", profile="gi", guidance_interval=None)
+        (spelled,) = generate(denoiser, [2, 4], sampler_from_name("ddim", 4), seed=1, seeding="per-sample",
+                              guidance_interval="300:700")
+    assert np.array_equal(profiled.samples, spelled.samples)
+
+
+def test_a_served_profile_of_another_model_refuses_its_points_in_one_line(graph):
+    from runtime.service.api import served_points
+    from runtime.service.settings import Settings
+
+    path = write_profile_for(graph, {"quick": {"sampler": "ddim", "steps": 4}})
+    settings = Settings(path=str(graph), backend="onnxruntime", vae="pixels", max_batch=2)
+    assert served_points(settings)["quick"].request["steps"] == 4
+    record = json.loads(path.read_text())
+    record["checkpoint"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(record))
+    reason = served_points(settings)["quick"]
+    print(reason)
+    assert isinstance(reason, str) and "measured on another model" in reason and "dit-tune" in reason

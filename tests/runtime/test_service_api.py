@@ -110,3 +110,14 @@ def test_only_loopback_serves_without_a_key(host, loopback):
         with pytest.raises(DiTError, match="pass --api-key KEY"):
             check_exposure(host, None)
         check_exposure(host, "secret")
+
+
+def test_a_services_calibrated_list_goes_when_a_request_gives_its_own_steps_or_sampler():
+    """dit-serve --profile puts a point's refresh list in the requests' defaults; it fits that point's sampler and
+    steps only (as with dit-run --profile and other --steps)."""
+    listed = Model("fashion", 10, class_names("fashion", 10), max_images=5, cached_steps=True,
+                   defaults=(("sampler", "ddim"), ("steps", 5), ("cache", "refresh:0,1,3,4")))
+    assert parse(listed, class_labels=[1]).cache.calls == (0, 1, 3, 4)
+    assert parse(listed, class_labels=[1], steps=10).cache is None
+    assert parse(listed, class_labels=[1], sampler="unipc").cache is None
+    assert parse(listed, class_labels=[1], steps=4, cache="fora:2").cache.every == 2  # its own wins

@@ -86,12 +86,17 @@ def test_kept_measurements_of_other_conditions_are_forgotten_and_a_corrupt_recor
 
     store = Store(tmp_path, {"seed": 0}, echo=print)
     store.put("costs", "engine", {"ms": 1})
-    (tmp_path / "abc.npy").write_bytes(b"kept")
+    pictures, theirs = store.samples_path("a setting"), tmp_path / "abc.npy"  # the store's, and a user's own file
+    pictures.write_bytes(b"kept")
+    theirs.write_bytes(b"the user's")
     assert Store(tmp_path, {"seed": 0}).get("costs", "engine") == {"ms": 1}  # same conditions: resumed
     assert Store(tmp_path, {"seed": 1}).get("costs", "engine") is None  # another seed: afresh
     said = capsys.readouterr().out
     print(said)
-    assert "measuring afresh" in said and not (tmp_path / "abc.npy").exists()
+    assert "measuring afresh" in said and not pictures.exists() and theirs.exists()
     (tmp_path / "records.json").write_text("{not json")
     with pytest.raises(DiTError, match="is not a dit-tune record .* run again with --fresh"):
         Store(tmp_path, {"seed": 1})
+    pictures.write_bytes(b"kept")
+    assert Store(tmp_path, {"seed": 1}, fresh=True).records == {"conditions": {"seed": 1}}  # --fresh: its own only
+    assert not pictures.exists() and theirs.exists()

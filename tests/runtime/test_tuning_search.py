@@ -106,3 +106,5 @@ def test_pairs_shrink_to_fit_the_budget_where_exact_is_slow():
     print(slow)
     assert slow == Pairs(8, 17, 1000) and 17 * 12.8 <= 0.25 * 900
     assert asked.fitted(exact_seconds=100.0, budget_s=900) == Pairs(4, 8, 1000)  # never below 4:8
+    for few in (Pairs(16, 16, 1000), Pairs(4, 4, 1000)):  # fast enough: kept as asked, never raised
+        assert few.fitted(exact_seconds=0.16, budget_s=900) == few

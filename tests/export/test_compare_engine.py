@@ -32,11 +32,11 @@ def test_comparator_judges_the_fp16_graph_against_the_fp32_graph(exported_graph)
     pytest.importorskip("polygraphy", reason="Polygraphy is in the GPU extras: pip install polygraphy")
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    from export.verify import onnxruntime_session
+    from export.verify import check_runner
 
     fp16, fp32 = exported_graph("S/8", 256, "fp16"), exported_graph("S/8", 256, "fp32")
     inputs = compare_engine.feeds(read_manifest(fp32), [1, 3])
-    runners = [OnnxrtRunner(onnxruntime_session(fp16), name="fp16"), OnnxrtRunner(onnxruntime_session(fp32), name="fp32")]
+    runners = [OnnxrtRunner(check_runner(fp16).session, name="fp16"), OnnxrtRunner(check_runner(fp32).session, name="fp32")]
     found = compare_engine.compare_runners(runners, inputs, tolerance=1e-2)
     print(f"FP16 graph vs FP32 graph in ONNX Runtime, S/8: {found['errors']['fp16']}")
     errors = found["errors"]["fp16"]

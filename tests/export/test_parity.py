@@ -1,6 +1,6 @@
 """ONNX Runtime (CPU) on the exported graph against DiT.guided_forward, same random weights.
 
-One graph per model and precision serves batch 1, 3 and 8 (B is dynamic). Errors are
+One graph per model and precision serves batch 1 and 3 (B is dynamic). Errors are
 max|graph - reference| / max|reference| against the float32 PyTorch model.
 """
 
@@ -15,7 +15,7 @@ from export.verify import check_runner, relative_error, run_graph
 from testing_utils import random_model
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # of the output scale: the export check's limits (export/pipeline.py)
-BATCHES = (1, 3, 8)
+BATCHES = (1, 3)  # a dynamic batch: two sizes, one of them odd
 # (model, cfg_channels): both guidance forms are covered; all at 512 px, the largest size the paper uses.
 CASES = [("S/2", 3), ("S/4", 3), ("B/8", 4)]
 

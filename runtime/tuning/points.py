@@ -135,16 +135,20 @@ class Search:
         return np.where(changes < 0, np.nan, changes)
 
     def measure_caches(self, sampler: str, steps: int) -> list[str]:
-        """Each cache policy at this sampler and steps, against the same setting uncached (screen pairs)."""
+        """Each cache policy at this sampler and steps, against the same setting uncached (screen pairs), while the
+        time left also holds the confirming pairs of one of them (a lever that cannot be confirmed is time lost)."""
         if self.cached_engine is None:
             return []
         base = Setting(self.cached_engine, sampler, steps)
-        calibration = CALIBRATION_SAMPLES * self.tuner.predicted_seconds(base)  # every call refreshes
-        if not self.time_left(calibration + self.pairs.screen * self.tuner.predicted_seconds(base)):
+        seconds = self.tuner.predicted_seconds
+        calibration = CALIBRATION_SAMPLES * seconds(base)  # every call refreshes
+        confirming = (self.pairs.confirm - self.pairs.screen) * seconds(base)  # at most: a cached form is cheaper
+        if not self.time_left(calibration + self.pairs.screen * seconds(base) + confirming):
             return []
         specs = self.caches_at(base)
+        confirming = (self.pairs.confirm - self.pairs.screen) * max(seconds(base.with_cache(spec)) for spec in specs)
         for spec in specs:
-            if not self.time_left(self.pairs.screen * self.tuner.predicted_seconds(base.with_cache(spec))):
+            if not self.time_left(confirming + self.pairs.screen * seconds(base.with_cache(spec))):
                 break
             self.error(base.with_cache(spec), base)
         return [spec for spec in specs if f"{base.with_cache(spec).key} || {base.key}" in self.lever_mse]

@@ -65,6 +65,7 @@ class Search:
         self.pairs, self.judge, self.time_left, self.echo = pairs, judge, time_left, echo
         self.lever_mse: dict[str, np.ndarray] = {}  # lever key -> (screen,) per-pair error against its base
         self.measured: list[Setting] = []  # every setting sampled, in order
+        self.unfitted = 0  # settings of the current walk left out because they did not fit the budget
 
     # --- levers --------------------------------------------------------------------------------------------
 
@@ -207,10 +208,12 @@ class Search:
         return check
 
     def fits(self, setting: Setting, n: int) -> bool:
-        """Whether n samples of the setting fit the budget (said when they do not)."""
+        """Whether n samples of the setting fit the budget (the first that does not is said, the others counted)."""
         if self.time_left(self.tuner.seconds_to_sample(setting, n)):
             return True
-        self.echo(f"  not measured {setting.label()}: its {n} samples do not fit the budget")
+        if not self.unfitted:
+            self.echo(f"  not measured {setting.label()}: its {n} samples do not fit the budget")
+        self.unfitted += 1
         return False
 
     def population_check(self):
@@ -258,7 +261,10 @@ class Search:
                 self.echo(f"  {candidate.setting.label()} failed: {error}")
                 return Verdict(False)
 
+        self.unfitted = 0
         best, _ = walk(self.candidates(caches), budget_db, checked, time_left=self.time_left)
+        if self.unfitted > 1:
+            self.echo(f"  {self.unfitted - 1} more not measured: they do not fit the budget")
         return None if best is None else best.setting
 
     def cache_grid(self, budget_db: float, most: int = 4) -> dict:

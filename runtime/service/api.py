@@ -128,7 +128,7 @@ def profile_options(name, model: Model, given) -> dict:
     if name not in points:
         have = ", ".join(points) if points else "none (no dit-tune profile beside the served graph)"
         raise DiTError(f"profile {name!r} is not one of this service's profile points: {have}")
-    if isinstance(points[name], str):  # why it is not served here, and what to do (runtime.service.app.served_points)
+    if isinstance(points[name], str):  # why it is not served here, and what to do (served_points)
         raise DiTError(points[name])
     return {**dict.fromkeys(points[name].request), **points[name].request_for(given)}
 

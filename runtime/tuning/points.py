@@ -65,7 +65,7 @@ class Search:
         self.pairs, self.judge, self.time_left, self.echo = pairs, judge, time_left, echo
         self.lever_mse: dict[str, np.ndarray] = {}  # lever key -> (screen,) per-pair error against its base
         self.measured: list[Setting] = []  # every setting sampled, in order
-        self.unfitted = 0  # settings of the current walk left out because they did not fit the budget
+        self.unfitted: set[str] = set()  # keys of the current walk's settings left out: they did not fit the budget
 
     # --- levers --------------------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class Search:
         """check(candidate) for walk: screen, then confirm, against exact's pictures."""
         def check(candidate: Candidate) -> Verdict:
             setting = candidate.setting
-            if not self.fits(setting, self.pairs.screen):
+            if not self.fits(setting, self.pairs.confirm):  # (its kept samples count): no screening what cannot confirm
                 return Verdict(False)
             self.note(setting)
             screened = self.tuner.fidelity(setting, self.exact, self.pairs.screen)["psnr"]["mean"]
@@ -213,7 +213,7 @@ class Search:
             return True
         if not self.unfitted:
             self.echo(f"  not measured {setting.label()}: its {n} samples do not fit the budget")
-        self.unfitted += 1
+        self.unfitted.add(setting.key)
         return False
 
     def population_check(self):
@@ -261,10 +261,10 @@ class Search:
                 self.echo(f"  {candidate.setting.label()} failed: {error}")
                 return Verdict(False)
 
-        self.unfitted = 0
+        self.unfitted = set()
         best, _ = walk(self.candidates(caches), budget_db, checked, time_left=self.time_left)
-        if self.unfitted > 1:
-            self.echo(f"  {self.unfitted - 1} more not measured: they do not fit the budget")
+        if len(self.unfitted) > 1:
+            self.echo(f"  {len(self.unfitted) - 1} more not measured: they do not fit the budget")
         return None if best is None else best.setting
 
     def cache_grid(self, budget_db: float, most: int = 4) -> dict:

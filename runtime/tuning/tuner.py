@@ -49,6 +49,7 @@ def file_sha256(path: Path) -> str:
 
 MOST_LOADED = 2  # engines loaded at once
 SAMPLES_NAME = re.compile(r"[0-9a-f]{16}\.npy")  # a setting's kept pictures (Store.samples_path)
+LEFT_BEHIND = re.compile(r"\.(records\.json|[0-9a-f]{16}\.npy)\..+\.tmp(\.npy)?")  # atomic_path's, of a killed run
 
 
 class Store:
@@ -71,9 +72,11 @@ class Store:
         self.records["conditions"] = conditions
 
     def forget(self) -> None:
-        """Deletes what this store wrote (records.json, its pictures), nothing else in the folder."""
-        for kept in [self.path, *self.folder.glob("*.npy")]:
-            if kept == self.path or SAMPLES_NAME.fullmatch(kept.name):
+        """Deletes what this store wrote (records.json, its pictures, temporaries a killed run left), nothing else in
+        the folder."""
+        for kept in self.folder.iterdir():
+            ours = kept == self.path or SAMPLES_NAME.fullmatch(kept.name) or LEFT_BEHIND.fullmatch(kept.name)
+            if ours and kept.is_file():
                 kept.unlink(missing_ok=True)
 
     def read(self) -> dict:

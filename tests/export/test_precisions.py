@@ -15,7 +15,7 @@ from dit_ref.errors import DiTError
 from export import export
 from export.calibration import Calibration
 from export.opcheck import check_operators
-from export.quantize import CONDITIONING, QDQ_OPSET, layer_kinds
+from export.quantize import DECISIVE, QDQ_OPSET, UNSWEPT, layer_kinds
 from runtime.backends import load_denoiser
 from runtime.generate import generate
 from runtime.sampling import sampler_from_name
@@ -68,12 +68,16 @@ def test_quantized_graph_records_its_calibration_sweep_and_exclusions(exported, 
     print(f"{precision}: excluded {record['excluded']}, sweep {record['sensitivity']}")
     assert record["calibration"] == SMALL.record() and set(record["sensitivity"]) >= {"blocks.*.attn.qkv",
                                                                                       "blocks.*.mlp.fc1"}
-    conditioning = {k for k in kinds if CONDITIONING.search(k)}  # timestep MLP, adaLN, patch embedding: kept
-    assert conditioning == {"t_embedder.mlp.0", "t_embedder.mlp.2", "blocks.*.adaLN_modulation.1",
-                            "final_layer.adaLN_modulation.1", "x_embedder.proj"}
-    assert not conditioning & set(record["sensitivity"])
-    over = {k for k, e in record["sensitivity"].items() if e > record["exclusion_limit"]}
-    assert record["excluded"] == sorted(over | conditioning) and record["base"] == "fp32"  # auto without an engine
+    unswept = {k for k in kinds if UNSWEPT.search(k)}  # timestep MLP, adaLN, patch embedding, final linear: kept
+    assert unswept == {"t_embedder.mlp.0", "t_embedder.mlp.2", "blocks.*.adaLN_modulation.1",
+                       "final_layer.adaLN_modulation.1", "x_embedder.proj", "final_layer.linear"}
+    assert not unswept & set(record["sensitivity"])
+    limit = record["exclusion_limit"]
+    over = {k for k, e in record["sensitivity"].items() if e > limit}
+    assert record["excluded"] == sorted(over | unswept) and record["base"] == "fp32"  # auto without an engine
+    for layer, error in record["sensitivity"].items():  # half the starts decide a kind far from the limit
+        decided = not limit / DECISIVE <= error <= limit * DECISIVE
+        assert record["sweep_starts"][layer] == (SMALL.trajectories // 2 if decided else SMALL.trajectories), layer
     assert quantized and record["quantized_nodes"] > 0 and kinds
     for node in quantized:  # TensorRT's form: a zero point of the quantized type, all zeros (symmetric)
         zero_point = onnx.numpy_helper.to_array(zero_points[node.input[2]]) if len(node.input) > 2 else None

@@ -104,8 +104,7 @@ def set_verbosity(verbose: bool) -> None:
               f"{', '.join(f'{p} {limit:g}' for p, limit in EXCLUSION_LIMIT.items())}).")
 @click.option("--qdq-base", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
               help="int8/fp8: the type of the unquantized ops: fp16 (the FP16 graph's float32 islands: for "
-              "TensorRT; int8 only for now), fp32 (faster on a CPU), auto: fp16 when this export builds an int8 "
-              "engine, else fp32.")
+              "TensorRT), fp32 (faster on a CPU), auto: fp16 when this export builds an engine, else fp32.")
 @click.option("--cached-steps", is_flag=True, help="Also export the refresh and reuse graphs of cached steps "
               "(every block's attention and MLP outputs given, then taken: dit-run --cache fora:N).")
 @click.option("--cfg-channels", type=int, help="Guided eps channels: 3 = official sample.py (default for "

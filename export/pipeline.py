@@ -155,7 +155,7 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     image_size None: the config's first size. precision: fp32, fp16, bf16 (typed graphs), int8 or fp8
     (Q/DQ graphs calibrated on `calibration`'s sampling runs; layer kinds whose own quantization moves
     the samples by more than exclusion_limit stay in the base type; qdq_base: the unquantized ops' type,
-    fp16, fp32, or auto: fp16 when this export builds an INT8 engine, else fp32, the faster form on a CPU).
+    fp16, fp32, or auto: fp16 when this export builds an engine, else fp32, the faster form on a CPU).
     cfg_channels None: the model's default (3 for the paper's 4-channel latents, else all channels).
     engine: auto | required | skip.
     num_classes: the class count of a checkpoint that does not carry it (a bare state dict; train.py's
@@ -166,9 +166,6 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     image_size = check_request(model, image_size, precision, cfg_channels, ckpt)
     if qdq_base not in ("auto", *quantize_bases()):
         raise DiTError(f"--qdq-base must be auto or one of {', '.join(quantize_bases())}, not {qdq_base!r}")
-    if precision == "fp8" and qdq_base == "fp16":  # numpy.histogram of float16 tensors in quantize_static
-        raise DiTError("fp8 comes on an fp32 base for now: ONNX Runtime's distribution calibration cannot histogram "
-                       "the fp16 graph's float16 tensors; drop --qdq-base fp16 (or use --precision int8 on fp16)")
     if cached_steps and precision in QUANTIZED:
         raise DiTError(f"cached steps come as fp32, fp16 or bf16 graphs, not {precision}; drop --cached-steps or "
                        f"choose one of those precisions")
@@ -178,7 +175,7 @@ def export(model: str, image_size: int | None = None, *, ckpt: str | None = None
     cfg_channels = dit.config.default_cfg_channels if cfg_channels is None else dit.config.check_cfg_channels(cfg_channels)
     reference = reference_stage(dit, cfg_channels, stage) if check else None
     if precision in QUANTIZED:
-        base = qdq_base if qdq_base != "auto" else "fp32" if reason or precision == "fp8" else "fp16"
+        base = qdq_base if qdq_base != "auto" else "fp32" if reason else "fp16"
         graph = quantized_stages(dit, Path(out), precision, cfg_channels, batch, checkpoint, calibration,
                                  exclusion_limit, base, stage)
     else:
@@ -217,6 +214,10 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
     with tempfile.TemporaryDirectory(prefix=f"dit-{base}-", dir=out if out.is_dir() else None) as scratch:
         base_graph = export_onnx(dit, Path(scratch), base, cfg_channels, batch, checkpoint,
                                  opset=quantize.QDQ_OPSET, copy_model=True, stage=stage)
+        range_graph = None  # FP8's distribution calibration runs on the FP32 trace (quantize.translate_ranges)
+        if precision == "fp8" and base == "fp16":
+            range_graph = export_onnx(dit, Path(scratch) / "ranges", "fp32", cfg_channels, batch, checkpoint,
+                                      opset=quantize.QDQ_OPSET, copy_model=True, stage=stage)
         with stage("quant", f"{precision} Q/DQ on the {base} graph (ONNX Runtime, TensorRT's form); sweep: each "
                             f"token-wise layer kind alone, kinds moving the samples by more than {limit:g} stay "
                             f"{base}") as result:
@@ -224,7 +225,7 @@ def quantized_stages(dit, out: Path, precision: str, cfg_channels: int, batch: B
 
             def write(staged: Path):
                 record.update(quantize.quantize_with_sweep(base_graph, staged, precision, feeds, held_out,
-                                                           calibration.steps, limit))
+                                                           calibration.steps, limit, range_graph))
 
             name = graph_file_name(dit, precision)
             graph = save_file(write, out, name, manifest, lambda: manifest.replace(quantization={

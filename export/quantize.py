@@ -36,12 +36,14 @@ machine with ONNX Runtime's CUDA provider the calibration and the sweep's runs u
 
 import ast
 import contextlib
+import io
 import logging
 import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -49,6 +51,7 @@ from dit_ref.errors import DiTError
 from export.calibration import ddim_sample
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
+STATISTICS = ("avg", "std", "lowest", "highest", "hist_edges")  # a calibrated TensorData's float fields
 QDQ_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float16 scales and float8
 BASES = ("fp16", "fp32")  # the type of the unquantized ops: the FP16-typed graph (default) or the FP32 one
 # A kind whose own quantization moves the samples by more than this (relative RMS) stays float. FP8 (e4m3: 3 mantissa
@@ -131,14 +134,60 @@ def quantize_graph(base_graph: Path, out: Path, precision: str, nodes: list[str]
     return out
 
 
+def translate_ranges(range_graph: Path, base_graph: Path, precision: str, calibration: list[dict], cache: Path) -> None:
+    """Activation ranges calibrated on range_graph (the FP32 trace), written to `cache` under base_graph's tensor
+    names (FP8 on the FP16 base: ONNX Runtime's distribution calibration cannot histogram float16 tensors). The two
+    traces of one model share node names, and the inputs of each quantized node correspond by position."""
+    from onnxruntime.quantization.calibrate import TensorsData, load_tensors_data, save_tensors_data
+
+    names = {}
+    for graph in (range_graph, base_graph):
+        nodes = onnx.load(str(graph), load_external_data=False).graph.node
+        names[graph] = {node.name: list(node.input) for node in nodes if node.op_type in QUANTIZED_OPS}
+    renamed = {}
+    for node, inputs in names[range_graph].items():
+        for source, target in zip(inputs, names[base_graph].get(node, ())):
+            if renamed.setdefault(source, target) != target:
+                raise DiTError(f"the FP32 and FP16 traces of this model do not match ({source} feeds {target} and "
+                               f"{renamed[source]}); export fp8 with --qdq-base fp32")
+    with tempfile.TemporaryDirectory(prefix="dit-ranges-") as scratch:
+        ranges = Path(scratch) / "ranges.json"
+        quantize_graph(range_graph, Path(scratch) / "probe.onnx", precision, [], calibration, ranges)  # [] is all
+        measured = load_tensors_data(ranges)
+    types = tensor_types(base_graph)
+    data = {renamed[name]: typed_range(value, types.get(renamed[name])) for name, value in measured.data.items()
+            if name in renamed}
+    save_tensors_data(TensorsData(measured.calibration_method, data), cache)
+
+
+def tensor_types(graph: Path) -> dict[str, int]:
+    """Every tensor's element type (onnx.TensorProto), by shape inference over the graph without its weights."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(graph), load_external_data=False))
+    values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    return {value.name: value.type.tensor_type.elem_type for value in values}
+
+
+def typed_range(data, elem_type: int | None):
+    """A calibrated TensorData in the type of the tensor it now describes: the quantizer gives a scale the dtype of
+    the statistics it comes from, and a float16 tensor's QuantizeLinear needs a float16 scale."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    dtype = np.float16 if elem_type == onnx.TensorProto.FLOAT16 else np.float32
+    fields = {key: value for key, value in data.to_dict().items() if key != "CLS"}
+    return TensorData(**{key: np.asarray(value).astype(dtype) if key in STATISTICS else value
+                         for key, value in fields.items()})
+
+
 @contextlib.contextmanager
 def quiet_quantizer():
-    """ONNX Runtime's quantizer logs every node at INFO and warns about its own defaults."""
+    """ONNX Runtime's quantizer logs every node at INFO and warns about its own defaults; its distribution
+    calibration (FP8) prints its settings."""
     logger = logging.getLogger()
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(previous)
 
@@ -212,10 +261,13 @@ def choose_exclusions(errors: dict[str, float], limit: float, kinds) -> list[str
 
 
 def quantize_with_sweep(base_graph: Path, out: Path, precision: str, calibration: list[dict],
-                        held_out: tuple, steps: int, limit: float) -> dict:
-    """The sweep, the exclusions and the final graph at out; returns the quantization record."""
+                        held_out: tuple, steps: int, limit: float, range_graph: Path | None = None) -> dict:
+    """The sweep, the exclusions and the final graph at out; returns the quantization record. range_graph: the FP32
+    trace to calibrate the activation ranges on instead of base_graph (translate_ranges)."""
     with tempfile.TemporaryDirectory(prefix="dit-calibration-") as scratch:
         cache = Path(scratch) / "ranges.json"
+        if range_graph is not None:
+            translate_ranges(range_graph, base_graph, precision, calibration, cache)
         swept = sensitivity(base_graph, precision, calibration, held_out, steps, cache, limit)
         errors = {kind: error for kind, (error, _) in swept.items()}
         kinds = layer_kinds(base_graph)

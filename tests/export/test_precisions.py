@@ -99,7 +99,7 @@ def test_fp8_on_a_cpu_is_labelled_emulated(exported):
         assert denoiser.name == "onnxruntime-cpu fp8 (emulated)"
 
 
-@pytest.mark.parametrize("precision, kind", [("int8", onnx.TensorProto.INT8)])
+@pytest.mark.parametrize("precision, kind", [("int8", onnx.TensorProto.INT8), ("fp8", onnx.TensorProto.FLOAT8E4M3FN)])
 def test_fp16_base_dequantizes_to_float16_and_keeps_the_float32_islands(exported, precision, kind):
     """TensorRT's strongly typed build runs what the graph says: on the FP16 base every DequantizeLinear has a float16
     scale (so yields float16: INT8/FP8 x INT8/FP8 GEMMs with 16-bit output), the float32 islands stay (LayerNorm and
@@ -118,8 +118,3 @@ def test_fp16_base_dequantizes_to_float16_and_keeps_the_float32_islands(exported
     assert manifest.quantization["base"] == "fp16" and manifest.opset == QDQ_OPSET
     assert scales == {onnx.TensorProto.FLOAT16} and weights == {kind} and softmax == {onnx.TensorProto.FLOAT}
     assert max(result.errors.values()) < LIMITS[precision]
-
-
-def test_fp8_on_an_fp16_base_is_refused_in_one_line(tmp_path):
-    with pytest.raises(DiTError, match="fp8 comes on an fp32 base for now.*drop --qdq-base fp16"):
-        export(MODEL, IMAGE_SIZE, random_init=0, precision="fp8", qdq_base="fp16", out=tmp_path, engine="skip")

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from dit_ref.errors import DiTError
 
 
 HASH_CHUNK_BYTES = 1 << 22
+RANDOM_PART = re.compile(r"[a-z0-9_]{8}")  # the random part of tempfile.mkstemp's and mkdtemp's names
 
 
 def sha256_of_files(*paths) -> str:
@@ -26,13 +28,23 @@ def sha256_of_files(*paths) -> str:
 
 
 def temporary_beside(path, directory: bool = False, suffix: str = ".tmp") -> Path:
-    """A new hidden file (or directory) in path's folder, so the final rename stays on one filesystem."""
+    """A new hidden file (or directory) in path's folder, so the final rename stays on one filesystem: named
+    ".{path's name}.{random}{suffix}" (temporary_for reads such a name back)."""
     path = Path(path)
     if directory:
         return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix))
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     return Path(name)
+
+
+def temporary_for(name: str, suffix: str = ".tmp") -> str | None:
+    """The final name that a temporary_beside file of this name (made with this suffix) stood for; None if the
+    name is not one (a killed run leaves them)."""
+    if not (name.startswith(".") and name.endswith(suffix)):
+        return None
+    final, dot, random = name[1:-len(suffix)].rpartition(".")
+    return final if dot and final and RANDOM_PART.fullmatch(random) else None
 
 
 def publish(temporary: Path, path) -> None:

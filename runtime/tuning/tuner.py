@@ -17,7 +17,7 @@ import torch
 
 from dit_ref.contract import read_manifest
 from dit_ref.errors import DiTError
-from dit_ref.files import atomic_path, sha256_of_files, write_text_atomic
+from dit_ref.files import atomic_path, sha256_of_files, temporary_for, write_text_atomic
 from runtime.options import OPTIONS
 from runtime.tuning import fidelity
 from runtime.tuning.costs import CallCosts, measure_costs, predict_seconds
@@ -49,7 +49,12 @@ def file_sha256(path: Path) -> str:
 
 MOST_LOADED = 2  # engines loaded at once
 SAMPLES_NAME = re.compile(r"[0-9a-f]{16}\.npy")  # a setting's kept pictures (Store.samples_path)
-LEFT_BEHIND = re.compile(r"\.(records\.json|[0-9a-f]{16}\.npy)\..+\.tmp(\.npy)?")  # atomic_path's, of a killed run
+
+
+def written_by_store(name: str) -> bool:
+    """records.json, a setting's pictures, or the temporary of either that a killed run left (atomic_path's)."""
+    finals = (name, temporary_for(name), temporary_for(name, ".tmp.npy"))
+    return any(final == "records.json" or (final and SAMPLES_NAME.fullmatch(final)) for final in finals)
 
 
 class Store:
@@ -75,8 +80,7 @@ class Store:
         """Deletes what this store wrote (records.json, its pictures, temporaries a killed run left), nothing else in
         the folder."""
         for kept in self.folder.iterdir():
-            ours = kept == self.path or SAMPLES_NAME.fullmatch(kept.name) or LEFT_BEHIND.fullmatch(kept.name)
-            if ours and kept.is_file():
+            if written_by_store(kept.name) and kept.is_file():
                 kept.unlink(missing_ok=True)
 
     def read(self) -> dict:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from dit_ref.errors import DiTError
-from dit_ref.files import sha256_of_files
+from dit_ref.files import sha256_of_files, temporary_beside, temporary_for
 from dit_ref import contract as manifests
 from export import onnx_export, opcheck
 from testing_utils import random_model
@@ -56,3 +56,14 @@ def test_success_replaces_an_earlier_export(tmp_path):
     graph = onnx_export.save_graph(traced(), tmp_path, "DiT-S-8-256-fp32.onnx", MANIFEST)
     assert listing(tmp_path) == ["DiT-S-8-256-fp32.json", "DiT-S-8-256-fp32.onnx"]
     assert manifests.read_manifest(graph).graph.sha256 == sha256_of_files(graph)
+
+
+@pytest.mark.parametrize("name, suffix", [("records.json", ".tmp"), ("0123456789abcdef.npy", ".tmp.npy"),
+                                          ("a.b.c", ".part")])
+def test_a_temporary_names_the_file_it_stands_for(tmp_path, name, suffix):
+    """A killed run's temporaries are found by the one function that reads temporary_beside's naming back."""
+    temporary = temporary_beside(tmp_path / name, suffix=suffix)
+    print(f"{name} -> {temporary.name}")
+    assert temporary_for(temporary.name, suffix) == name and temporary_for(temporary.name, ".other") is None
+    assert temporary_for(name, suffix) is None and temporary_for(f".{name}{suffix}", suffix) is None
+

@@ -98,7 +98,7 @@ def test_kept_measurements_of_other_conditions_are_forgotten_and_a_corrupt_recor
     with pytest.raises(DiTError, match="is not a dit-tune record .* run again with --fresh"):
         Store(tmp_path, {"seed": 1})
     pictures.write_bytes(b"kept")
-    left = tmp_path / f".{pictures.name}.x1y2.tmp.npy"  # atomic_path's temporary, left by a killed run
+    left = tmp_path / f".{pictures.name}.x1y2z3w4.tmp.npy"  # atomic_path's temporary, left by a killed run
     left.write_bytes(b"half")
     assert Store(tmp_path, {"seed": 1}, fresh=True).records == {"conditions": {"seed": 1}}  # --fresh: its own only
     assert not pictures.exists() and not left.exists() and theirs.exists()

@@ -98,7 +98,7 @@ def served_points(settings: Settings) -> dict:
     """The points of the profile beside the served graph: name -> the point (runtime.profile.Point) where it runs on
     what this service runs, else one line saying why not (another model, another graph or backend); {} without a
     profile. A warning when it was measured elsewhere; DiTError for a profile that cannot be read (dit-serve's
-    prepare reads it before Ray starts)."""
+    prepare reads it once, before Ray starts, into Settings.points)."""
     from runtime.profile import check_model, profile_path_for, read_profile, warn_if_elsewhere
 
     path = profile_path_for(settings.path)

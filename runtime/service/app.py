@@ -43,7 +43,7 @@ from runtime.sampling.noise import PerSampleNoise
 from runtime.scaleout.cluster import failure_reason
 from runtime.sampling import sampler_from_name
 from runtime.service import schema
-from runtime.service.api import Model, ServiceError, model_summary, parse_generate, served_points
+from runtime.service.api import Model, ServiceError, model_summary, parse_generate
 from runtime.service.replica_denoiser import ReplicaDenoiser
 from runtime.service.settings import Settings, key_digest
 from runtime.service.stepping import Calls, Item, Made, StepBatcher, StepLoop
@@ -175,7 +175,7 @@ class Frontend:
         self.generator, self.settings = generator, settings
         manifest = read_manifest(settings.path)
         self.model = Model.from_manifest(manifest, settings.max_images, settings.request_defaults,
-                                         served_points(settings))
+                                         dict(settings.points))
         self.summary = model_summary(manifest, backend_for(settings.path, settings.backend), settings)
         self.random_weights = manifest.random_weights
         self.page_html = PAGE.read_text(encoding="utf-8")

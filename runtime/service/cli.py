@@ -62,8 +62,8 @@ def prepare(path, max_batch, vae, backend, **options) -> tuple[Settings, Manifes
     check_request_defaults(options.get("request_defaults", {}), manifest)
     backend = backend_for(path, backend)  # resolved here, so every replica runs the same one
     settings = Settings(path=str(path), backend=backend, vae=vae, max_batch=max_batch, **options)
-    served_points(settings)  # a profile beside the graph that cannot be read: one line now, not a replica failure
-    return settings, manifest
+    # a profile beside the graph that cannot be read: one line now, not a replica failure
+    return replace(settings, points=tuple(served_points(settings).items())), manifest
 
 
 def with_profile(path, backend: str, defaults: dict, given) -> tuple:

@@ -31,6 +31,9 @@ class Settings:
     simulated_call_ms: float | None = None  # benchmarks only: a stand-in denoiser, this long a call, no images
     request_defaults: dict = field(default_factory=dict)  # the requests' defaults given to dit-serve, by option
     load_options: dict = field(default_factory=dict)  # the backend's options beside device and threads (a profile's)
+    # (name, its runtime.profile.Point, or why this service cannot run it) of the dit-tune profile beside the graph:
+    # read once by dit-serve (api.served_points), so a profile that changes later cannot split the replicas
+    points: tuple = ()
     max_images: int = 16  # per request
     queue_size: int = 64  # images a Generator replica holds waiting; when every replica is full: 503
     api_key_sha256: str | None = None  # the key itself never leaves the dit-serve process

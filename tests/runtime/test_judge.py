@@ -128,6 +128,10 @@ BEFORE_NOISED_300 = {"n": 300, "class_accuracy": 0.8533333333333334, "frechet_di
                      "class_accuracy_interval": (0.8066666666666666, 0.8934166666666666),
                      "frechet_distance_interval": (65.72354855748584, 81.68450775475686)}
 BEFORE_TEST_1000 = {"class_accuracy": 0.943, "frechet_distance": 1.9155881298252098, "n": 1000}
+# The classifier's features are float32 and its kernels differ between CPUs: the values above are exact on
+# AMD EPYCs with AVX2 and 8e-7 off (relative) on an Intel Xeon with AVX-512 (CI, 2026-12-03). Changing one
+# image of the 1,000 (test images 1..1000 instead of 0..999) moves the distance by 1.8%, 1,800 times this bound.
+FEATURE_REL = 1e-5
 
 
 @needs_data
@@ -141,9 +145,11 @@ def test_scores_are_those_from_before_the_move(test_set):
     plain = judge.score(shipped, images[:1000], labels[:1000])
     print(f"300 noised test images: {noised}\n1,000 test images: {plain}")
     assert noised["n"] == 300 and noised["class_accuracy"] == BEFORE_NOISED_300["class_accuracy"]
-    assert plain == pytest.approx(BEFORE_TEST_1000, rel=1e-9, abs=0)  # float64 features: the same to rounding
-    for key in ("frechet_distance", "class_accuracy_interval", "frechet_distance_interval"):
-        assert noised[key] == pytest.approx(BEFORE_NOISED_300[key], rel=1e-9), key
+    assert noised["class_accuracy_interval"] == BEFORE_NOISED_300["class_accuracy_interval"]  # counts: exact
+    assert plain["class_accuracy"] == BEFORE_TEST_1000["class_accuracy"]
+    assert plain["frechet_distance"] == pytest.approx(BEFORE_TEST_1000["frechet_distance"], rel=FEATURE_REL)
+    for key in ("frechet_distance", "frechet_distance_interval"):
+        assert noised[key] == pytest.approx(BEFORE_NOISED_300[key], rel=FEATURE_REL), key
 
 
 @needs_data

@@ -14,7 +14,9 @@ from dit_ref.errors import DiTError
 
 
 HASH_CHUNK_BYTES = 1 << 22
-RANDOM_PART = re.compile(r"[a-z0-9_]{8}")  # the random part of tempfile.mkstemp's and mkdtemp's names
+# the random part of tempfile.mkstemp's and mkdtemp's names: CPython's _RandomNameSequence, 8 of [a-z0-9_], a detail
+# of its implementation rather than a documented promise; tests/export/test_atomic_write.py reads a real name back
+RANDOM_PART = re.compile(r"[a-z0-9_]{8}")
 
 
 def sha256_of_files(*paths) -> str:

@@ -148,11 +148,11 @@ def test_an_option_given_as_none_leaves_the_profiles_value(graph):
 
 def test_a_served_profile_of_another_model_refuses_its_points_in_one_line(graph):
     from runtime.service.api import served_points
-    from runtime.service.settings import Settings
+    from runtime.service.cli import prepare
 
     path = write_profile_for(graph, {"quick": {"sampler": "ddim", "steps": 4}})
-    settings = Settings(path=str(graph), backend="onnxruntime", vae="pixels", max_batch=2)
-    assert served_points(settings)["quick"].request["steps"] == 4
+    settings, _ = prepare(str(graph), 2, "auto", "onnxruntime")
+    assert dict(settings.points)["quick"].request["steps"] == 4  # read once, before Ray: the replicas get these
     record = json.loads(path.read_text())
     record["checkpoint"]["sha256"] = "0" * 64
     path.write_text(json.dumps(record))

@@ -155,8 +155,8 @@ def translate_ranges(range_graph: Path, base_graph: Path, precision: str, calibr
     unmeasured = sorted(target for source, target in renamed.items() if source not in measured.data or
                         types.get(target) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
     if unmeasured:
-        raise DiTError(f"no float range for {unmeasured[0]} (and {len(unmeasured) - 1} more) of the FP16 graph from its "
-                       f"FP32 trace; export {precision} with --qdq-base fp32")
+        raise DiTError(f"{len(unmeasured)} input(s) of the FP16 graph's quantizable nodes get no float range from its "
+                       f"FP32 trace (first {unmeasured[0]}); export {precision} with --qdq-base fp32")
     data = {target: typed_range(measured.data[source], types[target]) for source, target in renamed.items()}
     save_tensors_data(TensorsData(measured.calibration_method, data), cache)
 

@@ -125,3 +125,19 @@ def test_fp8_ranges_from_the_fp32_trace_reach_the_fp16_tensors_in_float16(tmp_pa
     assert all(data.avg.dtype == np.float16 and data.std.dtype == np.float16 for data in ranges.values())
     x = np.concatenate([feed["x"] for feed in feeds])
     assert float(ranges["x16"].std) == pytest.approx(x.std(), rel=1e-2)  # x's own statistics, in float16
+
+
+def test_an_input_left_without_a_range_is_refused_in_one_line(tmp_path, monkeypatch):
+    from onnxruntime.quantization.calibrate import TensorsData
+
+    fp32, fp16 = traces()
+    paths = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    for model, path in zip((fp32, fp16), paths):
+        onnx.save(model, path)
+    feeds = [{"x": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}]
+    measured = quantize.calibrated_ranges(paths[0], "fp8", feeds)
+    partial = TensorsData(measured.calibration_method, {k: v for k, v in measured.data.items() if k != "ht"})
+    monkeypatch.setattr(quantize, "calibrated_ranges", lambda graph, precision, calibration: partial)
+    with pytest.raises(DiTError, match=r"1 input\(s\) .* no float range .*first ht16.*--qdq-base fp32"):
+        translate_ranges(*paths, "fp8", feeds, tmp_path / "ranges.json")
+    assert not (tmp_path / "ranges.json").exists()

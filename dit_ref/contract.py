@@ -160,6 +160,11 @@ class GraphRecord:
     external_data: str | None  # the one weights file beside large graphs, else None
 
 
+def external_data_path(graph: Path) -> Path:
+    """The one weights file beside a large graph (GraphRecord.external_data; it may not exist)."""
+    return graph.with_name(f"{graph.name}.data")
+
+
 @dataclass(frozen=True)
 class EngineRecord:
     file: str  # the .plan beside the manifest

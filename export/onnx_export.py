@@ -20,7 +20,8 @@ import torch
 
 from dit_ref import DiT, block_features
 from dit_ref import contract
-from dit_ref.contract import DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest
+from dit_ref.contract import (DEFAULT_BATCH, INPUT_NAMES, BatchRange, Checkpoint, GraphRecord, Manifest,
+                              external_data_path)
 from dit_ref.errors import DiTError
 from dit_ref.files import sha256_of_files
 from export import opcheck, typed
@@ -184,7 +185,7 @@ def make_out_dir(out_dir: Path) -> bool:
 
 def publish(staging: Path, out_dir: Path, file_name: str, manifest: Manifest) -> Path:
     """Fill in the graph section of the manifest, then move data, graph and manifest into place."""
-    data_name = f"{file_name}.data"
+    data_name = external_data_path(staging / file_name).name
     external = (staging / data_name).exists()
     extras = sorted(path.name for path in staging.iterdir() if path.name not in (file_name, data_name))
     if extras:
@@ -252,7 +253,7 @@ def export_onnx(model: DiT, out_dir: Path, precision: str = "fp32", cfg_channels
     with stage("save", f"{Path(out_dir) / name} + manifest; TensorRT operator check, onnx.checker") as result:
         graph = save_graph(program, Path(out_dir), name, manifest)
         result["done"] = f"{graph.stat().st_size / 1e6:.1f} MB" + (
-            " + external data" if graph.with_name(graph.name + ".data").exists() else "")
+            " + external data" if external_data_path(graph).exists() else "")
     return graph
 
 

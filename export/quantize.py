@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 import torch
 
+from dit_ref.contract import external_data_path
 from dit_ref.errors import DiTError
 from export.calibration import ddim_sample
 
@@ -134,7 +135,7 @@ def quantize_graph(base_graph: Path, out: Path, precision: str, nodes: list[str]
     calibration feeds, computed once into `cache` and reused."""
     from onnxruntime.quantization import quantize_static
 
-    external = (base_graph.parent / f"{base_graph.name}.data").exists()
+    external = external_data_path(base_graph).exists()
     with quiet_quantizer():
         quantize_static(str(base_graph), str(out), calibration_reader(calibration), nodes_to_quantize=nodes,
                         use_external_data_format=external, calibration_cache_path=str(cache),
@@ -148,10 +149,10 @@ def translate_ranges(range_graph: Path, base_graph: Path, precision: str, calibr
     tensors). DiTError unless every activation input of a quantizable base node gets exactly one range."""
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    renamed = corresponding_inputs(onnx.load(str(range_graph), load_external_data=False).graph,
-                                   onnx.load(str(base_graph), load_external_data=False).graph)
+    base = onnx.load(str(base_graph), load_external_data=False)
+    renamed = corresponding_inputs(onnx.load(str(range_graph), load_external_data=False).graph, base.graph)
     measured = calibrated_ranges(range_graph, precision, calibration)
-    types = tensor_types(base_graph)
+    types = tensor_types(base)
     unmeasured = sorted(target for source, target in renamed.items() if source not in measured.data or
                         types.get(target) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
     if unmeasured:
@@ -166,7 +167,7 @@ def calibrated_ranges(graph: Path, precision: str, calibration: list[dict]):
     quantize_static calibrates for this precision, without quantizing a graph."""
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    external = (graph.parent / f"{graph.name}.data").exists()
+    external = external_data_path(graph).exists()
     with tempfile.TemporaryDirectory(prefix="dit-ranges-") as scratch, quiet_quantizer():
         calibrator = create_calibrator(str(graph), list(QUANTIZED_OPS), str(Path(scratch) / "augmented.onnx"),
                                        quantization_settings(precision)["calibrate_method"], external, providers())
@@ -183,10 +184,10 @@ def corresponding_inputs(range_graph: onnx.GraphProto, base_graph: onnx.GraphPro
     weights = {initializer.name for initializer in base_graph.initializer}
     renamed = {}
     for kind in kinds[0].keys() | kinds[1].keys():
-        pairs = list(zip(kinds[0].get(kind, ()), kinds[1].get(kind, ())))
-        if len(pairs) != len(kinds[0].get(kind, ())) or len(pairs) != len(kinds[1].get(kind, ())):
+        sources, targets = kinds[0].get(kind, []), kinds[1].get(kind, [])
+        if len(sources) != len(targets):
             raise DiTError(mismatch.format(f"{kind} has a different number of quantizable nodes"))
-        for source_node, target_node in pairs:
+        for source_node, target_node in zip(sources, targets):
             if source_node.op_type != target_node.op_type:
                 raise DiTError(mismatch.format(f"{target_node.name} is {target_node.op_type}, not "
                                                f"{source_node.op_type}"))
@@ -198,9 +199,10 @@ def corresponding_inputs(range_graph: onnx.GraphProto, base_graph: onnx.GraphPro
     return renamed
 
 
-def tensor_types(graph: Path) -> dict[str, int]:
-    """Every tensor's element type (onnx.TensorProto), by shape inference over the graph without its weights."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(graph), load_external_data=False))
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor's element type (onnx.TensorProto), by shape inference over the model (loaded without its
+    weights)."""
+    model = onnx.shape_inference.infer_shapes(model)
     values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
     return {value.name: value.type.tensor_type.elem_type for value in values}
 

@@ -89,6 +89,14 @@ def traces(extra_fp16_matmul: bool = False) -> tuple[onnx.ModelProto, onnx.Model
     return tuple(helper.make_model(graph, opset_imports=[helper.make_opsetid("", QDQ_OPSET)]) for graph in (fp32, fp16))
 
 
+def saved_traces(folder) -> tuple:
+    """traces() written to folder: (the FP32 trace's path, the FP16 trace's)."""
+    paths = folder / "fp32.onnx", folder / "fp16.onnx"
+    for model, path in zip(traces(), paths):
+        onnx.save(model, path)
+    return paths
+
+
 def test_the_activation_inputs_correspond_by_kind_and_position_not_by_name():
     fp32, fp16 = traces()
     renamed = corresponding_inputs(fp32.graph, fp16.graph)
@@ -113,10 +121,7 @@ def test_traces_that_do_not_correspond_are_refused_in_one_line():
 def test_fp8_ranges_from_the_fp32_trace_reach_the_fp16_tensors_in_float16(tmp_path):
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    fp32, fp16 = traces()
-    paths = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
-    for model, path in zip((fp32, fp16), paths):
-        onnx.save(model, path)
+    paths = saved_traces(tmp_path)
     feeds = [{"x": np.random.default_rng(seed).standard_normal((4, 4)).astype(np.float32)} for seed in range(4)]
     translate_ranges(*paths, "fp8", feeds, tmp_path / "ranges.json")
     ranges = load_tensors_data(tmp_path / "ranges.json").data
@@ -130,10 +135,7 @@ def test_fp8_ranges_from_the_fp32_trace_reach_the_fp16_tensors_in_float16(tmp_pa
 def test_an_input_left_without_a_range_is_refused_in_one_line(tmp_path, monkeypatch):
     from onnxruntime.quantization.calibrate import TensorsData
 
-    fp32, fp16 = traces()
-    paths = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
-    for model, path in zip((fp32, fp16), paths):
-        onnx.save(model, path)
+    paths = saved_traces(tmp_path)
     feeds = [{"x": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)}]
     measured = quantize.calibrated_ranges(paths[0], "fp8", feeds)
     partial = TensorsData(measured.calibration_method, {k: v for k, v in measured.data.items() if k != "ht"})
